@@ -1,0 +1,141 @@
+"""Step 2 of the data path: find every coupled channel group of a model.
+
+``analyze(model)`` runs the per-op rules over the graph and returns an :class:`Analysis`;
+``groups(analysis)`` turns its atoms into :class:`Group` objects: units (removable channel
+sets), members (constant slices), blocked units with reasons, constraints and exactness.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import onnx
+
+from ..graph import Graph
+from .engine import Analysis, Analyzer, Member, ShapeMember
+from .rules import RULES
+
+
+def analyze(model: onnx.ModelProto, graph: Optional[Graph] = None) -> Analysis:
+    g = graph or Graph(model)
+    return Analyzer(g, RULES).run()
+
+
+@dataclass
+class GroupMember:
+    member: Member
+    positions: np.ndarray   # positions along member.axis covered by this group
+    units: np.ndarray       # unit (root atom) of each covered position
+    whole: bool             # covers the whole axis
+
+
+@dataclass
+class Group:
+    id: int
+    name: str
+    units: np.ndarray                       # unit ids (root atoms), in first-seen order
+    members: List[GroupMember]
+    shape_members: List[ShapeMember]
+    blocked: Dict[int, str]                 # unit -> reason
+    inexact: Dict[int, str]                 # unit -> reason
+    constraints: List[List[np.ndarray]]     # lists of blocks of units, equal kept count per block
+    constraint_reasons: List[str] = field(default_factory=list)
+
+    @property
+    def exact(self) -> bool:
+        return not self.inexact
+
+    @property
+    def prunable(self) -> bool:
+        return len(self.blocked) < len(self.units) and any(m.member.role in ("out", "in") for m in self.members)
+
+    def describe_block(self) -> Optional[str]:
+        if not self.blocked:
+            return None
+        reasons = sorted(set(self.blocked.values()))
+        return reasons[0] + (f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else "")
+
+
+def groups(an: Analysis) -> Tuple[List[Group], np.ndarray]:
+    """Return (groups, root_of_atom)."""
+    uf = an.uf
+    n = len(uf.parent)
+    root = np.fromiter((uf.find(a) for a in range(n)), dtype=np.int64, count=n)
+    origin = np.asarray(an.atom_origin, dtype=np.int64)
+
+    # groups: union of origins linked through shared units
+    oparent = list(range(len(an.origins)))
+
+    def ofind(o):
+        while oparent[o] != o:
+            oparent[o] = oparent[oparent[o]]
+            o = oparent[o]
+        return o
+
+    first_origin = {}
+    for a in range(n):
+        r = int(root[a])
+        o = int(origin[a])
+        f = first_origin.setdefault(r, o)
+        if f != o:
+            x, y = ofind(f), ofind(o)
+            if x != y:
+                oparent[max(x, y)] = min(x, y)
+    gkey = {r: ofind(o) for r, o in first_origin.items()}
+
+    blocked: Dict[int, str] = {}
+    for atoms, reason in an.blocks:
+        for r in np.unique(root[atoms.ravel()]).tolist():
+            blocked.setdefault(r, reason)
+    inexact: Dict[int, str] = {}
+    for atoms, reason in an.inexact:
+        for r in np.unique(root[atoms.ravel()]).tolist():
+            inexact.setdefault(r, reason)
+
+    by_key: Dict[int, Group] = {}
+    order: List[int] = []
+
+    def grp(k: int) -> Group:
+        if k not in by_key:
+            by_key[k] = Group(len(order), an.origins[k].split(":")[0], np.zeros(0, np.int64), [], [], {}, {}, [])
+            order.append(k)
+        return by_key[k]
+
+    units_of: Dict[int, List[int]] = {}
+    for m in an.members:
+        rr = root[m.atoms]
+        keys = np.array([gkey[int(r)] for r in rr], dtype=np.int64)
+        for k in dict.fromkeys(keys.tolist()):
+            sel = np.nonzero(keys == k)[0]
+            g = grp(k)
+            g.members.append(GroupMember(m, sel, rr[sel], len(sel) == len(rr)))
+            lst = units_of.setdefault(k, [])
+            lst.extend(rr[sel].tolist())
+    for sm in an.shape_members:
+        rr = root[sm.atoms]
+        for k in dict.fromkeys(gkey[int(r)] for r in rr.tolist()):
+            if k in by_key:
+                by_key[k].shape_members.append(sm)
+    for k in order:
+        g = by_key[k]
+        g.units = np.array(list(dict.fromkeys(units_of[k])), dtype=np.int64)
+        uset = set(g.units.tolist())
+        g.blocked = {u: blocked[u] for u in g.units.tolist() if u in blocked}
+        g.inexact = {u: inexact[u] for u in g.units.tolist() if u in inexact}
+    for c in an.constraints:
+        rblocks = [np.unique(root[b]) for b in c.blocks]
+        k = gkey[int(rblocks[0][0])]
+        if k in by_key and all(gkey[int(r)] == k for b in rblocks for r in b.tolist()):
+            by_key[k].constraints.append(rblocks)
+            by_key[k].constraint_reasons.append(c.reason)
+        else:
+            # a constraint across groups: keep it simple and safe, block its units
+            for b in rblocks:
+                for r in b.tolist():
+                    kk = gkey[int(r)]
+                    if kk in by_key:
+                        by_key[kk].blocked.setdefault(r, f"{c.reason} spans several groups")
+    result = [by_key[k] for k in order]
+    return result, root

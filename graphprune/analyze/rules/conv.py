@@ -1,0 +1,84 @@
+"""Conv and ConvTranspose: the producers and consumers of CNN channels."""
+
+import numpy as np
+
+from ..engine import AnalysisError
+from . import register
+
+
+def _channels(ctx, name, axis=1):
+    shp = ctx.shape(name)
+    if shp is None or len(shp) <= axis or not isinstance(shp[axis], int):
+        raise AnalysisError(f"channel count of {name} is unknown")
+    return shp[axis]
+
+
+@register("Conv", doc="output channels are new (W axis 0, bias); input channels consumed by W axis 1; "
+                      "grouped: uniform counts per group; depthwise: input and output are one space")
+def conv(ctx):
+    """Conv: new output space; input consumed by W axis 1; grouped/depthwise handled."""
+    x, w = ctx.input(0), ctx.input(1)
+    b = ctx.input(2)
+    y = ctx.outputs[0]
+    xin = ctx.atoms(x, 1)
+    if not ctx.is_const(w) or (b and not ctx.is_const(b)):
+        ctx.block(xin, f"Conv {ctx.label} has non-constant weights")
+        return
+    W = ctx.const(w)
+    g = int(ctx.attr("group", 1))
+    cout, cin_g = W.shape[0], W.shape[1]
+    cin = cin_g * g
+    if xin is not None and len(xin) != cin:
+        raise AnalysisError(f"input has {len(xin)} channels, weight expects {cin}")
+
+    if g == 1:
+        if xin is not None:
+            ctx.member(w, 1, "in", xin)
+        out = ctx.new_space(cout, w)
+    elif cin_g == 1 and g == cin:
+        # depthwise (channel multiplier m = cout / cin): output o belongs to input o // m
+        m = cout // cin
+        if xin is None:
+            ctx.set_desc(y, 1, ctx.fixed(cout, f"depthwise Conv {ctx.label} on an unprunable input"))
+            return
+        out = np.repeat(xin, m)
+        node_index = ctx.index
+
+        def set_group(rw, xin=xin):
+            rw.set_attr(node_index, "group", rw.count(xin))
+
+        ctx.on_rewrite(set_group)
+    else:
+        if xin is not None:
+            ctx.member(w, 1, "in", xin, groups=g)
+            ctx.constrain(list(xin.reshape(g, cin_g)), "grouped Conv input")
+        out = ctx.new_space(cout, w)
+        ctx.constrain(list(out.reshape(g, cout // g)), "grouped Conv output")
+    ctx.member(w, 0, "out", out)
+    if b:
+        ctx.member(b, 0, "param", out)
+    ctx.set_desc(y, 1, out)
+
+
+@register("ConvTranspose", doc="output channels are new (W axis 1, bias); input consumed by W axis 0; "
+                               "grouped ConvTranspose blocks its channels")
+def conv_transpose(ctx):
+    """ConvTranspose: W is [Cin, Cout/g, k...]."""
+    x, w = ctx.input(0), ctx.input(1)
+    b = ctx.input(2)
+    y = ctx.outputs[0]
+    xin = ctx.atoms(x, 1)
+    g = int(ctx.attr("group", 1))
+    if not ctx.is_const(w) or (b and not ctx.is_const(b)) or g != 1:
+        ctx.block(xin, f"ConvTranspose {ctx.label} is grouped or has non-constant weights")
+        return
+    W = ctx.const(w)
+    if xin is not None:
+        if len(xin) != W.shape[0]:
+            raise AnalysisError("input channels do not match the weight")
+        ctx.member(w, 0, "in", xin)
+    out = ctx.new_space(W.shape[1], w)
+    ctx.member(w, 1, "out", out)
+    if b:
+        ctx.member(b, 0, "param", out)
+    ctx.set_desc(y, 1, out)

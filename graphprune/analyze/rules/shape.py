@@ -1,0 +1,99 @@
+"""Shape arithmetic: Shape, Constant, ConstantOfShape and the ops exporters use to build
+Reshape targets at run time (Shape -> Gather -> Unsqueeze -> Concat).
+
+A *shape value* is a list of items, one per element of a 1-D int tensor:
+  ("lit", value, src)   a literal; src = (const_name, flat_index, node_index, input_k) or None
+  ("dim", tensor, axis) the run-time size of an axis of a tensor
+  ("unk",)              anything else (its value never depends on a prunable channel count:
+                        the engine blocks channel dims that reach arithmetic it cannot follow)
+"""
+
+import numpy as np
+
+from ..engine import AnalysisError
+from . import norm_axis, register
+
+
+def const_items(ctx, name, k):
+    v = ctx.const(name)
+    if v is None or v.dtype.kind not in "iu":
+        return None
+    return [("lit", int(x), (name, i, ctx.index, k)) for i, x in enumerate(v.ravel().tolist())]
+
+
+def items_of(ctx, name, k):
+    sv = ctx.shapeval(name)
+    if sv is not None:
+        return sv
+    return const_items(ctx, name, k)
+
+
+def shape_calculus(ctx) -> bool:
+    """Propagate shape values through Gather/Concat/Slice/Unsqueeze/Squeeze/Cast/Identity."""
+    if not any(x and ctx.an.shapevals.get(x) is not None for x in ctx.inputs):
+        return False
+    op = ctx.op
+    y = ctx.outputs[0]
+    if op == "Concat":
+        out = []
+        for k, x in enumerate(ctx.inputs):
+            its = items_of(ctx, x, k) if x else []
+            if its is None:
+                return False
+            out.extend(its)
+        ctx.set_shapeval(y, out)
+        return True
+    src = ctx.shapeval(ctx.input(0))
+    if src is None:
+        return False
+    if op == "Gather":
+        ind = ctx.const(ctx.input(1))
+        if ind is None or ind.ndim > 1:
+            return False
+        idx = [int(i) for i in np.atleast_1d(ind)]
+        ctx.set_shapeval(y, [src[i] for i in idx])
+        return True
+    if op == "Slice":
+        vals = [ctx.const(n) if n else None for n in (ctx.input(1), ctx.input(2), ctx.input(3), ctx.input(4))]
+        if vals[0] is None or vals[1] is None:
+            return False
+        step = int(vals[3][0]) if vals[3] is not None else 1
+        ctx.set_shapeval(y, src[int(vals[0][0]):int(vals[1][0]) if int(vals[1][0]) < 2**62 else None:step])
+        return True
+    if op in ("Unsqueeze", "Squeeze", "Identity", "Cast", "Reshape", "Flatten"):
+        ctx.set_shapeval(y, list(src))
+        return True
+    return False
+
+
+@register("Shape", doc="no channels out; records which axis sizes the shape value reads")
+def shape(ctx):
+    """Shape(x, start, end) -> shape value of ('dim', x, axis) items."""
+    x = ctx.input(0)
+    r = ctx.rank(x)
+    ctx.desc(x)  # reading sizes is fine; what uses them is checked where they are used
+    if r is None:
+        return
+    start = norm_axis(int(ctx.attr("start", 0)), r)
+    end = ctx.attr("end")
+    end = r if end is None else norm_axis(int(end), r)
+    start, end = max(0, min(r, start)), max(0, min(r, end))
+    ctx.set_shapeval(ctx.outputs[0], [("dim", x, a) for a in range(start, end)])
+
+
+@register("Constant", doc="constants carry no channels")
+def constant(ctx):
+    """Constant node: its value is read through Graph.const."""
+
+
+@register("ConstantOfShape", doc="output axes sized by a channel count follow that channel space")
+def constant_of_shape(ctx):
+    """ConstantOfShape(shape): a filled tensor; channel-sized axes follow their space."""
+    sv = ctx.shapeval(ctx.input(0))
+    if sv is None:
+        return
+    for ax, it in enumerate(sv):
+        if it[0] == "dim":
+            atoms = ctx.atoms(it[1], it[2])
+            if atoms is not None:
+                ctx.set_desc(ctx.outputs[0], ax, atoms)

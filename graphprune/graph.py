@@ -1,0 +1,159 @@
+"""A thin read-only view of an ONNX graph: producers, consumers, constants, shapes.
+
+Constants are initializers *and* outputs of ``Constant`` nodes (some exporters put every
+weight in a Constant node); both are treated the same everywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference
+
+Dim = Optional[object]  # int, a symbolic name (str) or None
+
+
+def node_label(node: onnx.NodeProto, index: int) -> str:
+    return node.name or f"{node.op_type}_{index}"
+
+
+def _constant_node_value(node: onnx.NodeProto) -> Optional[np.ndarray]:
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name == "value_float":
+            return np.array(a.f, dtype=np.float32)
+        if a.name == "value_floats":
+            return np.array(list(a.floats), dtype=np.float32)
+        if a.name == "value_int":
+            return np.array(a.i, dtype=np.int64)
+        if a.name == "value_ints":
+            return np.array(list(a.ints), dtype=np.int64)
+    return None
+
+
+class Graph:
+    """Index over ``model.graph`` (the top-level graph; subgraphs are opaque)."""
+
+    def __init__(self, model: onnx.ModelProto, infer: bool = True):
+        self.model = model
+        g = model.graph
+        self.nodes: List[onnx.NodeProto] = list(g.node)
+        self.labels: List[str] = [node_label(n, i) for i, n in enumerate(self.nodes)]
+        self.inputs: List[str] = [i.name for i in g.input]
+        self.outputs: List[str] = [o.name for o in g.output]
+        self.initializers: Dict[str, onnx.TensorProto] = {t.name: t for t in g.initializer}
+        self.const_nodes: Dict[str, onnx.NodeProto] = {}
+        self.producer: Dict[str, int] = {}
+        self.consumers: Dict[str, List[Tuple[int, int]]] = {}
+        for i, n in enumerate(self.nodes):
+            for o in n.output:
+                if o:
+                    self.producer[o] = i
+            if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and len(n.output) == 1:
+                self.const_nodes[n.output[0]] = n
+            for k, x in enumerate(n.input):
+                if x:
+                    self.consumers.setdefault(x, []).append((i, k))
+        self._const_cache: Dict[str, Optional[np.ndarray]] = {}
+        self.shapes: Dict[str, List[Dim]] = {}
+        self.dtypes: Dict[str, int] = {}
+        self._read_shapes(model.graph)
+        if infer:
+            self._infer()
+
+    # ---------------------------------------------------------------- shapes
+    def _read_vi(self, vi) -> None:
+        t = vi.type
+        if not t.HasField("tensor_type"):
+            return
+        tt = t.tensor_type
+        self.dtypes[vi.name] = tt.elem_type
+        if not tt.HasField("shape"):
+            return
+        dims: List[Dim] = []
+        for d in tt.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param") and d.dim_param:
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        self.shapes[vi.name] = dims
+
+    def _read_shapes(self, g: onnx.GraphProto) -> None:
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            self._read_vi(vi)
+        for name, t in self.initializers.items():
+            self.shapes[name] = [int(d) for d in t.dims]
+            self.dtypes[name] = t.data_type
+        for name, n in self.const_nodes.items():
+            v = self.const(name)
+            if v is not None:
+                self.shapes[name] = list(v.shape)
+
+    def _infer(self) -> None:
+        # Shape inference on a copy whose big weights are turned into graph inputs: cheap for big models.
+        try:
+            inferred = shape_inference.infer_shapes(
+                _strip_weights(self.model), check_type=False, strict_mode=False, data_prop=True)
+        except Exception:
+            return
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+            if vi.name not in self.shapes or any(not isinstance(d, int) for d in self.shapes[vi.name]):
+                self._read_vi(vi)
+
+    def shape(self, name: str) -> Optional[List[Dim]]:
+        return self.shapes.get(name)
+
+    def rank(self, name: str) -> Optional[int]:
+        s = self.shapes.get(name)
+        return None if s is None else len(s)
+
+    # ------------------------------------------------------------- constants
+    def is_const(self, name: str) -> bool:
+        return name in self.initializers or name in self.const_nodes
+
+    def const(self, name: str) -> Optional[np.ndarray]:
+        if name in self._const_cache:
+            return self._const_cache[name]
+        v: Optional[np.ndarray] = None
+        if name in self.initializers:
+            v = numpy_helper.to_array(self.initializers[name])
+        elif name in self.const_nodes:
+            v = _constant_node_value(self.const_nodes[name])
+        self._const_cache[name] = v
+        return v
+
+    def is_graph_input(self, name: str) -> bool:
+        return name in self.inputs and name not in self.initializers
+
+
+def _strip_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose large initializers are replaced by graph inputs of the same shape."""
+    m = onnx.ModelProto()
+    g = model.graph
+    for field in ("ir_version", "producer_name", "domain", "model_version"):
+        setattr(m, field, getattr(model, field))
+    m.opset_import.extend(model.opset_import)
+    mg = m.graph
+    mg.name = g.name
+    mg.node.extend(g.node)
+    mg.input.extend(g.input)
+    mg.output.extend(g.output)
+    mg.value_info.extend(g.value_info)
+    names = {i.name for i in g.input}
+    for t in g.initializer:
+        n = int(np.prod(t.dims)) if len(t.dims) else 1
+        if n <= 64 and t.data_location != onnx.TensorProto.EXTERNAL:
+            mg.initializer.append(t)
+        elif t.name not in names:
+            mg.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return m
+
+
+def clone(model: onnx.ModelProto) -> onnx.ModelProto:
+    return copy.deepcopy(model)

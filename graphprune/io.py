@@ -1,0 +1,591 @@
+"""Reading and writing ONNX models (and reports) safely.
+
+Loading validates everything a user can get wrong and turns each failure into an
+:class:`~graphprune.errors.InputError` with a one-line message.  The input file and
+its external data are only ever opened for reading.
+
+Saving is atomic: bytes go to a hidden temporary file in the target folder, are
+fsynced, and are then renamed onto the target, so a crash or a failure never leaves
+a half-written model behind.  Serialization is deterministic: the same model gives
+the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import tempfile
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import onnx
+from onnx import external_data_helper, numpy_helper
+
+from .errors import InputError, OutputError, UsageError
+
+# Highest IR version the onnxruntime this project targets (1.31) reads; onnx 1.23
+# writes IR 14 by default, which it refuses.
+ORT_MAX_IR = 13
+# IR version every supported onnxruntime (>= 1.18) reads; good for opsets <= 21.
+_SAFE_IR = 10
+
+# A protobuf message cannot exceed 2 GiB; above this size we switch to external data.
+MAX_PROTOBUF_BYTES = 2**31 - 1
+EXTERNAL_DATA_THRESHOLD = int(1.8e9)
+# Tensors smaller than this stay inside the model file when external data is used.
+_EXTERNAL_MIN_BYTES = 1024
+# Large tensors are aligned in the sidecar so that it can be memory-mapped.
+_ALIGN_MIN_BYTES = 1 << 20
+_ALIGN = 1 << 16
+
+# Bits per element of the sub-byte tensor types whose packing is one element
+# after another (no padding between elements).
+_SUBBYTE_BITS = {
+    onnx.TensorProto.UINT4: 4,
+    onnx.TensorProto.INT4: 4,
+    onnx.TensorProto.FLOAT4E2M1: 4,
+}
+for _name, _bits in (("UINT2", 2), ("INT2", 2)):
+    if hasattr(onnx.TensorProto, _name):
+        _SUBBYTE_BITS[getattr(onnx.TensorProto, _name)] = _bits
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _one_line(text: str) -> str:
+    """Collapse ``text`` to a single line (messages are shown to users as-is)."""
+    return " ".join(str(text).split("\n")).replace("\r", " ").strip()
+
+
+def _first_line(text: str) -> str:
+    for line in str(text).splitlines():
+        if line.strip():
+            return line.strip()
+    return str(text).strip() or "unknown error"
+
+
+def _in_error(path: str, reason: str) -> InputError:
+    return InputError(_one_line(f"cannot load model {path}: {reason}"))
+
+
+def _out_error(path: str, reason: str) -> OutputError:
+    return OutputError(_one_line(f"cannot write {path}: {reason}"))
+
+
+def _iter_graph_tensors(graph: onnx.GraphProto, sparse: bool = True) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto held by ``graph`` and its subgraphs (initializers,
+    sparse initializers when ``sparse``, attribute tensors)."""
+    yield from graph.initializer
+    if sparse:
+        for sp in graph.sparse_initializer:
+            yield sp.values
+            yield sp.indices
+    for node in graph.node:
+        yield from _iter_node_tensors(node, sparse)
+
+
+def _iter_node_tensors(node: onnx.NodeProto, sparse: bool = True) -> Iterator[onnx.TensorProto]:
+    for attr in node.attribute:
+        if attr.HasField("t"):
+            yield attr.t
+        yield from attr.tensors
+        if sparse:
+            if attr.HasField("sparse_tensor"):
+                yield attr.sparse_tensor.values
+                yield attr.sparse_tensor.indices
+            for sp in attr.sparse_tensors:
+                yield sp.values
+                yield sp.indices
+        if attr.HasField("g"):
+            yield from _iter_graph_tensors(attr.g, sparse)
+        for g in attr.graphs:
+            yield from _iter_graph_tensors(g, sparse)
+
+
+def iter_model_tensors(model: onnx.ModelProto, sparse: bool = True) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto in ``model``: graph, subgraphs and local functions
+    (including the values and indices of sparse tensors when ``sparse``)."""
+    yield from _iter_graph_tensors(model.graph, sparse)
+    for fn in model.functions:
+        for node in fn.node:
+            yield from _iter_node_tensors(node, sparse)
+
+
+def _uses_external(t: onnx.TensorProto) -> bool:
+    return t.HasField("data_location") and t.data_location == onnx.TensorProto.EXTERNAL
+
+
+def _expected_nbytes(t: onnx.TensorProto) -> int | None:
+    """Bytes the raw data of ``t`` must have, or None where unknown."""
+    n = 1
+    for d in t.dims:
+        n *= int(d)
+    if t.data_type in _SUBBYTE_BITS:
+        return (n * _SUBBYTE_BITS[t.data_type] + 7) // 8
+    if t.data_type in (onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING):
+        return None
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except Exception:  # unknown or exotic type: only bounds are checked
+        return None
+    if t.data_type in (getattr(onnx.TensorProto, "FLOAT6E2M3", -1),
+                       getattr(onnx.TensorProto, "FLOAT6E3M2", -1)):
+        return None  # packing not settled; bounds check only
+    return n * itemsize
+
+
+def _is_inside(child: str, folder: str) -> bool:
+    child = os.path.normcase(child)
+    folder = os.path.normcase(folder)
+    return child == folder or child.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _check_external_location(path: str, folder: str, t: onnx.TensorProto) -> None:
+    """Validate the external-data reference of ``t`` (model at ``path`` in
+    ``folder``); raise InputError when it is unsafe, missing or truncated."""
+    info: dict[str, str] = {}
+    for entry in t.external_data:
+        info[entry.key] = entry.value
+    name = t.name or "<unnamed>"
+    loc = info.get("location", "")
+    if not loc:
+        raise _in_error(path, f"tensor {name!r} uses external data but has no location")
+    if "\x00" in loc:
+        raise _in_error(path, f"tensor {name!r}: invalid external data location")
+    if (
+        os.path.isabs(loc)
+        or loc.startswith(("/", "\\"))
+        or re.match(r"^[A-Za-z]:", loc)
+    ):
+        raise _in_error(
+            path, f"tensor {name!r}: external data location {loc!r} is an absolute path (refused)"
+        )
+    if ".." in re.split(r"[\\/]+", loc):
+        raise _in_error(
+            path,
+            f"tensor {name!r}: external data location {loc!r} points outside the model's folder (refused)",
+        )
+    full = os.path.join(folder, loc)
+    if not _is_inside(os.path.realpath(full), os.path.realpath(folder)):
+        raise _in_error(
+            path,
+            f"tensor {name!r}: external data location {loc!r} resolves outside the model's folder (refused)",
+        )
+    if not os.path.exists(full):
+        raise _in_error(path, f"external data file {loc!r} (tensor {name!r}) not found")
+    if not os.path.isfile(full):
+        raise _in_error(path, f"external data file {loc!r} (tensor {name!r}) is not a regular file")
+    try:
+        offset = int(info.get("offset", "0"))
+        length = int(info["length"]) if "length" in info else None
+    except ValueError:
+        raise _in_error(path, f"tensor {name!r}: malformed external data offset or length") from None
+    if offset < 0 or (length is not None and length < 0):
+        raise _in_error(path, f"tensor {name!r}: negative external data offset or length")
+    size = os.path.getsize(full)
+    expected = _expected_nbytes(t)
+    if length is None:
+        available = size - offset
+        if available < 0 or (expected is not None and available < expected):
+            raise _in_error(
+                path, f"external data file {loc!r} is truncated (tensor {name!r} needs {expected} bytes at offset {offset}, file has {size})"
+            )
+        if expected is not None and available != expected:
+            raise _in_error(
+                path, f"external data for tensor {name!r} in {loc!r} has {available} bytes, expected {expected}"
+            )
+    else:
+        if offset + length > size:
+            raise _in_error(
+                path, f"external data file {loc!r} is truncated (tensor {name!r} needs bytes {offset}..{offset + length}, file has {size})"
+            )
+        if expected is not None and length != expected:
+            raise _in_error(
+                path, f"external data for tensor {name!r} has length {length}, expected {expected} for its shape and type"
+            )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read, validate and return the ONNX model at ``path`` with all external
+    data loaded into memory.
+
+    Raises InputError (one-line message) when the file is missing, a folder, empty,
+    not an ONNX protobuf, truncated, not a model (no graph / no nodes), fails the
+    ONNX checker, or when its external data is missing, truncated, or located
+    outside the model's folder.  Neither the file nor its external data is modified.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise _in_error(path, "file not found")
+    if os.path.isdir(path):
+        raise _in_error(path, "is a directory, not a model file")
+    if not os.path.isfile(path):
+        raise _in_error(path, "not a regular file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise _in_error(path, e.strerror or str(e)) from None
+    if not data:
+        raise _in_error(path, "file is empty")
+    if len(data) > MAX_PROTOBUF_BYTES:
+        raise _in_error(path, "file is larger than 2 GiB, too large to be an ONNX protobuf")
+
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception:
+        raise _in_error(path, "not an ONNX model (not a valid protobuf, or the file is truncated)") from None
+    del data
+    if not model.HasField("graph"):
+        raise _in_error(path, "not an ONNX model (the protobuf has no graph)")
+    if len(model.graph.node) == 0:
+        raise _in_error(path, "not an ONNX model (the graph has no nodes)")
+
+    folder = os.path.dirname(os.path.abspath(path))
+    external = [t for t in iter_model_tensors(model) if _uses_external(t)]
+    for t in external:
+        _check_external_location(path, folder, t)
+
+    # The checker resolves external-data locations relative to the model's folder
+    # only when it is given the path; in memory it would look in the cwd.
+    try:
+        onnx.checker.check_model(path if external else model)
+    except Exception as e:
+        raise _in_error(path, f"fails the ONNX checker: {_first_line(e)}") from None
+
+    if external:
+        try:
+            external_data_helper.load_external_data_for_model(model, folder)
+            # onnx's helper skips sparse tensors; load whatever is left.
+            for t in iter_model_tensors(model):
+                if _uses_external(t):
+                    external_data_helper.load_external_data_for_tensor(t, folder)
+            # Loaded tensors look exactly like tensors that were always inline.
+            for t in external:
+                t.ClearField("data_location")
+        except InputError:
+            raise
+        except Exception as e:
+            raise _in_error(path, f"cannot read external data: {_first_line(e)}") from None
+    return model
+
+
+# --------------------------------------------------------------------------- IR version
+
+
+def _required_ir(model: onnx.ModelProto) -> int:
+    """Smallest IR version the onnx release table pairs with the model's opsets."""
+    need = 3
+    for imp in model.opset_import:
+        dom = imp.domain or "ai.onnx"
+        if dom not in ("ai.onnx", "ai.onnx.ml"):
+            continue
+        col = 2 if dom == "ai.onnx" else 3
+        candidates = [row[1] for row in onnx.helper.VERSION_TABLE if row[col] >= imp.version]
+        need = max(need, min(candidates) if candidates else onnx.IR_VERSION)
+    return need
+
+
+def target_ir_version(model: onnx.ModelProto) -> int:
+    """The IR version :func:`pin_ir_version` would set (the model is not changed)."""
+    want = min(max(_SAFE_IR, _required_ir(model)), ORT_MAX_IR)
+    cur = int(model.ir_version)
+    return min(cur, want) if cur > 0 else want
+
+
+def pin_ir_version(model: onnx.ModelProto) -> int:
+    """Lower ``model.ir_version`` in place to one onnxruntime reads: the smallest of
+    the current version, ORT_MAX_IR and max(10, the version the opset needs).
+    A model already at or below that is left alone.  Returns the new version."""
+    v = target_ir_version(model)
+    model.ir_version = v
+    return v
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def model_to_bytes(model: onnx.ModelProto) -> bytes:
+    """Deterministic serialization (same model -> same bytes).  Raises OutputError
+    for models too large for one protobuf (save them with external data)."""
+    if model.ByteSize() > MAX_PROTOBUF_BYTES:
+        raise OutputError(
+            "model is larger than 2 GiB and cannot be serialized into one buffer; save it with external data"
+        )
+    return model.SerializeToString(deterministic=True)
+
+
+def _default_mode(target: str) -> int:
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o644
+
+
+def _check_target(path: str) -> tuple[str, str]:
+    """(folder, name) of ``path``; OutputError if it cannot be a file target."""
+    if not path:
+        raise OutputError("cannot write: empty output path")
+    absolute = os.path.abspath(path)
+    folder, name = os.path.split(absolute)
+    if not name or os.path.isdir(absolute):
+        raise _out_error(path, "the path is a directory")
+    if not os.path.exists(folder):
+        raise _out_error(path, f"folder {folder} does not exist")
+    if not os.path.isdir(folder):
+        raise _out_error(path, f"{folder} is not a folder")
+    return folder, name
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_many(jobs: list[tuple[str, Callable[[Any], None]]]) -> None:
+    """Write each (path, writer) to a temp file beside ``path``, fsync them all,
+    then rename them onto their targets in order.  On failure every temp file is
+    removed and OutputError is raised."""
+    temps: list[str] = []
+    current = jobs[0][0] if jobs else ""
+    try:
+        staged = []
+        for path, writer in jobs:
+            current = path
+            folder, name = _check_target(path)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + name + ".", suffix=".tmp")
+            temps.append(tmp)
+            with os.fdopen(fd, "wb") as f:
+                writer(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, _default_mode(os.path.abspath(path)))
+            staged.append((tmp, os.path.abspath(path)))
+        for tmp, target in staged:
+            current = target
+            os.replace(tmp, target)
+            temps.remove(tmp)
+        for folder in dict.fromkeys(os.path.dirname(t) for _, t in staged):
+            _fsync_dir(folder)
+    except OutputError:
+        _remove_all(temps)
+        raise
+    except BaseException as e:
+        _remove_all(temps)
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        if isinstance(e, OSError):
+            reason = e.strerror or str(e)
+        else:
+            reason = _first_line(e)
+        raise _out_error(current, reason) from None
+
+
+def _remove_all(paths: Iterable[str]) -> None:
+    for p in list(paths):
+        try:
+            os.unlink(p)
+        except OSError:
+            pass
+
+
+def save_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
+    """Atomically write ``data`` to ``path`` (temp file, fsync, rename)."""
+    path = os.fspath(path)
+    _atomic_write_many([(path, lambda f: f.write(data))])
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serializable")
+
+
+def save_json_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """Atomically write ``obj`` as JSON: insertion order kept, indent 2, trailing
+    newline.  numpy scalars and arrays are converted."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n"
+    save_bytes_atomic(text.encode("utf-8"), path)
+
+
+def _tensor_bytes(t: onnx.TensorProto) -> int:
+    if t.HasField("raw_data"):
+        return len(t.raw_data)
+    n = _expected_nbytes(t)
+    return n if n is not None else 0
+
+
+def save_model(
+    model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None
+) -> None:
+    """Atomically and deterministically write ``model`` to ``path``.
+
+    ``external_data``: None -> automatic (external when the model is over 1.8 GB),
+    True -> tensors of 1 KiB and more go to the sidecar ``<name>.data`` beside the
+    model, False -> everything inline.  With external data the sidecar is written
+    first, then the model, each through a temp file and a rename.  ``model`` is
+    left as it was.  Raises OutputError (one line) on any failure, leaving no
+    temporary files behind.
+    """
+    path = os.fspath(path)
+    folder, name = _check_target(path)
+    for t in iter_model_tensors(model):
+        if _uses_external(t):
+            raise _out_error(
+                path, f"tensor {t.name!r} still refers to external data that was not loaded"
+            )
+    size = model.ByteSize()
+    use_external = size > EXTERNAL_DATA_THRESHOLD if external_data is None else bool(external_data)
+    if not use_external:
+        if size > MAX_PROTOBUF_BYTES:
+            raise _out_error(path, "model is larger than 2 GiB; it needs external data")
+        data = model.SerializeToString(deterministic=True)
+        _atomic_write_many([(path, lambda f: f.write(data))])
+        return
+    _save_with_external_data(model, os.path.join(folder, name), name + ".data")
+
+
+def _save_with_external_data(model: onnx.ModelProto, path: str, data_name: str) -> None:
+    data_path = os.path.join(os.path.dirname(path), data_name)
+    # Pick tensors in a deterministic order (graph walk order); dedupe by identity.
+    # Sparse tensors stay inline (onnx's own loader does not read them externally).
+    movers: list[onnx.TensorProto] = []
+    for t in iter_model_tensors(model, sparse=False):
+        if t.data_type == onnx.TensorProto.STRING:
+            continue
+        if _tensor_bytes(t) >= _EXTERNAL_MIN_BYTES:
+            movers.append(t)
+
+    # Lay the sidecar out: (tensor, bytes, offset).
+    layout: list[tuple[onnx.TensorProto, bytes, int]] = []
+    offset = 0
+    for t in movers:
+        raw = t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).tobytes()
+        if len(raw) >= _ALIGN_MIN_BYTES and offset % _ALIGN:
+            offset += _ALIGN - offset % _ALIGN
+        layout.append((t, raw, offset))
+        offset += len(raw)
+
+    def write_data(f: Any) -> None:
+        pos = 0
+        for _, raw, off in layout:
+            if off > pos:
+                f.write(b"\0" * (off - pos))
+            f.write(raw)
+            pos = off + len(raw)
+
+    # Point the tensors at the sidecar, serialize, and restore them exactly.
+    backups: list[tuple[onnx.TensorProto, onnx.TensorProto | None, bytes | None]] = []
+    try:
+        for t, raw, off in layout:
+            if t.HasField("raw_data"):
+                backups.append((t, None, raw))
+                t.ClearField("raw_data")
+            else:
+                orig = onnx.TensorProto()
+                orig.CopyFrom(t)
+                backups.append((t, orig, None))
+                for field in ("float_data", "int32_data", "string_data", "int64_data",
+                              "double_data", "uint64_data"):
+                    t.ClearField(field)
+            t.data_location = onnx.TensorProto.EXTERNAL
+            del t.external_data[:]
+            for k, v in (("location", data_name), ("offset", str(off)), ("length", str(len(raw)))):
+                e = t.external_data.add()
+                e.key, e.value = k, v
+        if model.ByteSize() > MAX_PROTOBUF_BYTES:
+            raise _out_error(path, "model is larger than 2 GiB even with its tensors in external data")
+        model_bytes = model.SerializeToString(deterministic=True)
+    finally:
+        for t, orig, raw in backups:
+            if orig is not None:
+                t.CopyFrom(orig)
+            else:
+                del t.external_data[:]
+                t.ClearField("data_location")
+                t.raw_data = raw
+    _atomic_write_many([(data_path, write_data), (path, lambda f: f.write(model_bytes))])
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def _same_path(a: str, b: str) -> bool:
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+
+def _external_files(model_path: str) -> list[str]:
+    """Paths of the external-data files the model at ``model_path`` refers to
+    (best effort; unreadable models give [])."""
+    try:
+        m = onnx.load(model_path, load_external_data=False)
+    except Exception:
+        return []
+    folder = os.path.dirname(os.path.abspath(model_path))
+    out = []
+    for t in iter_model_tensors(m):
+        if _uses_external(t):
+            for e in t.external_data:
+                if e.key == "location":
+                    out.append(os.path.join(folder, e.value))
+    return list(dict.fromkeys(out))
+
+
+def check_output_path(out: str | os.PathLike, inp: str | os.PathLike | None = None) -> None:
+    """Refuse output paths that would overwrite the input or cannot be written.
+
+    UsageError when ``out`` (or its sidecar ``<out>.data``) is the input model or
+    one of its external-data files; OutputError when ``out`` is a directory or its
+    folder is missing or not writable.
+    """
+    out = os.fspath(out)
+    if inp is not None:
+        inp = os.fspath(inp)
+        if _same_path(out, inp):
+            raise UsageError(_one_line(f"output path {out} is the input model; choose another output path"))
+        sidecar = out + ".data"
+        if os.path.exists(sidecar):
+            for f in [inp] + _external_files(inp):
+                if os.path.exists(f) and _same_path(sidecar, f):
+                    raise UsageError(
+                        _one_line(f"the external data file {sidecar} of output {out} would overwrite the input's data; choose another output path")
+                    )
+    folder, _ = _check_target(out)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise _out_error(out, f"folder {folder} is not writable")
