@@ -11,6 +11,7 @@ import onnx
 from . import bench
 from .analyze import analyze, groups as find_groups
 from .errors import UsageError, VerifyError
+from .fold import fold_shapes
 from .graph import Graph
 from .plan import Plan, make_plan
 from .rewrite import rewrite
@@ -62,6 +63,8 @@ class Analyzed:
     """A model with its analysis and groups, reusable by several plans."""
 
     def __init__(self, model: onnx.ModelProto):
+        self.original = model
+        model = fold_shapes(model)
         self.model = model
         self.graph = Graph(model)
         self.analysis = analyze(model, self.graph)
@@ -90,7 +93,8 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
     t["plan_s"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     progress("rewrite")
-    pruned = rewrite(model, an.analysis, an.root, plan.removed_units())
+    removed = plan.removed_units()
+    pruned = rewrite(an.model, an.analysis, an.root, removed) if removed else _unchanged(model)
     t["rewrite_s"] = time.perf_counter() - t1
     pj = plan.to_json()
     report = {"groups": pj["groups"]}
@@ -119,6 +123,12 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
                                 "threads": opts.threads}
     report["timings_s"] = t
     return Result(pruned, plan, report, t)
+
+
+def _unchanged(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
 
 
 def check_verified(report: dict) -> None:

@@ -1,0 +1,294 @@
+"""Command line: ``graphprune run | analyze | prune | verify``.
+
+Every user-facing failure is one line on stderr and a documented exit code (see errors.py);
+no traceback unless GRAPHPRUNE_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+import click
+
+from . import __version__
+from .errors import GraphpruneError, InputError, UsageError
+
+STEPS = ("analyze", "score", "plan", "rewrite", "count", "verify", "bench")
+
+
+class _Progress:
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.t = None
+        self.step = None
+
+    def __call__(self, step: str) -> None:
+        self.done()
+        self.step, self.t = step, time.perf_counter()
+        if not self.quiet:
+            click.echo(f"  {step:<8s} ...", err=True, nl=False)
+
+    def done(self) -> None:
+        if self.step is not None and not self.quiet:
+            click.echo(f" {time.perf_counter() - self.t:6.2f}s", err=True)
+        self.step = None
+
+
+def _default_out(inp: str) -> str:
+    base = inp[:-5] if inp.endswith(".onnx") else inp
+    return base + ".pruned.onnx"
+
+
+def _default_report(out: str) -> str:
+    base = out[:-5] if out.endswith(".onnx") else out
+    return base + ".report.json"
+
+
+def _fmt_int(n) -> str:
+    if n is None:
+        return "-"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def print_summary(report: dict) -> None:
+    m, p = report["macs"], report["params"]
+    rows = [("MACs", _fmt_int(m["before"]), _fmt_int(m["after"]), m["before"] / max(m["after"], 1)),
+            ("params", _fmt_int(p["before"]), _fmt_int(p["after"]), p["before"] / max(p["after"], 1))]
+    lat = report.get("latency_ms")
+    if lat:
+        rows.append(("latency ms", f"{lat['before']:.3f}", f"{lat['after']:.3f}", lat["speedup"]))
+    click.echo(f"{'':12s} {'before':>10s} {'after':>10s} {'ratio':>8s}")
+    for name, b, a, r in rows:
+        click.echo(f"{name:12s} {b:>10s} {a:>10s} {r:7.2f}x")
+    s = report["summary"]
+    click.echo(f"groups       {s['pruned_groups']} pruned of {s['prunable_groups']} prunable ({s['groups']} found)")
+    v = report.get("verify")
+    if v is not None:
+        state = "passed" if v["passed"] else "FAILED"
+        click.echo(f"verify       {state} (max abs diff {v['max_abs_diff']:.3g})"
+                   if v.get("max_abs_diff") is not None else f"verify       {state}")
+
+
+def _load(path: str):
+    from .io import load_model
+    return load_model(path)
+
+
+def _load_json(path: str, what: str) -> dict:
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise InputError(f"{what} {path} does not exist")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{what} {path} is not valid JSON: {str(e).splitlines()[0]}")
+    if not isinstance(data, dict) or not isinstance(data.get("groups"), list):
+        raise InputError(f"{what} {path} has no 'groups' list")
+    return data
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="graphprune")
+def cli() -> None:
+    """Structurally prune any ONNX model: find coupled channel groups, remove the least
+    important channels, rewrite, verify and benchmark."""
+
+
+def _common_prune_options(f):
+    f = click.option("--ratio", type=float, default=0.5, show_default=True,
+                     help="fraction of each group's channels to remove, in [0, 1)")(f)
+    f = click.option("--round-to", "round_to", type=int, default=1, show_default=True,
+                     help="kept channel counts are multiples of N (8 suits onnxruntime's CPU kernels)")(f)
+    f = click.option("--protect", multiple=True, metavar="NAME",
+                     help="node or tensor name (glob) whose groups keep every channel; repeatable")(f)
+    f = click.option("--criterion", default="l2", show_default=True, help="importance: l2, l1 or random")(f)
+    f = click.option("--seed", type=int, default=0, show_default=True)(f)
+    f = click.option("--allow-inexact", is_flag=True,
+                     help="also prune groups that feed LayerNorm/Softmax/ReduceMean over channels")(f)
+    return f
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("-o", "--output", "out", default=None, help="pruned model path [default: IN.pruned.onnx]")
+@click.option("--report", default=None, help="report JSON path [default: OUT.report.json]")
+@_common_prune_options
+@click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime threads for the benchmark")
+@click.option("--no-bench", is_flag=True, help="skip the latency benchmark")
+@click.option("--demo", is_flag=True, help="prune the built-in demo CNN (also used when MODEL is omitted)")
+@click.option("-q", "--quiet", is_flag=True)
+def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_inexact, threads, no_bench, demo,
+        quiet):
+    """Prune MODEL end to end: load, analyze, score, plan, rewrite, verify, bench, save."""
+    from .io import check_output_path, save_json_atomic, save_model
+    from .pipeline import Options, check_verified, prune
+
+    opts = Options(ratio=ratio, round_to=round_to, protect=protect, criterion=criterion, seed=seed,
+                   allow_inexact=allow_inexact, threads=threads, bench=not no_bench)
+    opts.check()
+    if model is None or demo:
+        from .demo import write_demo_model
+        model = model or "graphprune-demo.onnx"
+        if not os.path.exists(model):
+            write_demo_model(model, seed=seed)
+            if not quiet:
+                click.echo(f"wrote the demo model to {model}", err=True)
+    out = out or _default_out(model)
+    report_path = report or _default_report(out)
+    check_output_path(out, model)
+    check_output_path(report_path, model)
+    m = _load(model)
+    progress = _Progress(quiet)
+    if not quiet:
+        click.echo(f"pruning {model} (ratio {ratio}, round-to {round_to}, criterion {criterion})", err=True)
+    res = prune(m, opts, progress)
+    progress.done()
+    rep = res.report
+    if rep["summary"]["pruned_groups"] == 0:
+        click.echo("nothing was pruned: no group is prunable at this ratio; writing an unchanged copy", err=True)
+    check_verified(rep)
+    save_model(res.model, out)
+    save_json_atomic(rep, report_path)
+    if not quiet:
+        print_summary(rep)
+        click.echo(f"wrote {out} and {report_path}")
+
+
+@cli.command("analyze")
+@click.argument("model")
+@click.option("--plan", "plan_out", default=None, help="write the plan JSON (groups, members, kept) here")
+@_common_prune_options
+@click.option("-v", "--verbose", is_flag=True, help="list every blocked reason")
+def analyze_cmd(model, plan_out, ratio, round_to, protect, criterion, seed, allow_inexact, verbose):
+    """Print the coupled channel groups of MODEL, what is blocked and why; optionally write a plan
+    (at --ratio, default 0 here: every channel kept) to edit and apply with `prune --plan`."""
+    from .io import save_json_atomic
+    from .pipeline import Analyzed, Options
+    from .plan import make_plan
+    from .score import score
+
+    src = click.get_current_context().get_parameter_source("ratio")
+    if src is not None and src.name == "DEFAULT":
+        ratio = 0.0
+    opts = Options(ratio=ratio, round_to=round_to, protect=protect, criterion=criterion, seed=seed,
+                   allow_inexact=allow_inexact)
+    opts.check()
+    if plan_out:
+        from .io import check_output_path
+        check_output_path(plan_out, model)
+    an = Analyzed(_load(model))
+    scores = score(an.groups, an.graph, criterion, seed=seed)
+    plan = make_plan(an.groups, scores, ratio, round_to, protect, allow_inexact)
+    pj = plan.to_json()
+    click.echo(f"{'id':>4s}  {'channels':>9s}  {'state':10s}  name / reason")
+    for g, e in zip(an.groups, pj["groups"]):
+        if g.prunable and (g.exact or allow_inexact):
+            state = "prunable" if not g.blocked else "partial"
+        elif g.prunable:
+            state = "inexact"
+        else:
+            state = "blocked"
+        ch = f"{e['channels_after']}/{e['channels_before']}"
+        click.echo(f"{g.id:4d}  {ch:>9s}  {state:10s}  {g.name}")
+        reasons = sorted(set(g.blocked.values())) if g.blocked else []
+        if state == "inexact":
+            reasons = sorted(set(g.inexact.values()))
+        for r in (reasons if verbose else reasons[:1]):
+            click.echo(f"{'':29s}  - {r}")
+        if not verbose and len(reasons) > 1:
+            click.echo(f"{'':29s}  - ... {len(reasons) - 1} more (use -v)")
+    n_prunable = sum(1 for g in an.groups if g.prunable)
+    click.echo(f"{len(an.groups)} groups, {n_prunable} prunable")
+    if plan_out:
+        save_json_atomic(pj, plan_out)
+        click.echo(f"wrote {plan_out}")
+
+
+@cli.command("prune")
+@click.argument("model")
+@click.option("--plan", "plan_in", required=True, help="plan JSON from `analyze --plan` or a report")
+@click.option("-o", "--output", "out", default=None, help="pruned model path [default: IN.pruned.onnx]")
+@click.option("--report", default=None, help="report JSON path [default: OUT.report.json]")
+@click.option("--no-bench", is_flag=True, help="skip the latency benchmark")
+@click.option("-q", "--quiet", is_flag=True)
+def prune_cmd(model, plan_in, out, report, no_bench, quiet):
+    """Apply an (edited) plan to MODEL."""
+    from .io import check_output_path, save_json_atomic, save_model
+    from .pipeline import Options, check_verified, prune
+
+    out = out or _default_out(model)
+    report_path = report or _default_report(out)
+    check_output_path(out, model)
+    check_output_path(report_path, model)
+    pj = _load_json(plan_in, "plan")
+    m = _load(model)
+    progress = _Progress(quiet)
+    res = prune(m, Options(ratio=0.0, bench=not no_bench), progress, plan_json=pj)
+    progress.done()
+    check_verified(res.report)
+    save_model(res.model, out)
+    save_json_atomic(res.report, report_path)
+    if not quiet:
+        print_summary(res.report)
+        click.echo(f"wrote {out} and {report_path}")
+
+
+@cli.command("verify")
+@click.argument("dense")
+@click.argument("pruned")
+@click.option("--plan", "plan_in", required=True, help="the plan (or report) the pruned model was made from")
+def verify_cmd(dense, pruned, plan_in):
+    """Check PRUNED against the masked-dense oracle built from DENSE and the plan."""
+    from .errors import VerifyError
+    from .verify import verify
+
+    pj = _load_json(plan_in, "plan")
+    d, p = _load(dense), _load(pruned)
+    try:
+        v = verify(d, p, pj)
+    except GraphpruneError:
+        raise
+    except Exception as e:  # onnxruntime refusing one of the models
+        raise VerifyError(f"cannot run the models: {str(e).strip().splitlines()[0]}")
+    click.echo(json.dumps({"verify": v}))
+    if not v["passed"]:
+        raise VerifyError("verification failed: pruned model disagrees with the masked-dense oracle "
+                          f"(max abs diff {v.get('max_abs_diff')})")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    debug = os.environ.get("GRAPHPRUNE_DEBUG") == "1"
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="graphprune", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("graphprune: aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.ClickException as e:
+        click.echo(f"graphprune: error: {e.format_message()}", err=True)
+        sys.exit(2)
+    except GraphpruneError as e:
+        if debug:
+            raise
+        click.echo(f"graphprune: error: {' '.join(e.message.split())}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("graphprune: interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # a bug: still one line, but say so
+        if debug:
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        click.echo(f"graphprune: internal error ({type(e).__name__}): {msg} "
+                   f"(set GRAPHPRUNE_DEBUG=1 for a traceback)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

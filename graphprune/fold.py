@@ -1,0 +1,130 @@
+"""Part of the load step: fold shape arithmetic whose value is static into constants.
+
+Exporters often compute sizes at run time (``Shape -> Gather -> Div -> Slice`` for
+``x.chunk(2, 1)``). When the dims involved are static, the values are constants in disguise;
+folding them lets the rules see, and the rewriter rewrite, every constant that encodes a width.
+Only small integer results are folded; float computation is never touched.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Dict, Optional
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .graph import Graph
+
+MAX_ELEMS = 64
+SHAPE_OPS = {
+    "Gather", "Concat", "Unsqueeze", "Squeeze", "Slice", "Cast", "Add", "Sub", "Mul", "Div", "Mod",
+    "Floor", "Ceil", "Neg", "Abs", "Equal", "Less", "Greater", "Where", "Identity", "Max", "Min",
+    "ReduceProd", "ReduceSum", "Reshape", "Range", "Not", "And", "Or", "Expand", "ConstantOfShape",
+    "Sqrt", "Size",
+}
+
+
+def _eval(node: onnx.NodeProto, values: Dict[str, np.ndarray], opset: int) -> Optional[list]:
+    from onnx.reference import ReferenceEvaluator
+
+    ins = [helper.make_tensor_value_info(x, helper.np_dtype_to_tensor_dtype(values[x].dtype), values[x].shape)
+           for x in node.input if x]
+    outs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output]
+    g = helper.make_graph([node], "fold", ins, outs)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    try:
+        res = ReferenceEvaluator(m).run(None, {x: values[x] for x in node.input if x})
+    except Exception:
+        return None
+    return [np.asarray(r) for r in res]
+
+
+def fold_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a copy with statically known integer shape computations replaced by constants
+    (the model itself when there is nothing to fold)."""
+    g = Graph(model)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    values: Dict[str, np.ndarray] = {}
+    folded: Dict[int, list] = {}
+    for i, node in enumerate(g.nodes):
+        if node.domain not in ("", "ai.onnx") or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                                                    for a in node.attribute):
+            continue
+        if node.op_type == "Shape":
+            shp = g.shape(node.input[0])
+            if shp is None:
+                continue
+            r = len(shp)
+            start = int(next((a.i for a in node.attribute if a.name == "start"), 0))
+            end_attr = [a.i for a in node.attribute if a.name == "end"]
+            end = int(end_attr[0]) if end_attr else r
+            start, end = (start + r if start < 0 else start), (end + r if end < 0 else end)
+            dims = shp[max(0, start):min(r, end)]
+            if all(isinstance(d, int) for d in dims):
+                values[node.output[0]] = np.array(dims, dtype=np.int64)
+                folded[i] = [values[node.output[0]]]
+            continue
+        if node.op_type not in SHAPE_OPS:
+            continue
+        ok = True
+        for x in node.input:
+            if not x:
+                continue
+            if x in values:
+                continue
+            v = g.const(x)
+            if v is None or v.size > MAX_ELEMS:
+                ok = False
+                break
+            values[x] = v
+        if not ok or not any(x in values and g.producer.get(x) in folded for x in node.input if x):
+            continue
+        res = _eval(node, values, opset)
+        if res is None or any(r.size > MAX_ELEMS or r.dtype.kind not in "iub" for r in res):
+            continue
+        for o, r in zip(node.output, res):
+            values[o] = r
+        folded[i] = res
+    if not folded:
+        return model
+    out = copy.deepcopy(model)
+    nodes = list(out.graph.node)
+    # keep folded values that are still read by nodes that are not folded, or are graph outputs
+    needed = set(g.outputs)
+    for i, node in enumerate(nodes):
+        if i not in folded:
+            needed.update(x for x in node.input if x)
+    new_nodes = []
+    for i, node in enumerate(nodes):
+        if i not in folded:
+            new_nodes.append(node)
+            continue
+        for o, r in zip(node.output, folded[i]):
+            if o in needed:
+                new_nodes.append(helper.make_node("Constant", [], [o], name=f"{o}__folded",
+                                                  value=numpy_helper.from_array(r.astype(r.dtype), o)))
+    del out.graph.node[:]
+    out.graph.node.extend(new_nodes)
+    _drop_unused(out)
+    return out
+
+
+def _drop_unused(model: onnx.ModelProto) -> None:
+    """Remove nodes and initializers nothing reads any more (dead shape arithmetic)."""
+    g = model.graph
+    live = {o.name for o in g.output}
+    keep = []
+    for node in reversed(list(g.node)):
+        if any(o in live for o in node.output if o):
+            keep.append(node)
+            live.update(x for x in node.input if x)
+    keep.reverse()
+    if len(keep) != len(g.node):
+        del g.node[:]
+        g.node.extend(keep)
+    inits = [t for t in g.initializer if t.name in live or t.name in {i.name for i in g.input}]
+    if len(inits) != len(g.initializer):
+        del g.initializer[:]
+        g.initializer.extend(inits)
