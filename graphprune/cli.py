@@ -21,10 +21,21 @@ STEPS = ("analyze", "score", "plan", "rewrite", "count", "verify", "bench")
 
 
 class _Progress:
+    active = None
+
     def __init__(self, quiet: bool):
         self.quiet = quiet
         self.t = None
         self.step = None
+        _Progress.active = self
+
+    @classmethod
+    def interrupt(cls) -> None:
+        """End an open progress line so an error message starts on its own line."""
+        p = cls.active
+        if p is not None and p.step is not None and not p.quiet:
+            click.echo("", err=True)
+            p.step = None
 
     def __call__(self, step: str) -> None:
         self.done()
@@ -266,7 +277,11 @@ def verify_cmd(dense, pruned, plan_in):
 def main(argv: Optional[Sequence[str]] = None) -> None:
     debug = os.environ.get("GRAPHPRUNE_DEBUG") == "1"
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="graphprune", standalone_mode=False)
+        try:
+            cli.main(args=list(argv) if argv is not None else None, prog_name="graphprune",
+                     standalone_mode=False)
+        finally:
+            _Progress.interrupt()
     except click.exceptions.Abort:
         click.echo("graphprune: aborted", err=True)
         sys.exit(130)

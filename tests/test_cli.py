@@ -1,0 +1,229 @@
+"""The command line as a user meets it: the demo, analyze -> edit plan -> prune -> verify,
+determinism, and bad input (one line on stderr, documented exit code, no traceback, input
+untouched, no partial output)."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from graphprune.demo import build_demo_model
+
+
+def gp(*args, cwd=None):
+    env = dict(os.environ)
+    env.pop("GRAPHPRUNE_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "graphprune", *args], cwd=cwd, capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def assert_one_line_error(r, code):
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("graphprune: error")]
+    assert len(lines) == 1, r.stderr
+
+
+@pytest.fixture()
+def demo(tmp_path):
+    path = tmp_path / "demo.onnx"
+    onnx.save(build_demo_model(seed=0), str(path))
+    return path
+
+
+def test_demo_run_without_model(tmp_path):
+    r = gp("run", "--no-bench", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "graphprune-demo.pruned.onnx").exists()
+    rep = json.loads((tmp_path / "graphprune-demo.pruned.report.json").read_text())
+    assert rep["verify"]["passed"]
+    assert rep["macs"]["after"] < rep["macs"]["before"]
+    assert "MACs" in r.stdout and "verify" in r.stdout
+
+
+def test_run_report_fields_and_table(demo, tmp_path):
+    out = tmp_path / "o.onnx"
+    r = gp("run", str(demo), "-o", str(out), "--ratio", "0.3", "--round-to", "4")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "o.report.json").read_text())
+    for key in ("groups", "macs", "params", "latency_ms", "verify"):
+        assert key in rep
+    for g in rep["groups"]:
+        assert {"id", "channels_before", "channels_after", "exact", "members"} <= set(g)
+        for m in g["members"]:
+            assert {"tensor", "axis", "role"} <= set(m)
+        if g["channels_after"] != g["channels_before"]:
+            assert g["channels_after"] % 4 == 0
+    assert "latency" in r.stdout
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+
+
+def test_default_output_paths(demo):
+    r = gp("run", str(demo), "--no-bench")
+    assert r.returncode == 0, r.stderr
+    assert demo.with_name("demo.pruned.onnx").exists()
+    assert demo.with_name("demo.pruned.report.json").exists()
+
+
+def test_deterministic_output(demo, tmp_path):
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"o{k}.onnx"
+        r = gp("run", str(demo), "-o", str(out), "--seed", "3")
+        assert r.returncode == 0, r.stderr
+        rep = json.loads((tmp_path / f"o{k}.report.json").read_text())
+        rep.pop("latency_ms")
+        rep.pop("timings_s")
+        outs.append((sha(out), json.dumps(rep, sort_keys=True)))
+    assert outs[0] == outs[1]
+
+
+def test_analyze_edit_prune_verify(demo, tmp_path):
+    plan = tmp_path / "plan.json"
+    r = gp("analyze", str(demo), "--plan", str(plan))
+    assert r.returncode == 0, r.stderr
+    assert "blocked" in r.stdout and "graph output" in r.stdout
+    pj = json.loads(plan.read_text())
+    g = next(g for g in pj["groups"] if g["name"] == "block1.conv1")
+    for m in g["members"]:
+        if m["role"] != "shape":
+            m["kept"] = [k for k in m["kept"] if k not in (0, 5)]
+    plan.write_text(json.dumps(pj))
+    out = tmp_path / "edited.onnx"
+    r = gp("prune", str(demo), "--plan", str(plan), "-o", str(out), "--no-bench")
+    assert r.returncode == 0, r.stderr
+    rep = tmp_path / "edited.report.json"
+    got = json.loads(rep.read_text())
+    g2 = next(g for g in got["groups"] if g["name"] == "block1.conv1")
+    assert g2["channels_after"] == g2["channels_before"] - 2
+    r = gp("verify", str(demo), str(out), "--plan", str(rep))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["verify"]["passed"]
+    # the same pruned model against a different plan fails verification
+    other = tmp_path / "other.onnx"
+    assert gp("run", str(demo), "-o", str(other), "--no-bench").returncode == 0
+    r = gp("verify", str(demo), str(other), "--plan", str(rep))
+    assert_one_line_error(r, 5)
+
+
+def test_inconsistent_plan_is_refused(demo, tmp_path):
+    plan = tmp_path / "plan.json"
+    assert gp("analyze", str(demo), "--plan", str(plan)).returncode == 0
+    pj = json.loads(plan.read_text())
+    g = next(g for g in pj["groups"] if g["name"] == "block1.conv1")
+    m = next(m for m in g["members"] if m["role"] == "out")
+    m["kept"] = m["kept"][1:]  # removed in one member only
+    plan.write_text(json.dumps(pj))
+    r = gp("prune", str(demo), "--plan", str(plan), "-o", str(tmp_path / "x.onnx"))
+    assert_one_line_error(r, 2)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def _bad_cases(tmp_path, demo):
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    rnd = tmp_path / "random.onnx"
+    rnd.write_bytes(np.random.default_rng(0).bytes(4096))
+    trunc = tmp_path / "trunc.onnx"
+    trunc.write_bytes(demo.read_bytes()[:1500])
+    return {
+        "missing": ([str(tmp_path / "nope.onnx")], 3),
+        "empty": ([str(empty)], 3),
+        "random bytes": ([str(rnd)], 3),
+        "truncated": ([str(trunc)], 3),
+        "ratio 1": ([str(demo), "--ratio", "1.0"], 2),
+        "ratio negative": ([str(demo), "--ratio", "-0.1"], 2),
+        "round-to 0": ([str(demo), "--round-to", "0"], 2),
+        "bad criterion": ([str(demo), "--criterion", "magic"], 2),
+        "output folder missing": ([str(demo), "-o", str(tmp_path / "no" / "x.onnx")], 4),
+        "output is a directory": ([str(demo), "-o", str(tmp_path)], 4),
+        "output is the input": ([str(demo), "-o", str(demo)], 2),
+    }
+
+
+def test_bad_input_one_line_errors(tmp_path, demo):
+    cases = _bad_cases(tmp_path, demo)
+    before = {p: sha(p) for p in tmp_path.iterdir() if p.is_file()}
+    for name, (args, code) in cases.items():
+        r = gp("run", *args)
+        assert_one_line_error(r, code)
+    after = {p: sha(p) for p in tmp_path.iterdir() if p.is_file()}
+    assert before == after  # inputs untouched, nothing partial left behind
+
+
+def test_bad_plan_file(demo, tmp_path):
+    bad = tmp_path / "plan.json"
+    bad.write_text("{not json")
+    r = gp("prune", str(demo), "--plan", str(bad), "-o", str(tmp_path / "o.onnx"))
+    assert_one_line_error(r, 3)
+    bad.write_text(json.dumps({"groups": [{"id": 999, "members": []}]}))
+    r = gp("prune", str(demo), "--plan", str(bad), "-o", str(tmp_path / "o.onnx"))
+    assert_one_line_error(r, 2)
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def _conv_model(custom=False):
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "w2")
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1], name="conv1")]
+    if custom:
+        nodes.append(helper.make_node("MyOp", ["a"], ["b"], domain="custom.domain", name="my"))
+    else:
+        nodes.append(helper.make_node("Relu", ["a"], ["b"], name="relu"))
+    nodes.append(helper.make_node("Conv", ["b", "w2"], ["y"], name="conv2"))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [w1, w2])
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("custom.domain", 1)] if custom else [])
+    m = helper.make_model(g, opset_imports=opsets)
+    m.ir_version = 8
+    return m
+
+
+def test_unknown_op_is_blocked_not_an_error(tmp_path):
+    path = tmp_path / "custom.onnx"
+    onnx.save(_conv_model(custom=True), str(path))
+    r = gp("analyze", str(path))
+    assert r.returncode == 0, r.stderr
+    assert "unknown op custom.domain::MyOp" in r.stdout
+    assert "0 prunable" in r.stdout
+
+
+def test_nothing_prunable_writes_unchanged_copy(tmp_path):
+    path = tmp_path / "single.onnx"
+    m = _conv_model()
+    # a conv whose output is the graph output: nothing to prune but conv1's output
+    m.graph.output.append(helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 8, 8, 8]))
+    onnx.save(m, str(path))
+    out = tmp_path / "out.onnx"
+    r = gp("run", str(path), "-o", str(out), "--no-bench")
+    assert r.returncode == 0, r.stderr
+    assert "nothing was pruned" in r.stderr
+    assert sha(out) == sha(path)
+
+
+def test_external_data_model(tmp_path, demo):
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    m = onnx.load(str(demo))
+    onnx.save(m, str(ext / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="m.onnx.data", size_threshold=0)
+    before = {p.name: sha(p) for p in ext.iterdir()}
+    r = gp("run", str(ext / "m.onnx"), "-o", str(tmp_path / "out.onnx"), "--no-bench")
+    assert r.returncode == 0, r.stderr
+    assert {p.name: sha(p) for p in ext.iterdir()} == before
+    (ext / "m.onnx.data").write_bytes(b"short")
+    r = gp("run", str(ext / "m.onnx"), "-o", str(tmp_path / "out2.onnx"))
+    assert_one_line_error(r, 3)
+    assert not (tmp_path / "out2.onnx").exists()
