@@ -243,7 +243,7 @@ def random_inputs(
         if "mask" in vi.name.lower():
             arr = np.ones(shape, dtype=dtype)
         elif dtype == np.bool_:
-            arr = rng.random(shape) < 0.5
+            arr = np.asarray(rng.random(shape) < 0.5)
         elif np.issubdtype(dtype, np.integer):
             arr = rng.integers(0, 10, size=shape).astype(dtype)
         elif dtype.kind == "f" or dtype.kind == "V" or dtype.kind == "c":

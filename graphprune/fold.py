@@ -47,6 +47,7 @@ def fold_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     g = Graph(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     values: Dict[str, np.ndarray] = {}
+    partial: Dict[str, list] = {}
     folded: Dict[int, list] = {}
     for i, node in enumerate(g.nodes):
         if node.domain not in ("", "ai.onnx") or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
@@ -65,6 +66,18 @@ def fold_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
             if all(isinstance(d, int) for d in dims):
                 values[node.output[0]] = np.array(dims, dtype=np.int64)
                 folded[i] = [values[node.output[0]]]
+            else:
+                partial[node.output[0]] = [d if isinstance(d, int) else None for d in dims]
+            continue
+        if node.op_type == "Gather" and node.input[0] in partial and g.const(node.input[1]) is not None:
+            # picking only the static dims of a partly dynamic shape
+            idx = g.const(node.input[1])
+            dims = partial[node.input[0]]
+            picked = [dims[int(k)] for k in np.atleast_1d(idx).tolist()]
+            if all(d is not None for d in picked):
+                v = np.array(picked, dtype=np.int64).reshape(idx.shape)
+                values[node.output[0]] = v
+                folded[i] = [v]
             continue
         if node.op_type not in SHAPE_OPS:
             continue

@@ -64,6 +64,8 @@ class Graph:
         self._read_shapes(model.graph)
         if infer:
             self._infer()
+            if self._needs_runtime_shapes():
+                self._runtime_shapes()
 
     # ---------------------------------------------------------------- shapes
     def _read_vi(self, vi) -> None:
@@ -78,7 +80,7 @@ class Graph:
         for d in tt.shape.dim:
             if d.HasField("dim_value"):
                 dims.append(int(d.dim_value))
-            elif d.HasField("dim_param") and d.dim_param:
+            elif d.HasField("dim_param") and d.dim_param and not d.dim_param.startswith("unk__"):
                 dims.append(d.dim_param)
             else:
                 dims.append(None)
@@ -105,6 +107,62 @@ class Graph:
         for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
             if vi.name not in self.shapes or any(not isinstance(d, int) for d in self.shapes[vi.name]):
                 self._read_vi(vi)
+
+    RUNTIME_SHAPES_MAX_BYTES = 512 * 1024 * 1024
+
+    def _needs_runtime_shapes(self) -> bool:
+        for n in self.nodes:
+            if n.domain not in ("", "ai.onnx"):
+                return False  # onnxruntime could not run it anyway
+        for n in self.nodes:
+            for o in n.output:
+                if o and o not in self.const_nodes:
+                    s = self.shapes.get(o)
+                    if s is None or any(d is None for d in s):
+                        return self.model.ByteSize() < self.RUNTIME_SHAPES_MAX_BYTES
+        return False
+
+    def _runtime_shapes(self) -> None:
+        """Fill dims static inference left unknown by running the model twice with different
+        values for the symbolic input dims: a dim equal in both runs is static, one that follows
+        a symbol is that symbol, anything else stays unknown."""
+        from .bench import random_inputs, run_model  # local: bench imports onnxruntime
+
+        names = [o for n in self.nodes for o in n.output
+                 if o and o not in self.const_nodes and o not in self.outputs]
+        syms = []
+        for vi in self.model.graph.input:
+            for d in vi.type.tensor_type.shape.dim:
+                if d.HasField("dim_param") and d.dim_param and d.dim_param not in syms:
+                    syms.append(d.dim_param)
+        runs = []
+        try:
+            for k, base in enumerate((2, 3)):
+                vals = {sym: base + 6 * i + 8 for i, sym in enumerate(syms)}
+                feed = random_inputs(self.model, seed=k, batch=base, dims=vals)
+                out = run_model(self.model, feed, outputs=names + [o for o in self.outputs])
+                runs.append(({k2: v.shape for k2, v in out.items()}, vals, base))
+        except Exception:
+            return
+        (s1, v1, b1), (s2, v2, b2) = runs
+        by_pair = {(v1[s], v2[s]): s for s in syms}
+        for name, shp1 in s1.items():
+            shp2 = s2.get(name)
+            if shp2 is None or len(shp1) != len(shp2):
+                continue
+            old = self.shapes.get(name)
+            if old is not None and len(old) != len(shp1):
+                continue
+            new = []
+            for i, (a, b) in enumerate(zip(shp1, shp2)):
+                prev = old[i] if old is not None else None
+                if isinstance(prev, int) or isinstance(prev, str):
+                    new.append(prev)
+                elif a == b:
+                    new.append(int(a))
+                else:
+                    new.append(by_pair.get((a, b)) or ("batch" if (a, b) == (b1, b2) else None))
+            self.shapes[name] = new
 
     def shape(self, name: str) -> Optional[List[Dim]]:
         return self.shapes.get(name)

@@ -52,3 +52,32 @@ def test_ratio_reduces_more_with_higher_ratio(exported):
     model = onnx.load(exported("resnet_bottleneck", "legacy"))
     macs = [prune(model, Options(ratio=r, bench=False, verify=False)).report["macs"]["after"] for r in (0.2, 0.4, 0.6)]
     assert macs[0] > macs[1] > macs[2]
+
+
+VARIANT_MODELS = ["resnet_basic", "shufflenetv2", "vgg_view", "densenet", "mobilenetv3", "convnext", "resnext"]
+VARIANTS = {"bn-kept": dict(keep_bn=True), "dynamic-batch": dict(dynamic_batch=True),
+            "opset13": dict(opset=13), "opset21": dict(opset=21)}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("name", VARIANT_MODELS)
+def test_export_variants(tmp_path, name, exporter, variant):
+    """BN kept or folded, dynamic batch, opsets 13 and 21: same guarantees; every group that is
+    prunable with a static export stays prunable."""
+    from models.export import export_named
+
+    path = str(tmp_path / "m.onnx")
+    export_named(name, path, exporter, **VARIANTS[variant])
+    model = onnx.load(path)
+    res = prune(model, Options(ratio=0.5, bench=False))
+    rep = res.report
+    onnx.checker.check_model(res.model, full_check=True)
+    assert rep["verify"]["passed"], rep["verify"]
+    assert rep["macs"]["after"] < rep["macs"]["before"]
+    blocked = [g for g in rep["groups"] if g.get("blocked") and g["blocked"] != ["graph output output"]]
+    assert not blocked, [(g["name"], g["blocked"]) for g in blocked]
+    batch = 3 if variant == "dynamic-batch" else 1
+    feed = random_inputs(model, seed=0, batch=batch)
+    out = run_model(res.model, feed)
+    assert all(v.shape[0] == batch for v in out.values())

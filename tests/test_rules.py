@@ -623,8 +623,9 @@ def test_opsets_split_concat(opset):
 # ----------------------------------------------------------------------------- 11. ratio 0
 
 
-def test_ratio_zero_is_identity():
-    b = GraphBuilder(seed=22)
+@pytest.mark.parametrize("const_nodes", [False, True])
+def test_ratio_zero_is_identity(const_nodes):
+    b = GraphBuilder(seed=22, const_nodes=const_nodes)
     x = b.input("x", [1, 3, 8, 8])
     h = b.relu(b.bn(b.conv(x, 3, 8, name="conv1"), 8))
     h = b.node("Concat", [h, b.relu(b.conv(x, 3, 4, name="conv1b"))], axis=1)
@@ -1131,3 +1132,50 @@ def test_grouped_conv_after_concat_is_safe():
     y = b.conv(h, 16, 4, name="head")
     res = run_case(b.model(y))
     assert pruned(group_of(res, "g2.weight", "out"))
+
+
+# ----------------------------------------------------------------------------- constants with other readers
+
+
+def _shared_const_model(kind):
+    b = GraphBuilder(seed=90)
+    if kind == "add_on_input":
+        # one [8,1,1] constant: added to the graph input and multiplied into conv1's channels
+        x = b.input("x", [1, 8, 8, 8])
+        c = b.const("cvec", b.randn(8, 1, 1))
+        h = b.relu(b.conv(b.node("Add", [x, c]), 8, 8, name="conv1"))
+        y = b.conv(b.node("Mul", [h, c]), 8, 4, name="conv2")
+        return b.model(y)
+    if kind == "dedup_bn":
+        # a de-duplicated initializer (as onnx optimizers emit): BN on the graph input and BN
+        # after conv1 share the same running_var / weight tensors
+        x = b.input("x", [1, 8, 8, 8])
+        ones, zeros = b.const("ones8", np.ones(8, np.float32)), b.const("zeros8", np.zeros(8, np.float32))
+        h = b.node("BatchNormalization", [x, ones, zeros, b.const("m0", b.randn(8, scale=0.1)), ones], name="bn_in")
+        h = b.conv(h, 8, 8, name="conv1")
+        h = b.node("BatchNormalization", [h, ones, zeros, b.const("m1", b.randn(8, scale=0.1)), ones], name="bn1")
+        y = b.conv(b.relu(h), 8, 4, name="conv2")
+        return b.model(y)
+    if kind == "weight_read_elsewhere":
+        # conv1.weight is also read by a ReduceSumSquare whose result is a graph output
+        x = b.input("x", [1, 3, 8, 8])
+        h = b.relu(b.conv(x, 3, 8, name="conv1"))
+        y = b.conv(h, 8, 4, name="conv2")
+        n = b.node("ReduceSumSquare", ["conv1.weight"], keepdims=0)
+        return b.model(y, n)
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["add_on_input", "dedup_bn", "weight_read_elsewhere"])
+def test_constant_member_with_another_reader(kind):
+    """A constant sliced as a member must not have readers that still need its full width:
+    such a group must stay whole (or the other readers be rewritten too)."""
+    m = _shared_const_model(kind)
+    res = run_case(m, expect_pruned=False)
+    dense = run_model(m, random_inputs(m, seed=1))
+    got = run_model(res.model, random_inputs(m, seed=1))
+    for k in dense:
+        assert got[k].shape == dense[k].shape
+    if kind == "weight_read_elsewhere":
+        name = m.graph.output[1].name
+        np.testing.assert_allclose(got[name], dense[name], rtol=1e-5)

@@ -35,6 +35,14 @@ Run (from the repository root; a few minutes on 2 cores)::
 ``--round-to`` takes one or more values; each is a separate pruning of the same dense model.
 ``--exporter dynamo`` uses the torch.export-based exporter (default opset 18) instead of the
 legacy TorchScript one (default opset 17).
+
+With ``weights=None`` every BatchNorm has default statistics, so every BN-folded Conv bias
+is the same zero vector; the legacy exporter then deduplicates those initializers and feeds
+most Conv biases through ``Identity(initializer)`` nodes.  ``--undedup`` replaces each such
+node by a private copy of the initializer before anything is measured (all ONNX models, dense
+and both pruned, get the same treatment; onnxruntime folds these Identity nodes anyway, so
+latency is unaffected).  Without it graphprune (at the time of writing) sees those Convs as
+having non-constant weights and prunes nothing.
 """
 
 from __future__ import annotations
@@ -302,6 +310,8 @@ def bench_round_to(args, round_to: int, dense_torch, dense_onnx, dense_cost, fee
     log(f"[round_to={round_to}] measuring Torch-Pruning model ...")
     tm = measure("torch-pruning", dense_onnx, tpr["model"], dense_cost, feed, args.threads, args.repeats)
     same_arch = conv_shapes(gp["model"]) == conv_shapes(tpr["model"])
+    log(f"[round_to={round_to}] timing graphprune model against Torch-Pruning model ...")
+    head = gbench.measure_latency(tpr["model"], gp["model"], feed, threads=args.threads, repeats=args.repeats)
     if args.save_dir:
         os.makedirs(args.save_dir, exist_ok=True)
         onnx.save_model(gp["model"], os.path.join(args.save_dir, f"resnet50_gp_r{round_to}.onnx"))
@@ -313,6 +323,7 @@ def bench_round_to(args, round_to: int, dense_torch, dense_onnx, dense_cost, fee
                        "pruned_groups": gp["pruned_groups"], "blocked": gp["blocked"]},
         "torch_pruning": {**tm, "timings_s": tpr["timings_s"], "torch_output_shape": tpr["torch_output_shape"]},
         "same_architecture": same_arch,
+        "gp_vs_tp": {"tp_ms": head["before_ms"], "gp_ms": head["after_ms"], "speedup": head["speedup"]},
     }
 
 
@@ -355,7 +366,10 @@ def table(res: Dict[str, Any], dense: Dict[str, Any], args) -> str:
             f"ORT threads {args.threads}, latency repeats {args.repeats}, prune repeats {args.prune_repeats} (median)")
     lines = [head, "", "| metric | dense | graphprune | Torch-Pruning |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    h = res["gp_vs_tp"]
     lines.append("")
+    lines.append(f"Head to head (pruned vs pruned, interleaved): graphprune {f(h['gp_ms'], '{:.2f}')} ms, "
+                 f"Torch-Pruning {f(h['tp_ms'], '{:.2f}')} ms, TP/graphprune median ratio {f(h['speedup'])}")
     lines.append(f"Pruned architectures identical (Conv/Gemm weight shapes): {res['same_architecture']}; "
                  f"graphprune groups: {g['groups']} ({g['prunable_groups']} prunable, {g['pruned_groups']} pruned)")
     gp_ast = gt["analyze_s"] + gt["score_s"] + gt["rewrite_s"]
@@ -399,8 +413,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="channel multiple; several values run several prunings (default 1)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     p.add_argument("--repeats", type=int, default=30, help="latency pairs per comparison (default 30)")
-    p.add_argument("--prune-repeats", type=int, default=3,
-                   help="prunings per tool; timings are the median (default 3)")
+    p.add_argument("--prune-repeats", type=int, default=5,
+                   help="prunings per tool; timings are the median (default 5)")
     p.add_argument("--exporter", choices=("legacy", "dynamo"), default="legacy")
     p.add_argument("--opset", type=int, default=None, help="default: 17 legacy, 18 dynamo")
     p.add_argument("--undedup", action="store_true",
@@ -421,6 +435,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(msg, file=sys.stderr, flush=True)
 
     t_start = time.perf_counter()
+    load_start = os.getloadavg()[0]
+    if load_start > 0.5:
+        log(f"WARNING: 1-min load average is {load_start:.2f}: other processes compete for the CPU, "
+            "timings will be noisy")
     log(f"building resnet50 (weights=None, seed {args.seed}) and exporting ({args.exporter}, opset {opset}) ...")
     dense_torch = build_resnet50(args.seed)
     dense_onnx = export_onnx(dense_torch, torch.randn(*INPUT_SHAPE), args.exporter, opset)
@@ -455,12 +473,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(table(res, dense, args))
         print("")
     total = time.perf_counter() - t_start
-    print(f"total benchmark time: {total:.1f} s")
+    load_end = os.getloadavg()[0]
+    print(f"total benchmark time: {total:.1f} s; 1-min load average at start {load_start:.2f}, "
+          f"at end {load_end:.2f} (this run itself adds about 1)")
+    if load_start > 0.5 or load_end > 1.6:
+        print("WARNING: other processes were using the CPU during this run: timings are noisy")
 
     if args.json:
         out = {"args": vars(args), "opset": opset, "versions": versions, "dense": dense,
                "dense_identity_nodes": n_identity, "undedup_replaced": n_undedup,
-               "results": results, "total_s": total}
+               "results": results, "total_s": total, "loadavg_1min": [load_start, load_end]}
         with open(args.json, "w") as fh:
             json.dump(_strip(out), fh, indent=2)
         log(f"wrote {args.json}")

@@ -120,6 +120,7 @@ class Analyzer:
         self.descs: Dict[str, Dict[int, np.ndarray]] = {}
         self.members: List[Member] = []
         self.member_index: Dict[Tuple[str, int], int] = {}
+        self.member_readers: Dict[str, Set[int]] = {}
         self.shape_members: List[ShapeMember] = []
         self.constraints: List[Constraint] = []
         self.blocks: List[Tuple[np.ndarray, str]] = []
@@ -162,7 +163,9 @@ class Analyzer:
         for ax, atoms in self.descs.get(name, {}).items():
             self.block(atoms, reason)
 
-    def add_member(self, tensor: str, axis: int, role: str, atoms: np.ndarray, node: str, groups: int = 1) -> None:
+    def add_member(self, tensor: str, axis: int, role: str, atoms: np.ndarray, node: str, groups: int = 1,
+                   node_index: int = -1) -> None:
+        self.member_readers.setdefault(tensor, set()).add(node_index)
         key = (tensor, axis)
         if key in self.member_index:
             # a weight shared by several nodes: its slices must agree
@@ -208,9 +211,27 @@ class Analyzer:
                 self.block_tensor(name, f"used inside a subgraph of {op} {ctx.label}")
         for name in g.outputs:
             self.block_tensor(name, f"graph output {name}")
+        self._block_foreign_readers()
         return Analysis(g, self.uf, self.origins, self.atom_origin, self.descs, self.members,
                         self.shape_members, self.constraints, self.blocks, self.inexact,
                         self.rewrites, self.notes)
+
+
+    def _block_foreign_readers(self) -> None:
+        """A member constant read by a node that did not register it (or by a subgraph, or as a
+        graph output) would be sliced under that reader's feet: block its channels."""
+        g = self.g
+        captured: Set[str] = set()
+        for node in g.nodes:
+            captured |= _captured_names(node)
+        for m in self.members:
+            readers = {i for i, _ in g.consumers.get(m.tensor, [])}
+            foreign = readers - self.member_readers.get(m.tensor, set())
+            if foreign:
+                i = min(foreign)
+                self.block(m.atoms, f"constant {m.tensor} is also read by {g.nodes[i].op_type} {g.labels[i]}")
+            elif m.tensor in g.outputs or m.tensor in captured:
+                self.block(m.atoms, f"constant {m.tensor} is a graph output or read by a subgraph")
 
 
 def _captured_names(node: onnx.NodeProto) -> Set[str]:
@@ -343,7 +364,7 @@ class NodeCtx:
         shp = self.g.shape(tensor)
         if shp is not None and axis < 0:
             axis += len(shp)
-        self.an.add_member(tensor, axis, role, atoms, self.label, groups)
+        self.an.add_member(tensor, axis, role, atoms, self.label, groups, self.index)
 
     def shape_member(self, tensor: str, index: Sequence[int], atoms: np.ndarray) -> None:
         self.an.shape_members.append(ShapeMember(tensor, list(index), self.label, atoms))

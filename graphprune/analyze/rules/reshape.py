@@ -135,22 +135,37 @@ def map_reshape(ctx, x, y, ishape, oshape):
     return out
 
 
-def _resolve(items, ishape, total):
-    """Static output shape from target items."""
+def _resolve(ctx, items, ishape):
+    """Output shape from target items and the input shape (symbolic dims allowed); None if unknown."""
     dims = []
     neg = None
     for i, it in enumerate(items):
         if it[0] == "lit":
-            v = it[1]
-            if v == -1:
+            if it[1] == -1:
+                if neg is not None:
+                    return None
                 neg = i
                 dims.append(None)
-            elif v == 0:
+            elif it[1] == 0:
                 dims.append(ishape[i] if i < len(ishape) else None)
             else:
-                dims.append(v)
+                dims.append(it[1])
+        elif it[0] == "dim":
+            shp = ctx.shape(it[1])
+            dims.append(shp[it[2]] if shp is not None and it[2] < len(shp) else None)
         else:
             dims.append(None)
+    known = [d for k, d in enumerate(dims) if k != neg]
+    if any(d is None for d in known) or any(d is None for d in ishape):
+        return None
+    if neg is not None:
+        in_static = int(np.prod([d for d in ishape if isinstance(d, int)]))
+        out_static = int(np.prod([d for d in known if isinstance(d, int)]))
+        if sorted(d for d in ishape if isinstance(d, str)) != sorted(d for d in known if isinstance(d, str)):
+            return None
+        if out_static == 0 or in_static % out_static:
+            return None
+        dims[neg] = in_static // out_static
     return dims
 
 
@@ -170,8 +185,13 @@ def reshape(ctx):
     if items is None:
         raise AnalysisError("target shape is not constant and not traceable")
     ishape, oshape = ctx.shape(x), ctx.shape(y)
-    if ishape is None or oshape is None or len(oshape) != len(items):
-        raise AnalysisError("shapes unknown")
+    if ishape is None:
+        raise AnalysisError("input shape unknown")
+    resolved = _resolve(ctx, items, ishape)
+    if resolved is not None:
+        oshape = resolved
+    if oshape is None or len(oshape) != len(items):
+        raise AnalysisError("output shape unknown")
     if int(ctx.attr("allowzero", 0)) and any(it[0] == "lit" and it[1] == 0 for it in items):
         raise AnalysisError("allowzero reshape")
     out = map_reshape(ctx, x, y, ishape, oshape)
