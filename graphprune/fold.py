@@ -41,10 +41,10 @@ def _eval(node: onnx.NodeProto, values: Dict[str, np.ndarray], opset: int) -> Op
     return [np.asarray(r) for r in res]
 
 
-def fold_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+def fold_shapes(model: onnx.ModelProto, g: Optional[Graph] = None) -> onnx.ModelProto:
     """Return a copy with statically known integer shape computations replaced by constants
     (the model itself when there is nothing to fold)."""
-    g = Graph(model)
+    g = g or Graph(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     values: Dict[str, np.ndarray] = {}
     partial: Dict[str, list] = {}

@@ -38,7 +38,8 @@ def _constant_node_value(node: onnx.NodeProto) -> Optional[np.ndarray]:
 class Graph:
     """Index over ``model.graph`` (the top-level graph; subgraphs are opaque)."""
 
-    def __init__(self, model: onnx.ModelProto, infer: bool = True):
+    def __init__(self, model: onnx.ModelProto, infer: bool = True, known_shapes: Optional[Dict] = None,
+                 runtime: bool = True):
         self.model = model
         g = model.graph
         self.nodes: List[onnx.NodeProto] = list(g.node)
@@ -64,7 +65,12 @@ class Graph:
         self._read_shapes(model.graph)
         if infer:
             self._infer()
-            if self._needs_runtime_shapes():
+            if known_shapes:
+                for k, v in known_shapes.items():
+                    old = self.shapes.get(k)
+                    if old is None or (len(old) == len(v) and any(d is None for d in old)):
+                        self.shapes[k] = v
+            if runtime and self._needs_runtime_shapes():
                 self._runtime_shapes()
 
     # ---------------------------------------------------------------- shapes
@@ -119,14 +125,15 @@ class Graph:
                 if o and o not in self.const_nodes:
                     s = self.shapes.get(o)
                     if s is None or any(d is None for d in s):
-                        return self.model.ByteSize() < self.RUNTIME_SHAPES_MAX_BYTES
+                        size = sum(len(t.raw_data) for t in self.model.graph.initializer)
+                        return size < self.RUNTIME_SHAPES_MAX_BYTES
         return False
 
     def _runtime_shapes(self) -> None:
         """Fill dims static inference left unknown by running the model twice with different
         values for the symbolic input dims: a dim equal in both runs is static, one that follows
         a symbol is that symbol, anything else stays unknown."""
-        from .bench import random_inputs, run_model  # local: bench imports onnxruntime
+        from .bench import _session, random_inputs  # local: bench imports onnxruntime
 
         names = [o for n in self.nodes for o in n.output
                  if o and o not in self.const_nodes and o not in self.outputs]
@@ -137,11 +144,14 @@ class Graph:
                     syms.append(d.dim_param)
         runs = []
         try:
+            fetch = names + list(self.outputs)
+            sess = _session(self.model, 1, extra_outputs=names,
+                            opt_level=__import__("onnxruntime").GraphOptimizationLevel.ORT_DISABLE_ALL)
             for k, base in enumerate((2, 3)):
                 vals = {sym: base + 6 * i + 8 for i, sym in enumerate(syms)}
                 feed = random_inputs(self.model, seed=k, batch=base, dims=vals)
-                out = run_model(self.model, feed, outputs=names + [o for o in self.outputs])
-                runs.append(({k2: v.shape for k2, v in out.items()}, vals, base))
+                out = sess.run(fetch, feed)
+                runs.append(({k2: v.shape for k2, v in zip(fetch, out)}, vals, base))
         except Exception:
             return
         (s1, v1, b1), (s2, v2, b2) = runs

@@ -64,9 +64,10 @@ class Analyzed:
 
     def __init__(self, model: onnx.ModelProto):
         self.original = model
-        model = fold_shapes(model)
-        self.model = model
-        self.graph = Graph(model)
+        g0 = Graph(model)
+        folded = fold_shapes(model, g0)
+        self.model = folded
+        self.graph = g0 if folded is model else Graph(folded, known_shapes=g0.shapes, runtime=False)
         self.analysis = analyze(model, self.graph)
         self.groups, self.root = find_groups(self.analysis)
 

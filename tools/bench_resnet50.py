@@ -387,6 +387,28 @@ def table(res: Dict[str, Any], dense: Dict[str, Any], args) -> str:
     return "\n".join(lines)
 
 
+def _busy_s() -> Optional[tuple]:
+    """(CPU seconds the whole machine has been busy, CPU seconds this process used); Linux only."""
+    try:
+        with open("/proc/stat") as fh:
+            f = [int(x) for x in fh.readline().split()[1:]]
+        busy = (sum(f[:8]) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")  # all but idle, iowait
+    except Exception:
+        return None
+    t = os.times()
+    return busy, t.user + t.system
+
+
+def _other_cores(window: float) -> Optional[float]:
+    """Cores used by other processes over ``window`` seconds (this process sleeps meanwhile)."""
+    a = _busy_s()
+    time.sleep(window)
+    b = _busy_s()
+    if a is None or b is None:
+        return None
+    return max(0.0, (b[0] - a[0]) - (b[1] - a[1])) / window
+
+
 def _dist_version(name: str) -> str:
     """Installed distribution version (torch_pruning.__version__ lags the wheel's)."""
     try:
@@ -435,10 +457,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(msg, file=sys.stderr, flush=True)
 
     t_start = time.perf_counter()
-    load_start = os.getloadavg()[0]
-    if load_start > 0.5:
-        log(f"WARNING: 1-min load average is {load_start:.2f}: other processes compete for the CPU, "
-            "timings will be noisy")
+    busy0 = _busy_s()
+    other = _other_cores(1.0)
+    if other is not None and other > 0.2:
+        log(f"WARNING: other processes are using {other:.2f} cores now; timings will be noisy")
     log(f"building resnet50 (weights=None, seed {args.seed}) and exporting ({args.exporter}, opset {opset}) ...")
     dense_torch = build_resnet50(args.seed)
     dense_onnx = export_onnx(dense_torch, torch.randn(*INPUT_SHAPE), args.exporter, opset)
@@ -473,16 +495,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(table(res, dense, args))
         print("")
     total = time.perf_counter() - t_start
-    load_end = os.getloadavg()[0]
-    print(f"total benchmark time: {total:.1f} s; 1-min load average at start {load_start:.2f}, "
-          f"at end {load_end:.2f} (this run itself adds about 1)")
-    if load_start > 0.5 or load_end > 1.6:
+    busy1 = _busy_s()
+    others = None
+    if busy0 is not None and busy1 is not None:
+        others = max(0.0, (busy1[0] - busy0[0]) - (busy1[1] - busy0[1])) / total
+    print(f"total benchmark time: {total:.1f} s; CPU used by other processes during the run: "
+          + ("unknown" if others is None else f"{others:.2f} cores on average"))
+    if others is not None and others > 0.1:
         print("WARNING: other processes were using the CPU during this run: timings are noisy")
 
     if args.json:
         out = {"args": vars(args), "opset": opset, "versions": versions, "dense": dense,
                "dense_identity_nodes": n_identity, "undedup_replaced": n_undedup,
-               "results": results, "total_s": total, "loadavg_1min": [load_start, load_end]}
+               "results": results, "total_s": total, "other_processes_cores": others}
         with open(args.json, "w") as fh:
             json.dump(_strip(out), fh, indent=2)
         log(f"wrote {args.json}")

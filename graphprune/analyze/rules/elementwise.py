@@ -4,6 +4,7 @@ import numpy as np
 
 from ..engine import AnalysisError
 from . import register
+from .shape import shape_calculus
 
 UNARY = (
     "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
@@ -36,6 +37,8 @@ BINARY = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where
                        "channel dimension is a param member (residual Add, squeeze-excite Mul)")
 def broadcast(ctx):
     """Broadcasting elementwise op of any number of inputs."""
+    if ctx.op in ("Equal", "Where") and shape_calculus(ctx):
+        return
     ins = [x for x in ctx.inputs if x]
     y = ctx.outputs[0]
     ry = ctx.rank(y)

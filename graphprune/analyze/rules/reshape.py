@@ -123,7 +123,14 @@ def map_reshape(ctx, x, y, ishape, oshape):
                 break
         if chosen is None:
             big = [k for k in range(len(ja)) if odims[k] > 1]
-            chosen = big[-1] if _is_shuffle(ctx, y, ja) else big[0]
+            if _is_shuffle(ctx, y, ja):
+                chosen = big[-1]
+            else:
+                # blocks of the innermost axis become units (heads of size D, GroupNorm
+                # groups); with several outer axes ([3, H, D] of a fused QKV) the largest one
+                # carries the units, so head h of Q, K and V goes together
+                outer = big[:-1] or big
+                chosen = max(outer, key=lambda k: (odims[k], -k))
             moved = np.moveaxis(J, chosen, 0).reshape(odims[chosen], -1)
             for row in moved:
                 ctx.an.couple_all(row)

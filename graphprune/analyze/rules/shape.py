@@ -63,6 +63,32 @@ def shape_calculus(ctx) -> bool:
     if op in ("Unsqueeze", "Squeeze", "Identity", "Cast", "Reshape", "Flatten"):
         ctx.set_shapeval(y, list(src))
         return True
+    if op == "Equal":
+        other = items_of(ctx, ctx.input(1), 1)
+        if other is None:
+            return False
+        other = other * len(src) if len(other) == 1 else other
+        out = []
+        for a, b in zip(src, other):
+            if a[0] == "lit" and b[0] == "lit":
+                out.append(("lit", int(a[1] == b[1]), None))
+            elif "dim" in (a[0], b[0]) and "lit" in (a[0], b[0]) and (a if a[0] == "lit" else b)[1] < 0:
+                out.append(("lit", 0, None))  # a size is never negative
+            else:
+                out.append(("unk",))
+        ctx.set_shapeval(y, out)
+        return True
+    if op == "Where":
+        a, b = items_of(ctx, ctx.input(1), 1), items_of(ctx, ctx.input(2), 2)
+        if a is None or b is None:
+            return False
+        n = len(src)
+        a, b = (a * n if len(a) == 1 else a), (b * n if len(b) == 1 else b)
+        out = []
+        for c, x, z in zip(src, a, b):
+            out.append((x if c[1] else z) if c[0] == "lit" else ("unk",))
+        ctx.set_shapeval(y, out)
+        return True
     return False
 
 

