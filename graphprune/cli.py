@@ -123,6 +123,12 @@ def _common_prune_options(f):
     f = click.option("--seed", type=int, default=0, show_default=True)(f)
     f = click.option("--allow-inexact", is_flag=True,
                      help="also prune groups that feed LayerNorm/Softmax/ReduceMean over channels")(f)
+    f = click.option("--head-ratio", type=float, default=None,
+                     help="fraction of attention heads to remove [default: --ratio]")(f)
+    f = click.option("--mlp-ratio", type=float, default=None,
+                     help="fraction of MLP (and CNN channel) widths to remove [default: --ratio]")(f)
+    f = click.option("--prune-hidden", is_flag=True,
+                     help="also prune the residual (hidden) width of transformers: not exact")(f)
     return f
 
 
@@ -135,14 +141,15 @@ def _common_prune_options(f):
 @click.option("--no-bench", is_flag=True, help="skip the latency benchmark")
 @click.option("--demo", is_flag=True, help="prune the built-in demo CNN (also used when MODEL is omitted)")
 @click.option("-q", "--quiet", is_flag=True)
-def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_inexact, threads, no_bench, demo,
-        quiet):
+def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_inexact, head_ratio, mlp_ratio,
+        prune_hidden, threads, no_bench, demo, quiet):
     """Prune MODEL end to end: load, analyze, score, plan, rewrite, verify, bench, save."""
     from .io import check_output_path, save_json_atomic, save_model
     from .pipeline import Options, check_verified, prune
 
     opts = Options(ratio=ratio, round_to=round_to, protect=protect, criterion=criterion, seed=seed,
-                   allow_inexact=allow_inexact, threads=threads, bench=not no_bench)
+                   allow_inexact=allow_inexact, head_ratio=head_ratio, mlp_ratio=mlp_ratio,
+                   prune_hidden=prune_hidden, threads=threads, bench=not no_bench)
     opts.check()
     if model is None or demo:
         from .demo import write_demo_model
@@ -177,7 +184,8 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
 @click.option("--plan", "plan_out", default=None, help="write the plan JSON (groups, members, kept) here")
 @_common_prune_options
 @click.option("-v", "--verbose", is_flag=True, help="list every blocked reason")
-def analyze_cmd(model, plan_out, ratio, round_to, protect, criterion, seed, allow_inexact, verbose):
+def analyze_cmd(model, plan_out, ratio, round_to, protect, criterion, seed, allow_inexact, head_ratio, mlp_ratio,
+                prune_hidden, verbose):
     """Print the coupled channel groups of MODEL, what is blocked and why; optionally write a plan
     (at --ratio, default 0 here: every channel kept) to edit and apply with `prune --plan`."""
     from .io import save_json_atomic
@@ -189,16 +197,17 @@ def analyze_cmd(model, plan_out, ratio, round_to, protect, criterion, seed, allo
     if src is not None and src.name == "DEFAULT":
         ratio = 0.0
     opts = Options(ratio=ratio, round_to=round_to, protect=protect, criterion=criterion, seed=seed,
-                   allow_inexact=allow_inexact)
+                   allow_inexact=allow_inexact, head_ratio=head_ratio, mlp_ratio=mlp_ratio, prune_hidden=prune_hidden)
     opts.check()
+    allow_inexact = allow_inexact or prune_hidden
     if plan_out:
         from .io import check_output_path
         check_output_path(plan_out, model)
     an = Analyzed(_load(model))
     scores = score(an.groups, an.graph, criterion, seed=seed)
-    plan = make_plan(an.groups, scores, ratio, round_to, protect, allow_inexact)
+    plan = make_plan(an.groups, scores, ratio, round_to, protect, allow_inexact, kind_ratios=opts.kind_ratios())
     pj = plan.to_json()
-    click.echo(f"{'id':>4s}  {'channels':>9s}  {'state':10s}  name / reason")
+    click.echo(f"{'id':>4s}  {'channels':>9s}  {'kind':8s}  {'state':10s}  name / reason")
     for g, e in zip(an.groups, pj["groups"]):
         if g.prunable and (g.exact or allow_inexact):
             state = "prunable" if not g.blocked else "partial"
@@ -207,14 +216,14 @@ def analyze_cmd(model, plan_out, ratio, round_to, protect, criterion, seed, allo
         else:
             state = "blocked"
         ch = f"{e['channels_after']}/{e['channels_before']}"
-        click.echo(f"{g.id:4d}  {ch:>9s}  {state:10s}  {g.name}")
+        click.echo(f"{g.id:4d}  {ch:>9s}  {g.kind:8s}  {state:10s}  {g.name}")
         reasons = sorted(set(g.blocked.values())) if g.blocked else []
         if state == "inexact":
             reasons = sorted(set(g.inexact.values()))
         for r in (reasons if verbose else reasons[:1]):
-            click.echo(f"{'':29s}  - {r}")
+            click.echo(f"{'':39s}  - {r}")
         if not verbose and len(reasons) > 1:
-            click.echo(f"{'':29s}  - ... {len(reasons) - 1} more (use -v)")
+            click.echo(f"{'':39s}  - ... {len(reasons) - 1} more (use -v)")
     n_prunable = sum(1 for g in an.groups if g.prunable)
     click.echo(f"{len(an.groups)} groups, {n_prunable} prunable")
     if plan_out:

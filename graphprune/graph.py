@@ -116,10 +116,18 @@ class Graph:
 
     RUNTIME_SHAPES_MAX_BYTES = 512 * 1024 * 1024
 
+    def _runnable(self) -> List[int]:
+        """Indices of nodes onnxruntime can run: not a custom-domain op, not downstream of one."""
+        tainted: set = set()
+        keep = []
+        for i, n in enumerate(self.nodes):
+            if n.domain not in ("", "ai.onnx") or any(x in tainted for x in n.input if x):
+                tainted.update(o for o in n.output if o)
+            else:
+                keep.append(i)
+        return keep
+
     def _needs_runtime_shapes(self) -> bool:
-        for n in self.nodes:
-            if n.domain not in ("", "ai.onnx"):
-                return False  # onnxruntime could not run it anyway
         for n in self.nodes:
             for o in n.output:
                 if o and o not in self.const_nodes:
@@ -135,8 +143,20 @@ class Graph:
         a symbol is that symbol, anything else stays unknown."""
         from .bench import _session, random_inputs  # local: bench imports onnxruntime
 
-        names = [o for n in self.nodes for o in n.output
-                 if o and o not in self.const_nodes and o not in self.outputs]
+        runnable = self._runnable()
+        model = self.model
+        if len(runnable) < len(self.nodes):
+            # run the part before any custom op: a copy without the nodes onnxruntime lacks
+            model = onnx.ModelProto()
+            model.CopyFrom(self.model)
+            del model.graph.node[:]
+            model.graph.node.extend(self.nodes[i] for i in runnable)
+            del model.graph.output[:]
+        outs = {o.name for o in model.graph.output}
+        names = [o for i in runnable for o in self.nodes[i].output
+                 if o and o not in self.const_nodes and o not in outs]
+        if not names:
+            return
         syms = []
         for vi in self.model.graph.input:
             for d in vi.type.tensor_type.shape.dim:
@@ -144,12 +164,12 @@ class Graph:
                     syms.append(d.dim_param)
         runs = []
         try:
-            fetch = names + list(self.outputs)
-            sess = _session(self.model, 1, extra_outputs=names,
+            fetch = names + list(outs)
+            sess = _session(model, 1, extra_outputs=names,
                             opt_level=__import__("onnxruntime").GraphOptimizationLevel.ORT_DISABLE_ALL)
             for k, base in enumerate((2, 3)):
                 vals = {sym: base + 6 * i + 8 for i, sym in enumerate(syms)}
-                feed = random_inputs(self.model, seed=k, batch=base, dims=vals)
+                feed = random_inputs(model, seed=k, batch=base, dims=vals)
                 out = sess.run(fetch, feed)
                 runs.append(({k2: v.shape for k2, v in zip(fetch, out)}, vals, base))
         except Exception:

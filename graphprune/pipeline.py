@@ -22,6 +22,9 @@ from .verify import verify
 @dataclass
 class Options:
     ratio: float = 0.5
+    head_ratio: Optional[float] = None      # attention heads (default: ratio)
+    mlp_ratio: Optional[float] = None       # MLP widths and CNN channels (default: ratio)
+    prune_hidden: bool = False              # also prune the residual (hidden) width: not exact
     round_to: int = 1
     protect: Sequence[str] = ()
     criterion: str = "l2"
@@ -32,10 +35,16 @@ class Options:
     bench: bool = True
     bench_repeats: int = 30
     verify: bool = True
+    seq_len: int = 64                       # value of non-batch symbolic dims when counting MACs
+
+    def kind_ratios(self) -> Dict[str, Optional[float]]:
+        return {"heads": self.head_ratio, "channels": self.mlp_ratio}
 
     def check(self) -> None:
-        if not (0.0 <= self.ratio < 1.0):
-            raise UsageError(f"--ratio must be in [0, 1), got {self.ratio}")
+        for name in ("ratio", "head_ratio", "mlp_ratio"):
+            v = getattr(self, name)
+            if v is not None and not (0.0 <= v < 1.0):
+                raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1), got {v}")
         if self.round_to < 1:
             raise UsageError(f"--round-to must be >= 1, got {self.round_to}")
         if self.criterion not in CRITERIA:
@@ -87,7 +96,8 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
         t["score_s"] = time.perf_counter() - t1
         t1 = time.perf_counter()
         progress("plan")
-        plan = make_plan(an.groups, scores, opts.ratio, opts.round_to, opts.protect, opts.allow_inexact)
+        plan = make_plan(an.groups, scores, opts.ratio, opts.round_to, opts.protect,
+                         opts.allow_inexact or opts.prune_hidden, kind_ratios=opts.kind_ratios())
     else:
         progress("plan")
         plan = Plan.from_json(plan_json, an.groups)
@@ -103,12 +113,14 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
         "groups": len(an.groups),
         "prunable_groups": sum(1 for g in an.groups if g.prunable),
         "pruned_groups": plan.n_pruned_groups(),
-        "options": {"ratio": opts.ratio, "round_to": opts.round_to, "criterion": opts.criterion,
+        "options": {"ratio": opts.ratio, "head_ratio": opts.head_ratio, "mlp_ratio": opts.mlp_ratio,
+                    "prune_hidden": opts.prune_hidden, "round_to": opts.round_to, "criterion": opts.criterion,
                     "protect": list(opts.protect), "seed": opts.seed},
     }
     progress("count")
-    mb, pb = bench.count_macs_params(model)
-    ma, pa = bench.count_macs_params(pruned)
+    feed = count_feed(model, opts.seq_len)
+    mb, pb = bench.count_macs_params(model, feed)
+    ma, pa = bench.count_macs_params(pruned, feed)
     report["macs"] = {"before": int(mb), "after": int(ma)}
     report["params"] = {"before": int(pb), "after": int(pa)}
     if opts.verify:
@@ -124,6 +136,16 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
                                 "threads": opts.threads}
     report["timings_s"] = t
     return Result(pruned, plan, report, t)
+
+
+def count_feed(model: onnx.ModelProto, seq_len: int) -> Optional[dict]:
+    """Inputs for run-time MAC counting when the graph has symbolic dims (batch 1, others seq_len)."""
+    syms = {d.dim_param for vi in model.graph.input for d in vi.type.tensor_type.shape.dim
+            if d.HasField("dim_param") and d.dim_param}
+    if not syms:
+        return None
+    return bench.random_inputs(model, seed=0, batch=1,
+                               dims={s: seq_len for s in syms if not bench._is_batch_symbol(s)})
 
 
 def _unchanged(model: onnx.ModelProto) -> onnx.ModelProto:

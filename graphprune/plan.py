@@ -62,6 +62,7 @@ class Plan:
             entry = {
                 "id": g.id,
                 "name": g.name,
+                "kind": g.kind,
                 "channels_before": int(len(g.units)),
                 "channels_after": int(mask.sum()),
                 "exact": g.exact,
@@ -147,26 +148,33 @@ def _target(n: int, ratio: float, round_to: int, min_keep: int) -> int:
 
 
 def make_plan(groups: List[Group], scores: Dict[int, np.ndarray], ratio: float, round_to: int = 1,
-              protect: Sequence[str] = (), allow_inexact: bool = False, min_keep: int = 1) -> Plan:
+              protect: Sequence[str] = (), allow_inexact: bool = False, min_keep: int = 1,
+              kind_ratios: Optional[Dict[str, float]] = None) -> Plan:
+    """Uniform ratio per group; ``kind_ratios`` overrides it per group kind (heads, channels,
+    hidden). Heads and other units never drop below ``min_keep`` per group."""
     keep: Dict[int, np.ndarray] = {}
+    kind_ratios = kind_ratios or {}
     for g in groups:
         n = len(g.units)
         mask = np.ones(n, bool)
         keep[g.id] = mask
-        if ratio <= 0 or not g.prunable or g.id not in scores or _matches(g, protect):
+        r = kind_ratios.get(g.kind, ratio)
+        if r is None:
+            r = ratio
+        if r <= 0 or not g.prunable or g.id not in scores or _matches(g, protect):
             continue
         if not g.exact and not allow_inexact:
             continue
         s = np.asarray(scores[g.id], dtype=np.float64)
         forced = np.array([u in g.blocked for u in g.units.tolist()])
-        k = _target(n, ratio, round_to, min_keep)
+        k = _target(n, r, round_to if g.kind != "heads" else 1, min_keep)
         cells = _cells(g)
         if cells is None:
             continue
         ncell = len(cells)
         size = len(cells[0])
         per = max(1, int(round(k / ncell)))
-        if round_to > 1:
+        if round_to > 1 and g.kind != "heads":
             while per < size and (per * ncell) % round_to:
                 per += 1
         per = max(per, max(int(forced[c].sum()) for c in cells))
@@ -177,7 +185,8 @@ def make_plan(groups: List[Group], scores: Dict[int, np.ndarray], ratio: float, 
             order = sorted(c.tolist(), key=lambda i: (not forced[i], -s[i], i))
             mask[order[:per]] = True
         keep[g.id] = mask
-    return Plan(groups, keep, {"ratio": ratio, "round_to": round_to, "protect": list(protect)})
+    return Plan(groups, keep, {"ratio": ratio, "round_to": round_to, "protect": list(protect),
+                               "kind_ratios": dict(kind_ratios)})
 
 
 def _cells(g: Group) -> Optional[List[np.ndarray]]:

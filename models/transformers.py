@@ -130,7 +130,7 @@ class ViT(nn.Module):
 
 
 class GPT2(nn.Module):
-    def __init__(self, vocab=100, ctx=32, dim=64, depth=2, heads=4):
+    def __init__(self, vocab=100, ctx=128, dim=64, depth=2, heads=4):
         super().__init__()
         self.wte = nn.Embedding(vocab, dim)
         self.wpe = nn.Embedding(ctx, dim)

@@ -128,9 +128,61 @@ def _conv_out(n: int, k: int, s: int, d: int, p: int) -> int:
 class FuzzBuilder(GraphBuilder):
     """GraphBuilder plus the opset-correct composite blocks the fuzzer needs."""
 
-    def __init__(self, opset: int, seed: int, batch):
-        super().__init__(opset=opset, seed=seed)
+    def __init__(self, opset: int, seed: int, batch, const_nodes: bool = False):
+        super().__init__(opset=opset, seed=seed, const_nodes=const_nodes)
         self.batch = batch
+        self.weights: Dict[Tuple, List[str]] = {}   # conv weight shape -> names (for sharing)
+
+    def conv_w(self, x: str, cin: int, cout: int, k: int, group: int, stride: int, dilation: int, pad: int,
+               bias: bool, share: bool = False) -> str:
+        """A Conv whose weight may be an existing one of the same shape (shared weights)."""
+        shape = (cout, cin // group, k, k)
+        if share and self.weights.get(shape):
+            name = self.fresh("conv")
+            wname = self.weights[shape][0]
+            ins = [x, wname]
+            if bias:
+                ins.append(self.const(f"{name}.bias", self.randn(cout, scale=0.1)))
+            return self.node("Conv", ins, name=name, kernel_shape=[k, k], pads=[pad] * 4,
+                             strides=[stride, stride], dilations=[dilation, dilation], group=group)
+        y = self.conv(x, cin, cout, k=k, group=group, stride=stride, dilation=dilation, pad=pad, bias=bias)
+        self.weights.setdefault(shape, []).append(self.nodes[-1].input[1])
+        return y
+
+    def reduce(self, op: str, x: str, axes: Sequence[int], keepdims: int) -> str:
+        if self.opset >= 18 or (op == "ReduceSum" and self.opset >= 13):
+            name = self.fresh(op.lower())
+            return self.node(op, [x, self.ints(f"{name}.axes", axes)], name=name, keepdims=keepdims)
+        return self.node(op, [x], axes=list(axes), keepdims=keepdims)
+
+    def squeeze(self, x: str, axes: Sequence[int]) -> str:
+        name = self.fresh("squeeze")
+        return self.node("Squeeze", [x, self.ints(f"{name}.axes", axes)], name=name)
+
+    def pad(self, x: str, pads: Sequence[int], mode: str) -> str:
+        name = self.fresh("pad")
+        ins = [x, self.ints(f"{name}.pads", pads)]
+        if mode == "constant":
+            ins.append(self.const(f"{name}.value", np.array(0.5, np.float32), as_node=False))
+        return self.node("Pad", ins, name=name, mode=mode)
+
+    def resize2x(self, x: str) -> str:
+        name = self.fresh("resize")
+        scales = self.const(f"{name}.scales", np.array([1, 1, 2, 2], np.float32), as_node=False)
+        return self.node("Resize", [x, "", scales], name=name, mode="nearest")
+
+    def layernorm(self, x: str, c: int) -> str:
+        name = self.fresh("ln")
+        sc = self.const(f"{name}.weight", (1 + 0.1 * self.rng.standard_normal(c)).astype(np.float32))
+        bi = self.const(f"{name}.bias", (0.1 * self.rng.standard_normal(c)).astype(np.float32))
+        if self.opset >= 17:
+            return self.node("LayerNormalization", [x, sc, bi], name=name, axis=-1, epsilon=1e-5)
+        mu = self.reduce("ReduceMean", x, [-1], 1)
+        d = self.node("Sub", [x, mu])
+        var = self.reduce("ReduceMean", self.node("Mul", [d, d]), [-1], 1)
+        eps = self.const(f"{name}.eps", np.array(1e-5, np.float32))
+        n = self.node("Div", [d, self.node("Sqrt", [self.node("Add", [var, eps])])])
+        return self.node("Add", [self.node("Mul", [n, sc]), bi])
 
     @property
     def dyn(self) -> bool:
@@ -192,11 +244,14 @@ def _pick(ch, live: List[T], pool: List[T], kinds=("img",)) -> Optional[T]:
     return ch.choice(cands) if cands else None
 
 
-def _img_block(b: FuzzBuilder, ch, t: T, pool: List[T], recipe: List[str]) -> List[T]:
+IMG_OPS = ("conv", "conv", "conv", "bn", "act", "residual", "residual", "concat", "split", "slice", "shuffle",
+           "se", "pool", "to_seq", "head", "head", "pad", "resize", "deconv", "gather", "chan_const", "reduce_mul",
+           "nhwc_matmul", "binary", "self_slice_add", "concat_spatial", "tap")
+
+
+def _img_block(b: FuzzBuilder, ch, t: T, pool: List[T], recipe: List[str], taps: List[str]) -> List[T]:
     """One random block on image tensor ``t``; returns the new tensors."""
-    ops = ["conv", "conv", "bn", "act", "residual", "concat", "split", "slice", "shuffle", "se", "pool",
-           "to_seq", "head"]
-    op = ch.choice(ops)
+    op = ch.choice(IMG_OPS)
     C, H, W = t.c, t.h, t.w
 
     if op == "conv":
@@ -223,8 +278,10 @@ def _img_block(b: FuzzBuilder, ch, t: T, pool: List[T], recipe: List[str]) -> Li
             kind = "dense"
         if kind == "dense":
             cout = ch.integer(1, MAX_C)
-        y = b.conv(t.name, C, cout, k=k, group=group, stride=stride, dilation=dil, pad=pad, bias=bias)
-        recipe.append(f"conv[{kind} {C}->{cout} k{k} s{stride} d{dil} p{pad} g{group}{' b' if bias else ''}]")
+        share = ch.chance(0.2)
+        y = b.conv_w(t.name, C, cout, k, group, stride, dil, pad, bias, share=share)
+        recipe.append(f"conv[{kind} {C}->{cout} k{k} s{stride} d{dil} p{pad} g{group}{' b' if bias else ''}"
+                      f"{' shared' if share else ''}]")
         out = T(y, "img", cout, _conv_out(H, k, stride, dil, pad), _conv_out(W, k, stride, dil, pad))
         if ch.chance(0.5):
             out = T(b.bn(out.name, cout), "img", cout, out.h, out.w)
@@ -246,14 +303,17 @@ def _img_block(b: FuzzBuilder, ch, t: T, pool: List[T], recipe: List[str]) -> Li
 
     if op == "residual":
         mates = [o for o in pool if o.same_shape(t) and o.name != t.name]
-        how = ch.choice(["Add", "Add", "Mul"])
+        how = ch.choice(["Add", "Add", "Mul", "Sub"])
         if mates and ch.chance(0.5):
             o = ch.choice(mates)
             recipe.append(f"{how}[pool {C}]")
+        elif ch.chance(0.1):
+            o = t
+            recipe.append(f"{how}[self {C}]")
         else:
             k = ch.choice([1, 3]) if min(H, W) >= 3 else 1
             g = C if (C > 1 and ch.chance(0.3)) else 1
-            br = b.conv(t.name, C, C, k=k, group=g, bias=ch.chance(0.5))
+            br = b.conv_w(t.name, C, C, k, g, 1, 1, (k - 1) // 2, ch.chance(0.5), share=ch.chance(0.3))
             if ch.chance(0.5):
                 br = b.bn(br, C)
             if ch.chance(0.5):
@@ -275,17 +335,23 @@ def _img_block(b: FuzzBuilder, ch, t: T, pool: List[T], recipe: List[str]) -> Li
 
     if op == "split" and C >= 2:
         n = ch.integer(2, min(4, C))
-        forms = ["input"]
-        if C % n == 0:
-            forms.append("num_outputs" if b.opset >= 18 else "equal")
+        forms = ["input", "input"]
+        if b.opset >= 18:
+            forms.append("num_outputs")     # opset 18: the last part may be smaller
+        elif C % n == 0:
+            forms.append("equal")
         form = ch.choice(forms)
         if form == "input":
             cuts = sorted(set(ch.integer(1, C - 1) for _ in range(n - 1)))
             sizes = [e - s for s, e in zip([0] + cuts, cuts + [C])]
-            parts = b.split(t.name, sizes, axis=1, form="input")
+            parts = b.split(t.name, sizes, axis=ch.choice([1, 1, -3]), form="input")
         elif form == "num_outputs":
-            sizes = [C // n] * n
-            parts = b.split(t.name, sizes, axis=1, form="num_outputs")
+            step = -(-C // n)
+            sizes = [min(step, C - i * step) for i in range(n)]
+            if sizes[-1] <= 0:
+                n, sizes = 2, [-(-C // 2), C // 2]
+            name = b.fresh("split")
+            parts = b.node("Split", [t.name], n_out=n, name=name, axis=1, num_outputs=n)
         else:
             sizes = [C // n] * n
             parts = b.node("Split", [t.name], n_out=n, axis=1)
@@ -324,7 +390,7 @@ def _img_block(b: FuzzBuilder, ch, t: T, pool: List[T], recipe: List[str]) -> Li
         r = ch.integer(1, max(1, C // 2))
         s = b.node("GlobalAveragePool", [t.name])
         s = b.relu(b.conv(s, C, r, k=1, bias=ch.chance(0.7)))
-        s = b.node("Sigmoid", [b.conv(s, r, C, k=1, bias=ch.chance(0.7))])
+        s = b.node(ch.choice(["Sigmoid", "HardSigmoid"]), [b.conv(s, r, C, k=1, bias=ch.chance(0.7))])
         y = b.node("Mul", [t.name, s] if ch.chance(0.5) else [s, t.name])
         recipe.append(f"se[{C}->{r}->{C}]")
         return [T(y, "img", C, H, W)]
@@ -342,15 +408,119 @@ def _img_block(b: FuzzBuilder, ch, t: T, pool: List[T], recipe: List[str]) -> Li
         return [T(h, "seq", C, s=H * W)]
 
     if op == "head":
-        if ch.chance(0.5):
-            h = b.node("Flatten", [b.node("GlobalAveragePool", [t.name])], axis=1)
-            f = C
-            recipe.append("gap_flatten")
+        how = ch.choice(["gap_flatten", "flatten", "gap_squeeze", "reduce_mean", "runtime_view"])
+        if how == "gap_flatten":
+            h, f = b.node("Flatten", [b.node("GlobalAveragePool", [t.name])], axis=1), C
+        elif how == "flatten":
+            h, f = b.node("Flatten", [t.name], axis=1), C * H * W
+        elif how == "gap_squeeze":
+            h, f = b.squeeze(b.node("GlobalAveragePool", [t.name]), [2, 3]), C
+        elif how == "reduce_mean":
+            h, f = b.reduce(ch.choice(["ReduceMean", "ReduceMax", "ReduceSum"]), t.name, [2, 3], 0), C
         else:
-            h = b.node("Flatten", [t.name], axis=1)
-            f = C * H * W
-            recipe.append("flatten")
+            # torch's x.view(x.size(0), -1): Shape -> Gather -> Unsqueeze -> Concat -> Reshape
+            shp = b.node("Shape", [t.name])
+            n = b.node("Gather", [shp, b.ints(b.fresh("idx"), 0)], axis=0)
+            n = b.unsqueeze(n, [0])
+            tgt = b.node("Concat", [n, b.ints(b.fresh("minus1"), [-1])], axis=0)
+            h, f = b.node("Reshape", [t.name, tgt]), C * H * W
+        recipe.append(how)
         return [T(h, "flat", f)]
+
+    if op == "pad":
+        mode = ch.choice(["constant", "reflect", "edge"])
+        p = [0, 0, ch.integer(0, 1), ch.integer(0, 1), 0, 0, ch.integer(0, 1), ch.integer(0, 1)]
+        if mode == "reflect" and min(H, W) < 2:
+            mode = "edge"
+        chan = mode == "constant" and ch.chance(0.15)
+        if chan:
+            p[1] = 1
+        recipe.append(f"pad[{mode}{' chan' if chan else ''}]")
+        return [T(b.pad(t.name, p, mode), "img", C + (1 if chan else 0), H + p[2] + p[6], W + p[3] + p[7])]
+
+    if op == "resize" and max(H, W) <= 6:
+        recipe.append("resize2x")
+        return [T(b.resize2x(t.name), "img", C, 2 * H, 2 * W)]
+
+    if op == "deconv" and max(H, W) <= 6:
+        cout = ch.integer(1, MAX_C)
+        recipe.append(f"deconv[{C}->{cout}]")
+        y = b.conv_transpose(t.name, C, cout, k=2, stride=2, bias=ch.chance(0.5))
+        return [T(y, "img", cout, 2 * H, 2 * W)]
+
+    if op == "gather" and C >= 2:
+        n = ch.integer(1, C)
+        idx = [ch.integer(0, C - 1) for _ in range(n)]
+        if ch.chance(0.5):
+            idx = sorted(set(idx))
+        idx = [i - C if ch.chance(0.2) else i for i in idx]
+        name = b.fresh("gather")
+        y = b.node("Gather", [t.name, b.ints(f"{name}.idx", idx)], name=name, axis=1)
+        recipe.append(f"gather[{idx} of {C}]")
+        return [T(y, "img", len(idx), H, W)]
+
+    if op == "chan_const":
+        how = ch.choice(["Add", "Sub", "Mul", "Div", "PRelu"])
+        shape = ch.choice([(C, 1, 1), (1, C, 1, 1), (1,), ()])
+        if how == "PRelu":
+            shape = ch.choice([(C, 1, 1), (1,)])
+        val = b.randn(*shape, scale=0.3)
+        if how == "Div":
+            val = (1.0 + np.abs(val)).astype(np.float32)
+        c = b.const(b.fresh("cc"), val)
+        ins = [t.name, c] if (how in ("PRelu", "Div") or ch.chance(0.5)) else [c, t.name]
+        recipe.append(f"{how}[const {shape}]")
+        return [T(b.node(how, ins), "img", C, H, W)]
+
+    if op == "reduce_mul":
+        red = b.reduce(ch.choice(["ReduceMean", "ReduceMax", "ReduceSum"]), t.name, [2, 3], 1)
+        red = b.node("Sigmoid", [red])
+        recipe.append("reduce_mul")
+        return [T(b.node("Mul", [t.name, red]), "img", C, H, W)]
+
+    if op == "nhwc_matmul":
+        cout = ch.integer(1, MAX_C)
+        h = b.node("Transpose", [t.name], perm=[0, 2, 3, 1])
+        h = b.linear(h, C, cout, bias=ch.chance(0.6))
+        h = b.node("Transpose", [h], perm=[0, 3, 1, 2])
+        recipe.append(f"nhwc_matmul[{C}->{cout}]")
+        return [T(h, "img", cout, H, W)]
+
+    if op == "binary":
+        mates = [o for o in pool if o.same_shape(t) and o.name != t.name]
+        if mates:
+            o = ch.choice(mates)
+            how = ch.choice(["Max", "Min", "Where", "Sum"])
+            if how == "Where":
+                cond = b.node("Greater", [t.name, o.name])
+                y = b.node("Where", [cond, t.name, o.name])
+            else:
+                y = b.node(how, [t.name, o.name])
+            recipe.append(f"{how}[pool {C}]")
+            return [T(y, "img", C, H, W)]
+
+    if op == "self_slice_add" and C >= 2:
+        k = ch.integer(1, C // 2)
+        a0, a1 = ch.integer(0, C - k), ch.integer(0, C - k)
+        outs = []
+        for a in (a0, a1):
+            name = b.fresh("slice")
+            outs.append(b.node("Slice", [t.name, b.ints(f"{name}.starts", [a]), b.ints(f"{name}.ends", [a + k]),
+                                         b.ints(f"{name}.axes", [1])], name=name))
+        recipe.append(f"self_slice_add[{a0}:{a0 + k} + {a1}:{a1 + k} of {C}]")
+        return [T(b.node("Add", outs), "img", k, H, W)]
+
+    if op == "concat_spatial":
+        mates = [o for o in pool if o.kind == "img" and o.c == C and o.h == H]
+        o = ch.choice(mates)
+        recipe.append(f"concat_w[{C}]")
+        return [T(b.node("Concat", [t.name, o.name], axis=3), "img", C, H, W + o.w)]
+
+    if op == "tap":
+        taps.append(t.name)     # an intermediate that is also a graph output
+        recipe.append("tap")
+        a = ch.choice(ACTS)
+        return [T(b.act(t.name, a, ch), "img", C, H, W)]
 
     # fallback (op not applicable to this tensor): a plain conv
     cout = ch.integer(1, MAX_C)
@@ -358,8 +528,8 @@ def _img_block(b: FuzzBuilder, ch, t: T, pool: List[T], recipe: List[str]) -> Li
     return [T(b.relu(b.conv(t.name, C, cout, k=1)), "img", cout, H, W)]
 
 
-def _seq_block(b: FuzzBuilder, ch, t: T, pool: List[T], recipe: List[str]) -> List[T]:
-    op = ch.choice(["mlp", "mlp", "linear", "act", "residual"])
+def _seq_block(b: FuzzBuilder, ch, t: T, pool: List[T], recipe: List[str], taps: List[str]) -> List[T]:
+    op = ch.choice(["mlp", "mlp", "linear", "act", "residual", "attention", "layernorm", "tap"])
     C = t.c
     if op == "mlp":
         hid = ch.integer(1, 2 * MAX_C)
@@ -373,6 +543,27 @@ def _seq_block(b: FuzzBuilder, ch, t: T, pool: List[T], recipe: List[str]) -> Li
         else:
             recipe.append(f"mlp[{C}->{hid}->{cout} {a}]")
         return [T(h, "seq", cout, s=t.s)]
+    if op == "attention":
+        heads = ch.choice([1, 2, 4])
+        dh = ch.integer(1, 6)
+        D = heads * dh
+        q, k, v = (b.linear(t.name, C, D, bias=ch.chance(0.7)) for _ in range(3))
+        tgt = [b.bdim(), t.s, heads, dh] if ch.chance(0.5) else [b.bdim(), 0, heads, -1]
+        q = b.node("Transpose", [b.reshape(q, tgt)], perm=[0, 2, 1, 3])
+        k = b.node("Transpose", [b.reshape(k, tgt)], perm=[0, 2, 3, 1])
+        v = b.node("Transpose", [b.reshape(v, tgt)], perm=[0, 2, 1, 3])
+        s = b.node("Mul", [b.node("MatMul", [q, k]), b.const(b.fresh("scale"), np.array(dh ** -0.5, np.float32))])
+        a = b.node("MatMul", [b.node("Softmax", [s], axis=-1), v])
+        a = b.node("Transpose", [a], perm=[0, 2, 1, 3])
+        a = b.reshape(a, [b.bdim(), t.s, D] if ch.chance(0.5) else [b.bdim(), 0, -1])
+        h = b.linear(a, D, C, bias=ch.chance(0.7))
+        if ch.chance(0.7):
+            h = b.node("Add", [t.name, h])
+        recipe.append(f"attention[{C} h{heads} dh{dh}]")
+        return [T(h, "seq", C, s=t.s)]
+    if op == "layernorm":
+        recipe.append(f"layernorm[{C}]")
+        return [T(b.layernorm(t.name, C), "seq", C, s=t.s)]
     if op == "linear":
         n = ch.integer(1, MAX_C)
         recipe.append(f"linear[{C}->{n}]")
@@ -381,6 +572,10 @@ def _seq_block(b: FuzzBuilder, ch, t: T, pool: List[T], recipe: List[str]) -> Li
         a = ch.choice(ACTS + ("Gelu",))
         recipe.append(a)
         return [T(b.act(t.name, a, ch), "seq", C, s=t.s)]
+    if op == "tap":
+        taps.append(t.name)
+        recipe.append("tap")
+        return [T(b.act(t.name, "Relu", ch), "seq", C, s=t.s)]
     mates = [o for o in pool if o.same_shape(t) and o.name != t.name]
     if mates:
         o = ch.choice(mates)
@@ -410,13 +605,17 @@ def _flat_block(b: FuzzBuilder, ch, t: T, recipe: List[str]) -> List[T]:
 # ----------------------------------------------------------------------------- the case
 
 
-def build_case(ch, max_blocks: int = 7) -> Case:
+def build_case(ch, max_blocks: int = 8, layout: Optional[str] = None) -> Case:
+    """A random model and options. ``layout``: 'img' ([B, C, H, W] input), 'seq' ([B, S, C] input)
+    or None (drawn: mostly 'img')."""
     opset = ch.choice(OPSETS)
     seed = ch.integer(0, 2 ** 16)
     batch = "N" if ch.chance(0.2) else 1
-    b = FuzzBuilder(opset, seed, batch)
+    b = FuzzBuilder(opset, seed, batch, const_nodes=ch.chance(0.15))
     recipe: List[str] = []
-    if ch.chance(0.8):
+    if layout is None:
+        layout = "img" if ch.chance(0.8) else "seq"
+    if layout == "img":
         cin = ch.integer(1, 4)
         h = ch.integer(4, MAX_HW)
         w = h if ch.chance(0.7) else ch.integer(4, MAX_HW)
@@ -439,40 +638,54 @@ def build_case(ch, max_blocks: int = 7) -> Case:
 
     pool: List[T] = [first, start]
     consumed = {first.name}
+    if ch.chance(0.1):
+        # a second graph input the width of the stem: whatever it joins keeps its channels
+        x2 = b.input("x2", _shape(start, batch))
+        pool.append(T(x2, start.kind, start.c, start.h, start.w, start.s))
+        consumed.add(x2)
+        recipe.append("input2")
     live: List[T] = [start]
+    taps: List[str] = []
     n_blocks = ch.integer(1, max_blocks)
     for _ in range(n_blocks):
-        kinds = ("img", "seq", "flat")
-        t = _pick(ch, live, pool[1:], kinds)
+        t = _pick(ch, live, pool[1:], ("img", "seq", "flat"))
         if t is None:
             break
         if t.kind == "img":
-            new = _img_block(b, ch, t, pool, recipe)
+            new = _img_block(b, ch, t, pool, recipe, taps)
         elif t.kind == "seq":
-            new = _seq_block(b, ch, t, pool, recipe)
+            new = _seq_block(b, ch, t, pool, recipe, taps)
         else:
             new = _flat_block(b, ch, t, recipe)
         _mark_consumed(b, consumed)
-        for n in new:
-            pool.append(n)
+        pool.extend(new)
         live = [p for p in pool if p.name not in consumed]
     # optional heads on the leaves, so interior widths are prunable
     leaves = [p for p in pool if p.name not in consumed]
-    outs = []
+    outs: List[T] = []
     for leaf in leaves:
-        if leaf.kind == "img" and ch.chance(0.5):
-            y = b.conv(leaf.name, leaf.c, ch.integer(1, 8), k=1)
+        if leaf.kind == "img" and ch.chance(0.7):
+            n = ch.integer(1, 8)
+            outs.append(T(b.conv(leaf.name, leaf.c, n, k=1), "img", n, leaf.h, leaf.w))
             recipe.append(f"out_conv[{leaf.c}]")
-            outs.append(y)
-        elif leaf.kind == "seq" and ch.chance(0.5):
-            outs.append(b.linear(leaf.name, leaf.c, ch.integer(1, 8)))
+        elif leaf.kind == "seq" and ch.chance(0.7):
+            n = ch.integer(1, 8)
+            outs.append(T(b.linear(leaf.name, leaf.c, n), "seq", n, s=leaf.s))
             recipe.append(f"out_linear[{leaf.c}]")
         else:
-            outs.append(leaf.name)
-    model = b.model(*outs)
+            outs.append(leaf)
+    by_name = {p.name: p for p in pool}
+    outs += [by_name[t] for t in dict.fromkeys(taps) if t not in {o.name for o in outs}]
+    # declared output shapes are the generator's own bookkeeping: the full checker compares them
+    # with what onnx infers, so a generator slip shows up as a 'generator' failure
+    model = b.model(*[o.name for o in outs], output_shapes=[_shape(o, batch) for o in outs])
     opts = {"ratio": ch.ratio(), "round_to": ch.choice(ROUND_TO), "criterion": ch.choice(CRITERIA),
             "seed": ch.integer(0, 3)}
     return Case(model, opts, recipe, opset)
+
+
+def _shape(t: T, batch) -> list:
+    return {"img": [batch, t.c, t.h, t.w], "seq": [batch, t.s, t.c], "flat": [batch, t.c]}[t.kind]
 
 
 def _mark_consumed(b: GraphBuilder, consumed: set) -> None:

@@ -443,6 +443,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="before pruning, replace the legacy exporter's Identity(initializer) nodes "
                         "(deduplicated equal initializers) by private copies; applies to every ONNX "
                         "model measured (dense and both pruned), latency is unaffected")
+    p.add_argument("--torch-threads", type=int, default=0,
+                   help="torch intra-op threads while Torch-Pruning runs (default 0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="write all results as JSON")
     p.add_argument("--save-dir", metavar="DIR", help="also save the dense and pruned ONNX files here")
@@ -451,6 +453,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if any(r < 1 for r in args.round_to):
         p.error("--round-to must be >= 1")
     opset = args.opset or DEFAULT_OPSET[args.exporter]
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
 
     def log(msg: str) -> None:
         if not args.quiet:
@@ -486,7 +490,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"## resnet50 pruning: graphprune vs Torch-Pruning {versions['torch_pruning']}")
     print("")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items())
-          + f"; cpu cores {os.cpu_count()}")
+          + f"; cpu cores {os.cpu_count()}; torch threads {torch.get_num_threads()}")
     print(f"dense ONNX ({args.exporter}, opset {opset}): {n_identity} Identity nodes"
           + (f", {n_undedup} Identity(initializer) replaced by private initializers (--undedup)"
              if args.undedup else ""))

@@ -42,6 +42,7 @@ class Group:
     inexact: Dict[int, str]                 # unit -> reason
     constraints: List[List[np.ndarray]]     # lists of blocks of units, equal kept count per block
     constraint_reasons: List[str] = field(default_factory=list)
+    kind: str = "channels"                  # channels | heads | hidden (inexact residual width)
 
     @property
     def exact(self) -> bool:
@@ -137,5 +138,18 @@ def groups(an: Analysis) -> Tuple[List[Group], np.ndarray]:
                     kk = gkey[int(r)]
                     if kk in by_key:
                         by_key[kk].blocked.setdefault(r, f"{c.reason} spans several groups")
-    result = [by_key[k] for k in order]
+    heads = set()
+    for atoms in an.head_atoms:
+        heads.update(np.unique(root[atoms]).tolist())
+    result = []
+    for k in order:
+        g = by_key[k]
+        if not any(m.member.role in ("out", "in") for m in g.members):
+            continue  # only parameters (an expanded constant never coupled to a layer)
+        if any(int(u) in heads for u in g.units.tolist()):
+            g.kind = "heads"
+        elif g.inexact:
+            g.kind = "hidden"
+        g.id = len(result)
+        result.append(g)
     return result, root

@@ -105,6 +105,7 @@ class Analysis:
     inexact: List[Tuple[np.ndarray, str]]
     rewrites: List[RewriteFn]
     notes: List[str] = field(default_factory=list)
+    head_atoms: List[np.ndarray] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- engine
@@ -128,6 +129,7 @@ class Analyzer:
         self.rewrites: List[RewriteFn] = []
         self.shapevals: Dict[str, list] = {}
         self.notes: List[str] = []
+        self.head_atoms: List[np.ndarray] = []
 
     # -- atoms
     def new_atoms(self, n: int, origin: str) -> np.ndarray:
@@ -214,7 +216,7 @@ class Analyzer:
         self._block_foreign_readers()
         return Analysis(g, self.uf, self.origins, self.atom_origin, self.descs, self.members,
                         self.shape_members, self.constraints, self.blocks, self.inexact,
-                        self.rewrites, self.notes)
+                        self.rewrites, self.notes, self.head_atoms)
 
 
     def _block_foreign_readers(self) -> None:

@@ -134,6 +134,8 @@ def map_reshape(ctx, x, y, ishape, oshape):
             moved = np.moveaxis(J, chosen, 0).reshape(odims[chosen], -1)
             for row in moved:
                 ctx.an.couple_all(row)
+            if not _is_shuffle(ctx, y, ja):
+                ctx.an.head_atoms.append(moved[:, 0].copy())
         sl = [0] * len(ja)
         sl[chosen] = slice(None)
         out[ja[chosen]] = J[tuple(sl)].copy()
@@ -347,6 +349,16 @@ def expand(ctx):
     r, ry = ctx.rank(x), ctx.rank(y)
     desc = ctx.desc(x)
     items = ctx.shapeval(t)
+    if not desc and ctx.is_const(x):
+        # an expanded constant (class token, learned query): its axes are parameter spaces
+        # that join whatever they are later coupled with
+        v = ctx.const(x)
+        for ax in range(v.ndim):
+            if v.shape[ax] > 1:
+                atoms = ctx.new_space(v.shape[ax], x)
+                ctx.member(x, ax, "param", atoms)
+                ctx.set_desc(x, ax, atoms)
+        desc = ctx.desc(x)
     if not desc:
         # a channel-sized axis created from a run-time size follows that space
         for ax, it in enumerate(items or []):

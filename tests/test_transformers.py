@@ -1,0 +1,135 @@
+"""Transformers: heads, MLP widths and GQA found and pruned automatically, from both exporters,
+with dynamic batch and sequence; MiniLM (real weights) too; unprovable heads are blocked."""
+
+import numpy as np
+import onnx
+import pytest
+
+from graphprune.bench import random_inputs, run_model
+from graphprune.pipeline import Analyzed, Options, prune
+
+EXPORTERS = ["legacy", "dynamo"]
+
+
+@pytest.fixture(scope="module")
+def tmodels(tmp_path_factory):
+    from models.transformers import export_named
+
+    cache = {}
+    folder = tmp_path_factory.mktemp("tf")
+
+    def get(name, exporter):
+        if (name, exporter) not in cache:
+            path = str(folder / f"{name}.{exporter}.onnx")
+            if name == "minilm":
+                from models import minilm
+
+                minilm.export(path, exporter)
+            else:
+                export_named(name, path, exporter)
+            cache[(name, exporter)] = path
+        return cache[(name, exporter)]
+
+    return get
+
+
+def _check(model, res, dims):
+    rep = res.report
+    onnx.checker.check_model(res.model, full_check=True)
+    assert rep["verify"]["passed"], rep["verify"]
+    # batch and sequence changed at run time still work
+    for batch, seq in ((1, 5), (3, 11)):
+        feed = random_inputs(model, seed=batch, batch=batch, dims={k: seq for k in dims})
+        a, b = run_model(model, feed), run_model(res.model, feed)
+        assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+    return rep
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("name", ["vit", "gpt2", "llama"])
+def test_heads_and_mlp(tmodels, name, exporter):
+    model = onnx.load(tmodels(name, exporter))
+    res = prune(model, Options(ratio=0.5, bench=False))
+    rep = _check(model, res, ["sequence"])
+    heads = [g for g in rep["groups"] if g["kind"] == "heads"]
+    mlps = [g for g in rep["groups"] if g["kind"] == "channels" and not g.get("blocked")]
+    assert len(heads) == 2 and len(mlps) == 2  # two blocks each
+    for g in heads + mlps:
+        assert g["channels_after"] == g["channels_before"] // 2, g["name"]
+    assert all(g["channels_after"] == g["channels_before"] for g in rep["groups"] if g["kind"] == "hidden")
+    ratio = rep["macs"]["after"] / rep["macs"]["before"]
+    assert 0.45 < ratio < 0.75, ratio
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_gqa_kv_head_takes_its_query_heads(tmodels, exporter):
+    """LLaMA config: 4 query heads, 2 KV heads, head dim 16: a unit is one KV head with its two
+    query heads; the query projection loses 2 x 16 rows per removed KV head."""
+    model = onnx.load(tmodels("llama", exporter))
+    res = prune(model, Options(ratio=0.5, bench=False))
+    _check(model, res, ["sequence"])
+    g = next(g for g in res.report["groups"] if g["kind"] == "heads")
+    assert g["channels_before"] == 2 and g["channels_after"] == 1
+    sizes = sorted((m["role"], len(m["kept"])) for m in g["members"] if m["role"] in ("out", "in"))
+    # q: 32 of 64 rows; k and v: 16 of 32 rows each; o: 32 of 64 columns
+    assert sizes == [("in", 32), ("out", 16), ("out", 16), ("out", 32)], sizes
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_minilm_heads_and_mlp(tmodels, exporter):
+    model = onnx.load(tmodels("minilm", exporter))
+    res = prune(model, Options(head_ratio=0.5, mlp_ratio=0.5, bench=False))
+    rep = _check(model, res, ["sequence"])
+    heads = [g for g in rep["groups"] if g["kind"] == "heads"]
+    assert len(heads) == 6 and all(g["channels_before"] == 12 and g["channels_after"] == 6 for g in heads)
+    mlps = [g for g in rep["groups"] if g["kind"] == "channels"]
+    assert len(mlps) == 6 and all(g["channels_after"] == 768 for g in mlps)
+    # attention and MLP MACs halve at sequence 64 (run-time shapes)
+    assert rep["macs"]["before"] == pytest.approx(698e6, rel=0.01)
+    assert rep["macs"]["after"] / rep["macs"]["before"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_head_ratio_only(tmodels):
+    model = onnx.load(tmodels("vit", "legacy"))
+    res = prune(model, Options(ratio=0.5, head_ratio=0.5, mlp_ratio=0.0, bench=False))
+    for g in res.report["groups"]:
+        if g["kind"] == "heads":
+            assert g["channels_after"] == g["channels_before"] // 2
+        else:
+            assert g["channels_after"] == g["channels_before"]
+
+
+@pytest.mark.parametrize("name", ["vit", "gpt2"])
+def test_prune_hidden_is_inexact_but_runs(tmodels, name):
+    model = onnx.load(tmodels(name, "legacy"))
+    res = prune(model, Options(ratio=0.5, prune_hidden=True, bench=False))
+    hidden = [g for g in res.report["groups"] if g["kind"] == "hidden"]
+    assert hidden and all(not g["exact"] and g["channels_after"] < g["channels_before"] for g in hidden)
+    # embeddings / class token / position embedding are members of the hidden group
+    tensors = {m["tensor"] for g in hidden for m in g["members"]}
+    assert any(t for t in tensors if "wte" in t or "pos" in t or "cls" in t), tensors
+    feed = random_inputs(model, seed=0, batch=2, dims={"sequence": 7})
+    a, b = run_model(model, feed), run_model(res.model, feed)
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+
+
+def test_custom_op_in_attention_blocks_only_that_layer(tmodels):
+    """Replace block 1's Softmax with an unknown op: its heads cannot be proven, so they are
+    blocked with the op named; block 0's heads and MLP still prune. (Shape inference stops at
+    the unknown op, so what lies after it is blocked too, each with its reason.)"""
+    model = onnx.load(tmodels("vit", "legacy"))
+    for node in model.graph.node:
+        if node.op_type == "Softmax" and "blocks.1" in node.name:
+            node.op_type = "MySoftmax"
+            node.domain = "custom.ops"
+            del node.attribute[:]
+            break
+    model.opset_import.append(onnx.helper.make_opsetid("custom.ops", 1))
+    an = Analyzed(model)
+    attn1 = next(g for g in an.groups if "blocks.1/attn/qkv" in g.name)
+    assert not attn1.prunable
+    assert any("MySoftmax" in r for r in attn1.blocked.values())
+    ok = {g.name for g in an.groups if g.prunable and g.exact}
+    assert ok == {"/blocks.0/attn/qkv/MatMul", "/blocks.0/mlp/fc1/MatMul"}, ok
+    res = prune(model, Options(ratio=0.5, bench=False, verify=False))
+    assert res.report["summary"]["pruned_groups"] == 2
