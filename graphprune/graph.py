@@ -121,7 +121,7 @@ class Graph:
         tainted: set = set()
         keep = []
         for i, n in enumerate(self.nodes):
-            if n.domain not in ("", "ai.onnx") or any(x in tainted for x in n.input if x):
+            if n.domain not in ("", "ai.onnx", "com.microsoft") or any(x in tainted for x in n.input if x):
                 tainted.update(o for o in n.output if o)
             else:
                 keep.append(i)

@@ -133,3 +133,44 @@ def test_custom_op_in_attention_blocks_only_that_layer(tmodels):
     assert ok == {"/blocks.0/attn/qkv/MatMul", "/blocks.0/mlp/fc1/MatMul"}, ok
     res = prune(model, Options(ratio=0.5, bench=False, verify=False))
     assert res.report["summary"]["pruned_groups"] == 2
+
+
+def test_ort_fused_contrib_ops(tmodels, tmp_path):
+    """MiniLM after onnxruntime's transformer optimizer: com.microsoft Attention,
+    SkipLayerNormalization, BiasGelu, EmbedLayerNormalization. Heads (num_heads rewritten) and
+    MLP widths prune; the oracle holds."""
+    from onnxruntime.transformers import optimizer
+
+    fused = str(tmp_path / "fused.onnx")
+    opt = optimizer.optimize_model(tmodels("minilm", "legacy"), model_type="bert", num_heads=12,
+                                   hidden_size=384, opt_level=0)
+    opt.save_model_to_file(fused)
+    model = onnx.load(fused)
+    ops = {(n.domain, n.op_type) for n in model.graph.node}
+    assert ("com.microsoft", "Attention") in ops and ("com.microsoft", "SkipLayerNormalization") in ops
+    res = prune(model, Options(ratio=0.5, bench=False))
+    _check(model, res, ["sequence"])
+    heads = [g for g in res.report["groups"] if g["kind"] == "heads"]
+    assert len(heads) == 6 and all(g["channels_after"] == 6 for g in heads)
+    attn = [n for n in res.model.graph.node if n.op_type == "Attention"]
+    assert all(a.i == 6 for n in attn for a in n.attribute if a.name == "num_heads")
+
+
+def test_unhandled_contrib_op_blocks_with_reason():
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w2")
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("RotaryEmbedding", ["h", "pos", "cos", "sin"], ["r"], domain="com.microsoft", name="rot"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8]),
+                                       helper.make_tensor_value_info("pos", TensorProto.INT64, [1, 4]),
+                                       helper.make_tensor_value_info("cos", TensorProto.FLOAT, [4, 8]),
+                                       helper.make_tensor_value_info("sin", TensorProto.FLOAT, [4, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8])], [w1, w2])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    an = Analyzed(m)
+    g0 = next(g for g in an.groups if g.name == "fc1")
+    assert not g0.prunable and "com.microsoft::RotaryEmbedding" in g0.describe_block()
