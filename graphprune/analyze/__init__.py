@@ -18,6 +18,14 @@ from .engine import Analysis, Analyzer, Member, ShapeMember
 from .rules import RULES
 
 
+class _KeyView:
+    def __init__(self, arr: np.ndarray):
+        self.arr = arr
+
+    def __getitem__(self, r: int) -> int:
+        return int(self.arr[r])
+
+
 def analyze(model: onnx.ModelProto, graph: Optional[Graph] = None) -> Analysis:
     g = graph or Graph(model)
     return Analyzer(g, RULES).run()
@@ -59,11 +67,20 @@ class Group:
         return reasons[0] + (f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else "")
 
 
+def _roots(parent: List[int]) -> np.ndarray:
+    """Root of every atom, vectorised (pointer jumping)."""
+    p = np.asarray(parent, dtype=np.int64)
+    while True:
+        q = p[p]
+        if np.array_equal(q, p):
+            return p
+        p = q
+
+
 def groups(an: Analysis) -> Tuple[List[Group], np.ndarray]:
     """Return (groups, root_of_atom)."""
-    uf = an.uf
-    n = len(uf.parent)
-    root = np.fromiter((uf.find(a) for a in range(n)), dtype=np.int64, count=n)
+    n = len(an.uf.parent)
+    root = _roots(an.uf.parent)
     origin = np.asarray(an.atom_origin, dtype=np.int64)
 
     # groups: union of origins linked through shared units
@@ -75,16 +92,19 @@ def groups(an: Analysis) -> Tuple[List[Group], np.ndarray]:
             o = oparent[o]
         return o
 
-    first_origin = {}
-    for a in range(n):
-        r = int(root[a])
-        o = int(origin[a])
-        f = first_origin.setdefault(r, o)
+    pairs = np.unique(np.stack([root, origin], axis=1), axis=0) if n else np.zeros((0, 2), np.int64)
+    first = {}
+    for r, o in pairs.tolist():
+        f = first.setdefault(r, o)
         if f != o:
             x, y = ofind(f), ofind(o)
             if x != y:
                 oparent[max(x, y)] = min(x, y)
-    gkey = {r: ofind(o) for r, o in first_origin.items()}
+    gkey_arr = np.full(n, -1, dtype=np.int64)
+    if n:
+        okey = np.array([ofind(o) for o in range(len(an.origins))], dtype=np.int64)
+        gkey_arr = okey[origin[root]]  # key of an atom's unit: its root's origin component
+    gkey = _KeyView(gkey_arr)
 
     blocked: Dict[int, str] = {}
     for atoms, reason in an.blocks:
@@ -107,7 +127,7 @@ def groups(an: Analysis) -> Tuple[List[Group], np.ndarray]:
     units_of: Dict[int, List[int]] = {}
     for m in an.members:
         rr = root[m.atoms]
-        keys = np.array([gkey[int(r)] for r in rr], dtype=np.int64)
+        keys = gkey_arr[rr]
         for k in dict.fromkeys(keys.tolist()):
             sel = np.nonzero(keys == k)[0]
             g = grp(k)
@@ -116,7 +136,7 @@ def groups(an: Analysis) -> Tuple[List[Group], np.ndarray]:
             lst.extend(rr[sel].tolist())
     for sm in an.shape_members:
         rr = root[sm.atoms]
-        for k in dict.fromkeys(gkey[int(r)] for r in rr.tolist()):
+        for k in dict.fromkeys(gkey_arr[rr].tolist()):
             if k in by_key:
                 by_key[k].shape_members.append(sm)
     for k in order:
@@ -153,3 +173,43 @@ def groups(an: Analysis) -> Tuple[List[Group], np.ndarray]:
         g.id = len(result)
         result.append(g)
     return result, root
+
+
+@dataclass
+class ConsumerInput:
+    """An ``in`` member's consumer: the node that reads the member weight and the activation
+    tensor whose channel axis ``axis`` lines up with the member's positions."""
+    member: GroupMember
+    node: int               # index of the consumer node in graph.nodes
+    tensor: str             # the activation the consumer multiplies with the weight
+    axis: int               # channel axis of ``tensor`` (non-negative)
+    op: str                 # Conv | ConvTranspose | Gemm | MatMul
+
+
+def consumer_inputs(group: Group, graph: Graph) -> List[ConsumerInput]:
+    """For every ``in`` member of ``group``: the consumer node(s) and the activation whose
+    positions along ``axis`` are the member's positions (Conv: axis 1 of X; MatMul with a
+    constant right operand: the last axis of A; Gemm: A's reduction axis). Members read by
+    anything else (a constant left operand, an op without weights) are left out."""
+    out: List[ConsumerInput] = []
+    for gm in group.members:
+        if gm.member.role != "in":
+            continue
+        for i, k in graph.consumers.get(gm.member.tensor, []):
+            node = graph.nodes[i]
+            if node.domain not in ("", "ai.onnx") or k != 1 or not node.input:
+                continue
+            x = node.input[0]
+            shp = graph.shape(x)
+            op = node.op_type
+            if op in ("Conv", "ConvTranspose"):
+                axis = 1
+            elif op == "Gemm":
+                ta = next((a.i for a in node.attribute if a.name == "transA"), 0)
+                axis = 0 if ta else 1
+            elif op == "MatMul" and shp is not None and len(shp) >= 2 and not graph.is_const(x):
+                axis = len(shp) - 1
+            else:
+                continue
+            out.append(ConsumerInput(gm, i, x, axis, op))
+    return out

@@ -302,6 +302,15 @@ class NodeCtx:
     def is_const(self, name: str) -> bool:
         return bool(name) and self.g.is_const(name)
 
+    def const_shape(self, name: str) -> Optional[Tuple[int, ...]]:
+        """Shape of a constant without reading its data (weights may be large or on disk)."""
+        if not self.is_const(name):
+            return None
+        if name in self.g.initializers:
+            return tuple(int(d) for d in self.g.initializers[name].dims)
+        v = self.g.const(name)
+        return None if v is None else tuple(v.shape)
+
     def opset(self) -> int:
         for o in self.g.model.opset_import:
             if o.domain in ("", "ai.onnx"):

@@ -24,12 +24,12 @@ def _last(ctx, name):
 def _param(ctx, name, atoms):
     if not name:
         return
-    v = ctx.const(name)
-    if v is None:
+    shape = ctx.const_shape(name)
+    if shape is None:
         raise AnalysisError(f"{name} is not constant")
-    if v.ndim == 0 or v.shape[-1] != len(atoms):
-        raise AnalysisError(f"{name} has an unexpected shape {list(v.shape)}")
-    ctx.member(name, v.ndim - 1, "param", atoms)
+    if len(shape) == 0 or shape[-1] != len(atoms):
+        raise AnalysisError(f"{name} has an unexpected shape {list(shape)}")
+    ctx.member(name, len(shape) - 1, "param", atoms)
 
 
 def _rewrite_num_heads(ctx, heads):
@@ -46,13 +46,13 @@ def attention(ctx):
     if ctx.attr("qkv_hidden_sizes") is not None or any(ctx.input(k) for k in (4, 5, 6)) \
             or any(o for o in ctx.outputs[1:]):
         raise AnalysisError("Attention with qkv_hidden_sizes, past state or attention bias")
-    W = ctx.const(w)
-    if W is None or W.ndim != 2:
+    wshape = ctx.const_shape(w)
+    if wshape is None or len(wshape) != 2:
         raise AnalysisError("weights are not a constant matrix")
     if xin is not None:
         ctx.member(w, 0, "in", xin)
     nh = int(ctx.attr("num_heads"))
-    hidden = W.shape[1] // 3
+    hidden = wshape[1] // 3
     d = hidden // nh
     heads = ctx.new_space(nh, w)
     ctx.an.head_atoms.append(heads)
@@ -140,10 +140,10 @@ def simplified_layernorm(ctx):
 def embed_layernorm(ctx):
     """(input_ids, segment_ids, word_emb, pos_emb, seg_emb, gamma, beta, mask, position_ids)."""
     word = ctx.input(2)
-    W = ctx.const(word)
-    if W is None:
+    wshape = ctx.const_shape(word)
+    if wshape is None:
         raise AnalysisError("word embedding is not constant")
-    hidden = ctx.new_space(W.shape[1], word)
+    hidden = ctx.new_space(wshape[1], word)
     ctx.member(word, 1, "param", hidden)
     for name in (ctx.input(3), ctx.input(4), ctx.input(5), ctx.input(6)):
         _param(ctx, name, hidden)

@@ -24,9 +24,9 @@ def conv(ctx):
     if not ctx.is_const(w) or (b and not ctx.is_const(b)):
         ctx.block(xin, f"Conv {ctx.label} has non-constant weights")
         return
-    W = ctx.const(w)
+    wshape = ctx.const_shape(w)
     g = int(ctx.attr("group", 1))
-    cout, cin_g = W.shape[0], W.shape[1]
+    cout, cin_g = wshape[0], wshape[1]
     cin = cin_g * g
     if xin is not None and len(xin) != cin:
         raise AnalysisError(f"input has {len(xin)} channels, weight expects {cin}")
@@ -72,12 +72,12 @@ def conv_transpose(ctx):
     if not ctx.is_const(w) or (b and not ctx.is_const(b)) or g != 1:
         ctx.block(xin, f"ConvTranspose {ctx.label} is grouped or has non-constant weights")
         return
-    W = ctx.const(w)
+    wshape = ctx.const_shape(w)
     if xin is not None:
-        if len(xin) != W.shape[0]:
+        if len(xin) != wshape[0]:
             raise AnalysisError("input channels do not match the weight")
         ctx.member(w, 0, "in", xin)
-    out = ctx.new_space(W.shape[1], w)
+    out = ctx.new_space(wshape[1], w)
     ctx.member(w, 1, "out", out)
     if b:
         ctx.member(b, 0, "param", out)

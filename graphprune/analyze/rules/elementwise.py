@@ -21,8 +21,8 @@ def unary(ctx):
     x = ctx.input(0)
     for extra in ctx.inputs[1:]:
         if extra:
-            v = ctx.const(extra)
-            if (v is None or v.size != 1) and ctx.op != "CastLike":
+            v = ctx.const_shape(extra)
+            if (v is None or int(np.prod(v)) != 1) and ctx.op != "CastLike":
                 raise AnalysisError(f"{ctx.op} with a non-scalar extra input")
     for o in ctx.outputs:
         if o:
@@ -66,8 +66,7 @@ def broadcast(ctx):
             if dim == 1:
                 continue  # broadcast along this axis
             if ctx.is_const(x):
-                v = ctx.const(x)
-                if v.shape[xax] == 1:
+                if ctx.const_shape(x)[xax] == 1:
                     continue
                 ctx.member(x, xax, "param", first)
             else:

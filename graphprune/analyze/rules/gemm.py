@@ -19,7 +19,7 @@ def gemm(ctx):
         ctx.block(ain, f"Gemm {ctx.label} has a non-constant weight")
         ctx.block(am, f"Gemm {ctx.label} has a non-constant weight")
         return
-    B = ctx.const(b)
+    B = _Shape(ctx.const_shape(b))
     b_k, b_n = (1, 0) if tb else (0, 1)
     if ain is not None:
         if len(ain) != B.shape[b_k]:
@@ -30,7 +30,7 @@ def gemm(ctx):
     out = ctx.new_space(B.shape[b_n], b)
     ctx.member(b, b_n, "out", out)
     if c:
-        C = ctx.const(c)
+        C = _Shape(ctx.const_shape(c))
         if C.ndim >= 1 and C.shape[-1] == B.shape[b_n] and B.shape[b_n] > 1:
             ctx.member(c, C.ndim - 1, "param", out)
             if C.ndim == 2 and C.shape[0] > 1:
@@ -51,7 +51,7 @@ def matmul(ctx):
         raise AnalysisError("1-D MatMul operand")
     ry = ry if ry is not None else max(ra, rb)
     if ctx.is_const(b) and not ctx.is_const(a):
-        B = ctx.const(b)
+        B = _Shape(ctx.const_shape(b))
         if B.ndim != 2:
             ctx.block_inputs(f"MatMul {ctx.label} with a batched constant")
             return
@@ -66,7 +66,7 @@ def matmul(ctx):
         ctx.set_desc(y, ry - 1, out)
         return
     if ctx.is_const(a) and not ctx.is_const(b):
-        A = ctx.const(a)
+        A = _Shape(ctx.const_shape(a))
         if A.ndim != 2:
             ctx.block_inputs(f"MatMul {ctx.label} with a batched constant")
             return
@@ -94,6 +94,14 @@ def matmul(ctx):
             ctx.set_desc(y, ry - 1, atoms)
         elif ax < rb - 2 and (y not in ctx.an.descs or (ax + ry - rb) not in ctx.an.descs[y]):
             _batch(ctx, b, ax, rb, atoms, a, ra, y, ry)
+
+
+class _Shape:
+    """Just the shape of a constant (its data is not read)."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+        self.ndim = len(self.shape)
 
 
 def _batch(ctx, x, ax, rx, atoms, other, ro, y, ry):

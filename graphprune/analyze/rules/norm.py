@@ -1,5 +1,7 @@
 """Normalisation layers: BatchNorm, InstanceNorm, GroupNorm, LayerNorm, PRelu."""
 
+import numpy as np
+
 from ..engine import AnalysisError
 from . import norm_axis, register
 
@@ -10,11 +12,11 @@ def _params(ctx, names, atoms, axis=0):
             continue
         if not ctx.is_const(n):
             raise AnalysisError(f"{n} is not constant")
-        v = ctx.const(n)
-        if v.ndim > axis and v.shape[axis] == len(atoms):
+        shape = ctx.const_shape(n)
+        if len(shape) > axis and shape[axis] == len(atoms):
             ctx.member(n, axis, "param", atoms)
-        elif v.size != 1:
-            raise AnalysisError(f"{n} has an unexpected shape {list(v.shape)}")
+        elif int(np.prod(shape)) != 1:
+            raise AnalysisError(f"{n} has an unexpected shape {list(shape)}")
 
 
 @register("BatchNormalization", "InstanceNormalization",
@@ -47,8 +49,8 @@ def groupnorm(ctx):
     if xin is None:
         return
     g = int(ctx.attr("num_groups"))
-    s = ctx.const(ctx.input(1))
-    if s is None or s.shape[0] != len(xin):
+    s = ctx.const_shape(ctx.input(1))
+    if s is None or s[0] != len(xin):
         raise AnalysisError("per-group scale (opset 18 form) is not supported")
     _params(ctx, ctx.inputs[1:3], xin)
     ctx.constrain(list(xin.reshape(g, -1)), "GroupNormalization groups")
@@ -81,11 +83,11 @@ def prelu(ctx):
     """PRelu(x, slope) with unidirectional broadcast of slope."""
     x, s = ctx.input(0), ctx.input(1)
     r = ctx.rank(x)
-    slope = ctx.const(s)
+    slope = ctx.const_shape(s)
     if r is None or slope is None:
         raise AnalysisError("slope is not constant or rank unknown")
     for ax, atoms in ctx.desc(x).items():
-        sax = ax - (r - slope.ndim)
-        if sax >= 0 and slope.shape[sax] > 1:
+        sax = ax - (r - len(slope))
+        if sax >= 0 and slope[sax] > 1:
             ctx.member(s, sax, "param", atoms)
         ctx.set_desc(ctx.outputs[0], ax, atoms)

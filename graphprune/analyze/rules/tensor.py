@@ -182,7 +182,7 @@ def gather(ctx):
     if r is None:
         raise AnalysisError("rank unknown")
     axis = norm_axis(int(ctx.attr("axis", 0)), r)
-    ind = ctx.const(idx)
+    ind = ctx.const(idx) if not (ctx.is_const(data) and r == 2 and axis == 0) else None
     ri = ctx.rank(idx)
     if ri is None:
         ri = ind.ndim if ind is not None else None
@@ -190,8 +190,7 @@ def gather(ctx):
         raise AnalysisError("rank of indices unknown")
     if ctx.is_const(data) and r == 2 and axis == 0:
         # embedding table: rows are looked up, columns are a new channel space
-        T = ctx.const(data)
-        out = ctx.new_space(T.shape[1], data)
+        out = ctx.new_space(ctx.const_shape(data)[1], data)
         ctx.member(data, 1, "param", out)
         for ax, atoms in ctx.desc(idx).items():
             ctx.set_desc(y, ax, atoms)
