@@ -474,7 +474,7 @@ def _walk_nodes(graph: onnx.GraphProto, top: bool = True):
 
 
 def count_macs_params(
-    model: onnx.ModelProto, input_feed: Mapping[str, np.ndarray] | None = None
+    model: onnx.ModelProto, input_feed: Mapping[str, np.ndarray] | None = None, _per_node: list | None = None
 ) -> tuple[int, int]:
     """(MACs at batch 1, parameter count) of ``model``.
 
@@ -565,8 +565,22 @@ def count_macs_params(
             shp.append(None if dims is None else [1 if d is None else d for d in dims])
         m = _node_macs(n, shp)
         if m is not None:
-            macs += int(m)
-    return int(macs), int(params)
+            per_node.append((n, top, int(m)))
+    if _per_node is not None:
+        _per_node.extend(per_node)
+    return int(sum(m for _, _, m in per_node)), int(params)
+
+
+def macs_by_node(model: onnx.ModelProto, input_feed: Mapping[str, np.ndarray] | None = None) -> dict[str, int]:
+    """MACs of every top-level node (counted as in :func:`count_macs_params`), keyed by the
+    node's first output name."""
+    per: list = []
+    count_macs_params(model, input_feed, _per_node=per)
+    out: dict[str, int] = {}
+    for n, top, m in per:
+        if top and n.output:
+            out[n.output[0]] = out.get(n.output[0], 0) + m
+    return out
 
 
 def _run_for_shapes(model: onnx.ModelProto, feed: Mapping[str, np.ndarray], names: list[str]) -> dict:

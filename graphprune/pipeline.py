@@ -1,22 +1,28 @@
-"""The data path as one line: load -> analyze -> score -> plan -> rewrite -> verify -> bench -> save."""
+"""The data path as one line:
+load -> analyze -> [calibrate] -> score -> plan -> rewrite -> verify -> [repair] -> bench -> save."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import onnx
 
 from . import bench
-from .analyze import analyze, groups as find_groups
+from .analyze import analyze, consumer_inputs, groups as find_groups
 from .errors import UsageError, VerifyError
 from .fold import fold_shapes
 from .graph import Graph
-from .plan import Plan, make_plan
+from .plan import Plan, global_plan, make_plan, uniform_for_target
 from .rewrite import rewrite
-from .score import CRITERIA, score
-from .verify import verify
+from .score import CRITERIA, needs as criterion_needs, score
+from .verify import agreement, verify
+
+SCOPES = ("uniform", "global")
+NORMALIZE = ("mean", "max", "std", "none")
+REDUCE = ("mean", "sum", "max")
+REPAIR = ("none", "bias", "lstsq")
 
 
 @dataclass
@@ -32,10 +38,23 @@ class Options:
     seed: int = 0
     allow_inexact: bool = False
     threads: int = 1
-    bench: bool = True
+    bench: Optional[bool] = True            # None: auto (skipped for models over AUTO_SKIP_BYTES)
     bench_repeats: int = 30
-    verify: bool = True
+    verify: Optional[bool] = True           # None: auto (skipped for models over AUTO_SKIP_BYTES)
     seq_len: int = 64                       # value of non-batch symbolic dims when counting MACs
+    normalize: str = "mean"                 # per-layer score normalisation: mean | max | std | none
+    scope: str = "uniform"                  # uniform: every group its ratio; global: one threshold
+    target_macs: Optional[float] = None     # reach this fraction of the dense MACs
+    target_params: Optional[float] = None   # reach this fraction of the dense parameters
+    min_ratio: float = 0.0                  # per-group bounds on the fraction removed
+    max_ratio: Optional[float] = None       # (global scope default: 0.9)
+    per_cost: bool = True                   # global scope with a target: rank by importance per cost
+    calib: Any = None                       # Calibration, or any iterable of feed dicts
+    calib_batch: int = 16
+    repair: str = "none"                    # none | bias | lstsq
+    ridge: float = 1e-3                     # lstsq repair: ridge strength relative to mean diag(X·Xᵀ)
+    taylor_samples: int = 8
+    taylor_eps: float = 1e-2
 
     def kind_ratios(self) -> Dict[str, Optional[float]]:
         return {"heads": self.head_ratio, "channels": self.mlp_ratio}
@@ -51,6 +70,35 @@ class Options:
             raise UsageError(f"unknown criterion {self.criterion!r}; choose from {', '.join(sorted(CRITERIA))}")
         if self.threads < 1:
             raise UsageError("--threads must be >= 1")
+        for name, allowed in (("scope", SCOPES), ("normalize", NORMALIZE), ("reduce", REDUCE), ("repair", REPAIR)):
+            if getattr(self, name) not in allowed:
+                raise UsageError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("target_macs", "target_params"):
+            v = getattr(self, name)
+            if v is not None and not (0.0 < v <= 1.0):
+                raise UsageError(f"--{name.replace('_', '-')} must be in (0, 1], got {v}")
+        if self.target_macs is not None and self.target_params is not None:
+            raise UsageError("give --target-macs or --target-params, not both")
+        if not (0.0 <= self.min_ratio < 1.0):
+            raise UsageError(f"--min-ratio must be in [0, 1), got {self.min_ratio}")
+        if self.max_ratio is not None and not (self.min_ratio <= self.max_ratio < 1.0):
+            raise UsageError(f"--max-ratio must be in [min-ratio, 1), got {self.max_ratio}")
+        if self.calib_batch < 1:
+            raise UsageError("--calib-batch must be >= 1")
+        need = criterion_needs(self.criterion)
+        if self.calib is None and need in ("calib", "gram", "samples"):
+            raise UsageError(f"criterion {self.criterion!r} needs calibration data: pass --calib FILE.npz or "
+                             f"--calib-dir DIR (Options(calib=...) in Python)")
+        if self.calib is None and self.repair != "none":
+            raise UsageError(f"--repair {self.repair} needs calibration data: pass --calib FILE.npz or "
+                             f"--calib-dir DIR (Options(calib=...) in Python)")
+
+    def target(self):
+        if self.target_macs is not None:
+            return ("macs", float(self.target_macs))
+        if self.target_params is not None:
+            return ("params", float(self.target_params))
+        return None
 
 
 @dataclass
@@ -62,6 +110,10 @@ class Result:
 
 
 Progress = Callable[[str], None]
+
+# verify and bench run the dense, masked-dense and pruned models in onnxruntime at once:
+# above this much weight data they are skipped unless asked for
+AUTO_SKIP_BYTES = 1 << 30
 
 
 def _noop(msg: str) -> None:
@@ -81,6 +133,91 @@ class Analyzed:
         self.groups, self.root = find_groups(self.analysis)
 
 
+def calibration(model: onnx.ModelProto, opts: Options):
+    """The options' calibration data as a checked Calibration (None when there is none)."""
+    from .calib import Calibration
+
+    c = opts.calib
+    if c is None:
+        return None
+    if not isinstance(c, Calibration):
+        c = Calibration(c, "calibration feeds")
+    return c.check(model)
+
+
+def calibrate(an: Analyzed, opts: Options, calib) -> Optional[dict]:
+    """Statistics the criterion needs: per consumer input, streaming over the calibration
+    batches (synthetic inputs for data-free criteria that need them)."""
+    from .calib import ConvSpec, Request, collect, synthetic
+
+    need = criterion_needs(opts.criterion)
+    if need not in ("calib", "gram", "synthetic"):
+        return None
+    if need == "synthetic":
+        calib = synthetic(an.model, an.graph, seed=opts.seed)
+    reqs = []
+    gram = need in ("gram", "synthetic")
+    for g in an.groups:
+        if not g.prunable:
+            continue
+        for ci in consumer_inputs(g, an.graph):
+            conv = None
+            if gram and ci.op == "Conv" and ci.member.member.groups == 1:
+                node = an.graph.nodes[ci.node]
+                W = an.graph.const(node.input[1])
+                try:
+                    conv = ConvSpec.of(node, W.shape, an.graph.shape(ci.tensor))
+                except ValueError:
+                    reqs.append(Request(ci.tensor, ci.axis))
+                    continue
+            use_gram = gram and (ci.op != "Conv" or conv is not None)
+            reqs.append(Request(ci.tensor, ci.axis, use_gram, conv))
+    return collect(an.model, calib, reqs, graph=an.graph, threads=opts.threads)
+
+
+def plan_for(an: Analyzed, model: onnx.ModelProto, opts: Options, calib=None,
+             timings: Optional[dict] = None, progress: "Progress" = None) -> Plan:
+    """Score every group and allocate: uniform ratio or one global threshold, optionally
+    searching for a MACs/params target with the cost model."""
+    progress = progress or _noop
+    t = timings if timings is not None else {}
+    t0 = time.perf_counter()
+    kw = {}
+    stats = None
+    if criterion_needs(opts.criterion) in ("calib", "gram", "synthetic"):
+        progress("calib")
+        stats = calibrate(an, opts, calib)
+        t["calib_s"] = time.perf_counter() - t0
+        kw["calib"] = stats
+    if criterion_needs(opts.criterion) == "samples":
+        kw.update(calib=calib, model=an.model, samples=calib.first(opts.taylor_samples),
+                  eps=opts.taylor_eps, threads=opts.threads)
+    t1 = time.perf_counter()
+    progress("score")
+    scores = score(an.groups, an.graph, opts.criterion, opts.reduce, opts.seed, normalize=opts.normalize, **kw)
+    t["score_s"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    progress("plan")
+    target = opts.target()
+    allow = opts.allow_inexact or opts.prune_hidden
+    cost = None
+    if target is not None:
+        from .cost import CostModel
+        cost = CostModel(an.model, an.analysis, an.root, count_feed(an.model, opts.seq_len))
+    if opts.scope == "global":
+        plan = global_plan(an.groups, scores, opts.ratio, opts.round_to, opts.protect, allow,
+                           min_ratio=opts.min_ratio, max_ratio=0.9 if opts.max_ratio is None else opts.max_ratio,
+                           normalize=opts.normalize, target=target, cost=cost, per_cost=opts.per_cost)
+    elif target is not None:
+        plan = uniform_for_target(an.groups, scores, target, cost, opts.round_to, opts.protect, allow,
+                                  min_ratio=opts.min_ratio, max_ratio=opts.max_ratio)
+    else:
+        plan = make_plan(an.groups, scores, opts.ratio, opts.round_to, opts.protect, allow,
+                         kind_ratios=opts.kind_ratios(), min_ratio=opts.min_ratio, max_ratio=opts.max_ratio)
+    t["plan_s"] = time.perf_counter() - t1
+    return plan
+
+
 def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
           plan_json: Optional[dict] = None) -> Result:
     opts.check()
@@ -89,19 +226,14 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
     progress("analyze")
     an = Analyzed(model)
     t["analyze_s"] = time.perf_counter() - t0
-    t1 = time.perf_counter()
+    calib = calibration(model, opts)
     if plan_json is None:
-        progress("score")
-        scores = score(an.groups, an.graph, opts.criterion, opts.reduce, opts.seed)
-        t["score_s"] = time.perf_counter() - t1
+        plan = plan_for(an, model, opts, calib, t, progress)
+    else:
         t1 = time.perf_counter()
         progress("plan")
-        plan = make_plan(an.groups, scores, opts.ratio, opts.round_to, opts.protect,
-                         opts.allow_inexact or opts.prune_hidden, kind_ratios=opts.kind_ratios())
-    else:
-        progress("plan")
         plan = Plan.from_json(plan_json, an.groups)
-    t["plan_s"] = time.perf_counter() - t1
+        t["plan_s"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     progress("rewrite")
     removed = plan.removed_units()
@@ -117,18 +249,45 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
                     "prune_hidden": opts.prune_hidden, "round_to": opts.round_to, "criterion": opts.criterion,
                     "protect": list(opts.protect), "seed": opts.seed},
     }
+    if opts.scope != "uniform" or opts.target() is not None or opts.repair != "none" \
+            or opts.normalize != "mean" or opts.reduce != "mean" or calib is not None:
+        report["summary"]["options"].update(
+            {"scope": opts.scope, "normalize": opts.normalize, "reduce": opts.reduce,
+             "target_macs": opts.target_macs, "target_params": opts.target_params, "min_ratio": opts.min_ratio,
+             "max_ratio": opts.max_ratio, "repair": opts.repair,
+             "calibration_samples": calib.samples() if calib is not None else 0})
+        if "target" in plan.options:
+            report["summary"]["target"] = plan.options["target"]
+    big = _weight_bytes(model) > AUTO_SKIP_BYTES
+    do_verify = opts.verify if opts.verify is not None else not big
+    do_bench = opts.bench if opts.bench is not None else not big
+    if do_verify:
+        t1 = time.perf_counter()
+        progress("verify")
+        report["verify"] = verify(model, pruned, pj)
+        t["verify_s"] = time.perf_counter() - t1
+    elif opts.verify is None:
+        report["verify"] = {"skipped": f"skipped: weights over {AUTO_SKIP_BYTES >> 30} GiB (use --verify to run it)"}
+    if opts.repair != "none" and removed:
+        from .repair import repair
+        t1 = time.perf_counter()
+        progress("repair")
+        feeds = list(calib)
+        repaired, info = repair(an.model, pruned, an, pj, feeds, opts.repair, opts.ridge, opts.threads)
+        probe = feeds[:8]
+        info["agreement"] = {"pruned": agreement(model, pruned, probe), "repaired": agreement(model, repaired, probe)}
+        if "verify" in report:
+            report["verify"]["checked"] = "rewrite, before repair (masked-dense oracle)"
+        report["repair"] = info
+        pruned = repaired
+        t["repair_s"] = time.perf_counter() - t1
     progress("count")
     feed = count_feed(model, opts.seq_len)
     mb, pb = bench.count_macs_params(model, feed)
     ma, pa = bench.count_macs_params(pruned, feed)
     report["macs"] = {"before": int(mb), "after": int(ma)}
     report["params"] = {"before": int(pb), "after": int(pa)}
-    if opts.verify:
-        t1 = time.perf_counter()
-        progress("verify")
-        report["verify"] = verify(model, pruned, pj)
-        t["verify_s"] = time.perf_counter() - t1
-    if opts.bench:
+    if do_bench:
         progress("bench")
         feed = bench.random_inputs(model, seed=opts.seed)
         lat = bench.measure_latency(model, pruned, feed, threads=opts.threads, repeats=opts.bench_repeats)
@@ -136,6 +295,16 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
                                 "threads": opts.threads}
     report["timings_s"] = t
     return Result(pruned, plan, report, t)
+
+
+def _weight_bytes(model: onnx.ModelProto) -> int:
+    total = 0
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            total += int(next((e.value for e in t.external_data if e.key == "length"), 0) or 0)
+        else:
+            total += len(t.raw_data) or t.ByteSize()
+    return total
 
 
 def count_feed(model: onnx.ModelProto, seq_len: int) -> Optional[dict]:
@@ -156,6 +325,6 @@ def _unchanged(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def check_verified(report: dict) -> None:
     v = report.get("verify")
-    if v is not None and not v.get("passed"):
+    if v is not None and "skipped" not in v and not v.get("passed"):
         why = v.get("reason") or f"max_abs_diff={v.get('max_abs_diff')}"
         raise VerifyError(f"verification failed: pruned model disagrees with the masked-dense oracle ({why})")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Set
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -147,46 +147,210 @@ def _target(n: int, ratio: float, round_to: int, min_keep: int) -> int:
     return max(min_keep, min(n, k))
 
 
+def _eligible(g: Group, scores: Dict[int, np.ndarray], protect: Sequence[str], allow_inexact: bool) -> bool:
+    if not g.prunable or g.id not in scores or _matches(g, protect):
+        return False
+    return g.exact or allow_inexact
+
+
+def _select(g: Group, s: np.ndarray, k: int, round_to: int) -> Optional[np.ndarray]:
+    """Keep mask with about ``k`` units kept, equal per constraint cell, multiples of
+    ``round_to`` where it can; None when nothing would be removed."""
+    n = len(g.units)
+    forced = np.array([u in g.blocked for u in g.units.tolist()])
+    cells = _cells(g)
+    if cells is None:
+        return None
+    ncell = len(cells)
+    size = len(cells[0])
+    per = max(1, int(round(k / ncell)))
+    if round_to > 1 and g.kind != "heads":
+        while per < size and (per * ncell) % round_to:
+            per += 1
+    per = max(per, max(int(forced[c].sum()) for c in cells))
+    if per >= size:
+        return None
+    mask = np.zeros(n, bool)
+    for c in cells:
+        order = sorted(c.tolist(), key=lambda i: (not forced[i], -s[i], i))
+        mask[order[:per]] = True
+    return mask
+
+
+def _bounds(n: int, min_ratio: float, max_ratio: Optional[float], min_keep: int) -> Tuple[int, int]:
+    """(least, most) units a group may keep."""
+    lo = max(min_keep, n - int(math.floor(n * (max_ratio if max_ratio is not None else 1.0) + 1e-9)))
+    hi = n - int(math.floor(n * min_ratio + 1e-9))
+    return min(lo, n), max(min(hi, n), min(lo, n))
+
+
 def make_plan(groups: List[Group], scores: Dict[int, np.ndarray], ratio: float, round_to: int = 1,
               protect: Sequence[str] = (), allow_inexact: bool = False, min_keep: int = 1,
-              kind_ratios: Optional[Dict[str, float]] = None) -> Plan:
+              kind_ratios: Optional[Dict[str, float]] = None, min_ratio: float = 0.0,
+              max_ratio: Optional[float] = None) -> Plan:
     """Uniform ratio per group; ``kind_ratios`` overrides it per group kind (heads, channels,
-    hidden). Heads and other units never drop below ``min_keep`` per group."""
+    hidden), clamped to [min_ratio, max_ratio]. Heads and other units never drop below
+    ``min_keep`` per group."""
     keep: Dict[int, np.ndarray] = {}
     kind_ratios = kind_ratios or {}
     for g in groups:
         n = len(g.units)
-        mask = np.ones(n, bool)
-        keep[g.id] = mask
+        keep[g.id] = np.ones(n, bool)
         r = kind_ratios.get(g.kind, ratio)
         if r is None:
             r = ratio
-        if r <= 0 or not g.prunable or g.id not in scores or _matches(g, protect):
+        if r > 0:
+            r = max(r, min_ratio)
+        if max_ratio is not None:
+            r = min(r, max_ratio)
+        if r <= 0 or not _eligible(g, scores, protect, allow_inexact):
             continue
-        if not g.exact and not allow_inexact:
-            continue
-        s = np.asarray(scores[g.id], dtype=np.float64)
-        forced = np.array([u in g.blocked for u in g.units.tolist()])
         k = _target(n, r, round_to if g.kind != "heads" else 1, min_keep)
-        cells = _cells(g)
-        if cells is None:
-            continue
-        ncell = len(cells)
-        size = len(cells[0])
-        per = max(1, int(round(k / ncell)))
-        if round_to > 1 and g.kind != "heads":
-            while per < size and (per * ncell) % round_to:
-                per += 1
-        per = max(per, max(int(forced[c].sum()) for c in cells))
-        if per >= size:
-            continue
-        mask = np.zeros(n, bool)
-        for c in cells:
-            order = sorted(c.tolist(), key=lambda i: (not forced[i], -s[i], i))
-            mask[order[:per]] = True
-        keep[g.id] = mask
+        mask = _select(g, np.asarray(scores[g.id], dtype=np.float64), k, round_to)
+        if mask is not None:
+            keep[g.id] = mask
     return Plan(groups, keep, {"ratio": ratio, "round_to": round_to, "protect": list(protect),
-                               "kind_ratios": dict(kind_ratios)})
+                               "kind_ratios": dict(kind_ratios), "scope": "uniform"})
+
+
+def normalize_scores(s: np.ndarray, how: str) -> np.ndarray:
+    s = np.asarray(s, dtype=np.float64)
+    if how in (None, "none") or s.size == 0:
+        return s
+    if how == "mean":
+        m = s.mean()
+        return s / m if m > 0 else s
+    if how == "max":
+        m = s.max()
+        return s / m if m > 0 else s
+    if how == "std":
+        sd = s.std()
+        return (s - s.mean()) / sd if sd > 0 else s - s.mean()
+    raise UsageError(f"unknown normalisation {how!r}")
+
+
+def global_plan(groups: List[Group], scores: Dict[int, np.ndarray], ratio: float = 0.5, round_to: int = 1,
+                protect: Sequence[str] = (), allow_inexact: bool = False, min_keep: int = 1,
+                min_ratio: float = 0.0, max_ratio: Optional[float] = 0.9, normalize: str = "mean",
+                target: Optional[Tuple[str, float]] = None, cost=None, per_cost: bool = True) -> Plan:
+    """Rank every unit of every eligible group on one scale (scores normalised per group by
+    ``normalize``) and remove those below a global threshold. The threshold removes ``ratio``
+    of all eligible units, or, with ``target=("macs"|"params", F)`` and a cost model, is the
+    lowest one whose plan costs at most F of the dense model (bisection). With ``per_cost``
+    and a target, a unit's score is divided by what it costs (the dense MACs or params per unit
+    of its group), so cheap units are not removed before expensive ones of equal importance."""
+    elig = [g for g in groups if _eligible(g, scores, protect, allow_inexact)]
+    ns: Dict[int, np.ndarray] = {}
+    for g in elig:
+        s = normalize_scores(scores[g.id], normalize)
+        ns[g.id] = s
+    if target is not None and per_cost and cost is not None:
+        what = target[0]
+        for g in elig:
+            c = cost.fraction(g.units.tolist(), what)
+            unit_cost = max(1.0 - c, 1e-12) / len(g.units)
+            s = ns[g.id]
+            ns[g.id] = s / unit_cost if normalize != "std" else s - np.log(unit_cost)
+    bounds = {g.id: _bounds(len(g.units), min_ratio, max_ratio, min_keep) for g in elig}
+    forced = {g.id: np.array([u in g.blocked for u in g.units.tolist()]) for g in elig}
+
+    def plan_at(t: float) -> Dict[int, np.ndarray]:
+        keep = {}
+        for g in elig:
+            s = ns[g.id]
+            k = int(((s >= t) | forced[g.id]).sum())
+            lo, hi = bounds[g.id]
+            k = min(max(k, lo), hi)
+            if k >= len(g.units):
+                continue
+            if round_to > 1 and g.kind != "heads":
+                k = min(len(g.units), int(math.ceil(k / round_to)) * round_to)
+            mask = _select(g, s, k, round_to)
+            if mask is not None:
+                keep[g.id] = mask
+        return keep
+
+    def removed(keep: Dict[int, np.ndarray]) -> List[int]:
+        out: List[int] = []
+        by_id = {g.id: g for g in elig}
+        for gid, mask in keep.items():
+            out.extend(by_id[gid].units[~mask].tolist())
+        return out
+
+    values = np.unique(np.concatenate([ns[g.id] for g in elig])) if elig else np.zeros(0)
+    info: Dict[str, object] = {"scope": "global", "normalize": normalize}
+    if values.size == 0:
+        best = {}
+    elif target is None:
+        total = sum(len(g.units) for g in elig)
+        want = ratio * total
+
+        def measure(keep):
+            return float(len(removed(keep)))
+        lo, hi = 0, len(values) - 1        # find the smallest threshold removing >= want units
+        best = plan_at(values[0])
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            keep = plan_at(values[mid])
+            if measure(keep) >= want:
+                best, hi = keep, mid - 1
+            else:
+                lo = mid + 1
+        if measure(best) < want:
+            best = plan_at(values[-1] + 1.0)
+    else:
+        what, frac = target
+        if cost is None:
+            raise UsageError("a MACs/params target needs a cost model")
+
+        def reached(keep):
+            return cost.fraction(removed(keep), what)
+        lo, hi = 0, len(values)
+        best = None
+        while lo < hi:                     # smallest threshold index with cost <= frac
+            mid = (lo + hi) // 2
+            t = values[mid] if mid < len(values) else values[-1] + abs(values[-1]) + 1.0
+            keep = plan_at(t)
+            if reached(keep) <= frac:
+                best, hi = keep, mid
+            else:
+                lo = mid + 1
+        if best is None:
+            best = plan_at(values[-1] + abs(values[-1]) + 1.0)
+        info["target"] = {what: frac, "estimated": float(reached(best))}
+    keep = {g.id: np.ones(len(g.units), bool) for g in groups}
+    keep.update(best)
+    info.update({"ratio": ratio, "round_to": round_to, "protect": list(protect), "min_ratio": min_ratio,
+                 "max_ratio": max_ratio})
+    return Plan(groups, keep, info)
+
+
+def uniform_for_target(groups: List[Group], scores: Dict[int, np.ndarray], target: Tuple[str, float], cost,
+                       round_to: int = 1, protect: Sequence[str] = (), allow_inexact: bool = False,
+                       min_keep: int = 1, kind_ratios: Optional[Dict[str, float]] = None,
+                       min_ratio: float = 0.0, max_ratio: Optional[float] = None) -> Plan:
+    """The smallest uniform ratio whose plan costs at most the target fraction (bisection)."""
+    what, frac = target
+    cap = max_ratio if max_ratio is not None else 0.99
+
+    def at(r: float) -> Plan:
+        kr = {k: (None if v is None else v) for k, v in (kind_ratios or {}).items()}
+        return make_plan(groups, scores, r, round_to, protect, allow_inexact, min_keep, kr, min_ratio, max_ratio)
+
+    lo, hi = 0.0, cap
+    best = at(hi)
+    if cost.fraction(best.removed_units(), what) <= frac:
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            p = at(mid)
+            if cost.fraction(p.removed_units(), what) <= frac:
+                best, hi = p, mid
+            else:
+                lo = mid
+            if hi - lo < 1e-4:
+                break
+    best.options["target"] = {what: frac, "estimated": float(cost.fraction(best.removed_units(), what))}
+    return best
 
 
 def _cells(g: Group) -> Optional[List[np.ndarray]]:

@@ -3,15 +3,32 @@
 A criterion maps (group, graph) to one score per unit; it sees every member of the group, so
 the weights of every coupled layer count, not just the first one. Criteria are pluggable:
 add a function to ``CRITERIA``.
+
+Data-free: ``l2``, ``l1`` (weight norms of every member), ``bn-scale`` (|gamma| of the
+BatchNorms), ``fpgm`` (distance of a unit's filters from the others: the geometric-median
+criterion), ``lamp`` (LAMP: a unit's squared norm over the squared norms of the units at least as
+large; scale-free across layers), ``random``, ``obspa`` (``obs`` on synthetic inputs).
+With calibration data (the statistics of every consumer's input, see calib.py): ``activation``
+(Wanda: |W| summed over rows times the input channel's L2 norm), ``fluctuation`` (FLAP: input
+variance times the squared weight column norm), ``obs`` (Optimal Brain Surgeon: the least output
+error of removing the unit when the consumer's other columns are refit, with the layer Hessian
+X·Xᵀ), ``taylor`` (the squared first-order change of the model outputs per unit mask,
+estimated in onnxruntime by finite differences).
+
+A criterion's attribute ``needs`` says what the pipeline must provide: ``"calib"`` (statistics
+of calibration data in ``calib=``), ``"synthetic"`` (the same on synthetic inputs), ``"gram"``
+(Gram matrices too), ``"samples"`` (the model and samples, for ``prepare``). A criterion with a
+``prepare(groups, graph, **kw)`` attribute computes everything at once; its result reaches the
+criterion as ``prepared=``.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .analyze import Group, GroupMember
+from .analyze import ConsumerInput, Group, GroupMember, consumer_inputs
 from .graph import Graph
 
 SCORED_ROLES = ("out", "in", "param")
@@ -39,12 +56,58 @@ def unit_sums(values: np.ndarray, units: np.ndarray, unit_index: Dict[int, int],
     return out
 
 
-def magnitude(group: Group, graph: Graph, p: float = 2.0, reduce: str = "mean",
-              normalize: bool = True, **_) -> np.ndarray:
-    n = len(group.units)
-    index = {int(u): i for i, u in enumerate(group.units)}
-    total = np.zeros(n)
+def _normalized(s: np.ndarray, covered: np.ndarray, how) -> np.ndarray:
+    if how is True:
+        how = "mean"
+    if not how or how == "none" or not covered.any():
+        return s
+    v = s[covered]
+    if how == "mean":
+        d = v.mean()
+    elif how == "max":
+        d = v.max()
+    elif how == "std":
+        sd = v.std()
+        return (s - v.mean()) / sd if sd > 0 else s - v.mean()
+    else:
+        raise ValueError(f"unknown normalisation {how!r}")
+    return s / d if d > 0 else s
+
+
+def combine(parts: Sequence[Tuple[np.ndarray, np.ndarray]], n: int, reduce: str = "mean",
+            normalize="mean") -> np.ndarray:
+    """Reduce per-member unit scores (score vector, covered mask) into one score per unit."""
+    if reduce not in ("mean", "sum", "max"):
+        raise ValueError(f"unknown reduction {reduce!r}")
+    total = np.full(n, -np.inf) if reduce == "max" else np.zeros(n)
     count = np.zeros(n)
+    for s, covered in parts:
+        s = _normalized(s, covered, normalize)
+        if reduce == "max":
+            total = np.where(covered, np.maximum(total, s), total)
+        else:
+            total = total + np.where(covered, s, 0.0)
+        count += covered
+    if reduce == "max":
+        total = np.where(count > 0, total, 0.0)
+    if reduce == "mean":
+        total = total / np.maximum(count, 1)
+    return total
+
+
+def _index(group: Group) -> Dict[int, int]:
+    return {int(u): i for i, u in enumerate(group.units)}
+
+
+def _covered(gm: GroupMember, index: Dict[int, int], n: int) -> np.ndarray:
+    return unit_sums(np.ones(len(gm.units)), gm.units, index, n) > 0
+
+
+def magnitude(group: Group, graph: Graph, p: float = 2.0, reduce: str = "mean",
+              normalize="mean", **_) -> np.ndarray:
+    n = len(group.units)
+    index = _index(group)
+    parts = []
     for gm in group.members:
         if gm.member.role not in SCORED_ROLES:
             continue
@@ -52,19 +115,90 @@ def magnitude(group: Group, graph: Graph, p: float = 2.0, reduce: str = "mean",
         if W is None or W.dtype.kind != "f":
             continue
         s = unit_sums(position_values(W, gm, p), gm.units, index, n) ** (1.0 / p)
-        covered = unit_sums(np.ones(len(gm.units)), gm.units, index, n) > 0
-        if normalize:
-            mean = s[covered].mean() if covered.any() else 0.0
-            if mean > 0:
-                s = s / mean
-        if reduce == "max":
-            total = np.maximum(total, s)
-        else:
-            total += s
-        count += covered
-    if reduce == "mean":
-        total = total / np.maximum(count, 1)
-    return total
+        parts.append((s, _covered(gm, index, n)))
+    return combine(parts, n, reduce, normalize)
+
+
+def _node_of(graph: Graph, label: str) -> Optional[int]:
+    idx = getattr(graph, "_graphprune_label_index", None)
+    if idx is None:
+        idx = {lab: i for i, lab in enumerate(graph.labels)}
+        graph._graphprune_label_index = idx
+    return idx.get(label)
+
+
+def bn_scale(group: Group, graph: Graph, reduce: str = "mean", normalize="mean", **kw) -> np.ndarray:
+    """|gamma| of every BatchNormalization scale in the group (network slimming); groups
+    without one fall back to l2."""
+    n = len(group.units)
+    index = _index(group)
+    parts = []
+    for gm in group.members:
+        if gm.member.role != "param":
+            continue
+        i = _node_of(graph, gm.member.node)
+        if i is None:
+            continue
+        node = graph.nodes[i]
+        if node.op_type != "BatchNormalization" or len(node.input) < 2 or node.input[1] != gm.member.tensor:
+            continue
+        W = graph.const(gm.member.tensor)
+        if W is None:
+            continue
+        s = unit_sums(np.abs(np.asarray(W, np.float64).reshape(-1))[gm.positions], gm.units, index, n)
+        parts.append((s, _covered(gm, index, n)))
+    if not parts:
+        return magnitude(group, graph, p=2.0, reduce=reduce, normalize=normalize)
+    return combine(parts, n, reduce, normalize)
+
+
+def _unit_rows(W: np.ndarray, gm: GroupMember, index: Dict[int, int], n: int) -> Optional[np.ndarray]:
+    """[n, d]: the slices of every unit along the member axis, flattened and concatenated."""
+    m = gm.member
+    if m.groups > 1:
+        return None
+    moved = np.moveaxis(np.asarray(W, np.float64), m.axis, 0)
+    moved = moved.reshape(moved.shape[0], -1)[gm.positions]
+    ui = np.array([index[int(u)] for u in gm.units])
+    counts = np.bincount(ui, minlength=n)
+    if (counts == 0).any() or len(set(counts.tolist())) != 1:
+        return None
+    order = np.argsort(ui, kind="stable")
+    return moved[order].reshape(n, -1)
+
+
+def fpgm(group: Group, graph: Graph, reduce: str = "mean", normalize="mean", **_) -> np.ndarray:
+    """Sum of distances from a unit's filters to every other unit's (FPGM): units near the
+    geometric median are replaceable by the others and go first."""
+    n = len(group.units)
+    index = _index(group)
+    parts = []
+    for gm in group.members:
+        if gm.member.role != "out":
+            continue
+        W = graph.const(gm.member.tensor)
+        if W is None or W.dtype.kind != "f":
+            continue
+        F = _unit_rows(W, gm, index, n)
+        if F is None:
+            continue
+        sq = np.einsum("ij,ij->i", F, F)
+        d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * F @ F.T, 0.0)
+        parts.append((np.sqrt(d2).sum(1), np.ones(n, bool)))
+    if not parts:
+        return magnitude(group, graph, p=2.0, reduce=reduce, normalize=normalize)
+    return combine(parts, n, reduce, normalize)
+
+
+def lamp(group: Group, graph: Graph, reduce: str = "mean", **_) -> np.ndarray:
+    """LAMP on the group's squared l2 scores: s_u^2 / sum of s_v^2 over units with s_v >= s_u.
+    Scale-free, so it ranks across layers without further normalisation."""
+    s = magnitude(group, graph, p=2.0, reduce=reduce, normalize="mean") ** 2
+    order = np.argsort(s, kind="stable")
+    tail = np.cumsum(s[order][::-1])[::-1]
+    out = np.empty_like(s)
+    out[order] = s[order] / np.maximum(tail, 1e-300)
+    return out
 
 
 def random_scores(group: Group, graph: Graph, seed: int = 0, **_) -> np.ndarray:
@@ -72,14 +206,198 @@ def random_scores(group: Group, graph: Graph, seed: int = 0, **_) -> np.ndarray:
     return rng.random(len(group.units))
 
 
+# ----------------------------------------------------------------------------- data-aware
+
+
+def weight_matrix(W: np.ndarray, ci: ConsumerInput, graph: Graph) -> Optional[np.ndarray]:
+    """The consumer weight as [outputs, inputs] with input columns in the order of the
+    activation's channels (Conv: channel-major im2col order, like W.reshape(Cout, -1))."""
+    W = np.asarray(W, np.float64)
+    node = graph.nodes[ci.node]
+    if ci.op == "Conv":
+        if ci.member.member.groups > 1:
+            return None
+        return W.reshape(W.shape[0], -1)
+    if ci.op == "Gemm":
+        tb = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return W if tb else W.T
+    if ci.op == "MatMul" and W.ndim == 2:
+        return W.T
+    return None
+
+
+def _stats_parts(group: Group, graph: Graph, calib, fn) -> List[Tuple[np.ndarray, np.ndarray]]:
+    n = len(group.units)
+    index = _index(group)
+    parts = []
+    for ci in consumer_inputs(group, graph):
+        st = calib.get_stats(ci.tensor, ci.axis) if calib is not None else None
+        W = graph.const(ci.member.member.tensor)
+        if st is None or W is None or W.dtype.kind != "f":
+            continue
+        gm = ci.member
+        v = fn(W, gm, st)
+        parts.append((unit_sums(v, gm.units, index, n), _covered(gm, index, n)))
+    return parts
+
+
+def _need_calib(name: str, calib) -> None:
+    if calib is None:
+        from .errors import UsageError
+        raise UsageError(f"criterion {name!r} needs calibration data: pass --calib FILE.npz or --calib-dir DIR "
+                         f"(Options(calib=...) in Python)")
+
+
+def activation(group: Group, graph: Graph, reduce: str = "mean", normalize="mean", calib=None, **_) -> np.ndarray:
+    """Wanda: sum over the consumer's rows of |W_ij| times the L2 norm of input channel j."""
+    _need_calib("activation", calib)
+    parts = _stats_parts(group, graph, calib,
+                         lambda W, gm, st: position_values(W, gm, 1.0) * st.norm[gm.positions])
+    if not parts:
+        return magnitude(group, graph, p=2.0, reduce=reduce, normalize=normalize)
+    return combine(parts, len(group.units), reduce, normalize)
+
+
+def fluctuation(group: Group, graph: Graph, reduce: str = "mean", normalize="mean", calib=None, **_) -> np.ndarray:
+    """FLAP: variance of input channel j times the squared norm of weight column j: how much of
+    the consumer's output varies with the channel (its mean can be folded into the bias)."""
+    _need_calib("fluctuation", calib)
+    parts = _stats_parts(group, graph, calib,
+                         lambda W, gm, st: position_values(W, gm, 2.0) * st.var[gm.positions])
+    if not parts:
+        return magnitude(group, graph, p=2.0, reduce=reduce, normalize=normalize)
+    return combine(parts, len(group.units), reduce, normalize)
+
+
+DAMP = 1e-2
+
+
+def damped_inverse(H: np.ndarray, damp: float = DAMP) -> np.ndarray:
+    d = np.diag(H)
+    lam = damp * (float(d.mean()) if d.size and d.mean() > 0 else 1.0)
+    return np.linalg.inv(H + lam * np.eye(H.shape[0]))
+
+
+def obs_errors(Wm: np.ndarray, Hinv: np.ndarray, cols_of_unit: Sequence[np.ndarray]) -> np.ndarray:
+    """OBS: output error of removing column set Q with the others refit optimally,
+    tr(W_Q (Hinv_QQ)^-1 W_Q^T), for every unit's column set."""
+    out = np.zeros(len(cols_of_unit))
+    sizes = {len(c) for c in cols_of_unit}
+    if sizes == {1}:
+        q = np.array([c[0] for c in cols_of_unit])
+        return (Wm[:, q] ** 2).sum(0) / np.maximum(np.diag(Hinv)[q], 1e-300)
+    for i, q in enumerate(cols_of_unit):
+        if len(q) == 0:
+            continue
+        Wq = Wm[:, q]
+        try:
+            out[i] = float(np.sum((Wq @ np.linalg.inv(Hinv[np.ix_(q, q)])) * Wq))
+        except np.linalg.LinAlgError:
+            out[i] = float(np.sum(Wq ** 2 / np.maximum(np.diag(Hinv)[q], 1e-300)))
+    return out
+
+
+def obs(group: Group, graph: Graph, reduce: str = "mean", normalize="mean", calib=None,
+        name: str = "obs", **_) -> np.ndarray:
+    """Optimal Brain Surgeon per consumer with the layer Hessian H = X·Xᵀ / n (im2col patches for
+    a Conv): removing unit u costs tr(W_Q (H^-1_QQ)^-1 W_Q^T) over its columns Q when the kept
+    columns are refit (the refit itself is ``--repair lstsq``). Consumers without a Gram matrix
+    (grouped convs) use the diagonal: sum |W_q|^2 E[x_q^2]."""
+    _need_calib(name, calib)
+    n = len(group.units)
+    index = _index(group)
+    parts = []
+    for ci in consumer_inputs(group, graph):
+        gm = ci.member
+        W = graph.const(gm.member.tensor)
+        if W is None or W.dtype.kind != "f":
+            continue
+        Wm = weight_matrix(W, ci, graph)
+        st = None
+        if Wm is not None:
+            for k, v in calib.items():
+                if k.tensor == ci.tensor and k.axis == ci.axis and v.gram is not None \
+                        and v.gram.shape[0] == Wm.shape[1]:
+                    st = v
+                    break
+        if st is None:
+            st = calib.get_stats(ci.tensor, ci.axis)
+            if st is None:
+                continue
+            v = position_values(W, gm, 2.0) * (st.sumsq / max(st.n, 1))[gm.positions]
+            parts.append((unit_sums(v, gm.units, index, n), _covered(gm, index, n)))
+            continue
+        Hinv = damped_inverse(st.gram / max(st.gram_n, 1))
+        per = Wm.shape[1] // len(gm.member.atoms)
+        cols = []
+        for u in group.units.tolist():
+            pos = gm.positions[gm.units == u]
+            cols.append((pos[:, None] * per + np.arange(per)[None, :]).reshape(-1))
+        s = obs_errors(Wm, Hinv, cols)
+        parts.append((s, _covered(gm, index, n)))
+    if not parts:
+        return magnitude(group, graph, p=2.0, reduce=reduce, normalize=normalize)
+    return combine(parts, n, reduce, normalize)
+
+
+def obspa(group: Group, graph: Graph, **kw) -> np.ndarray:
+    """``obs`` with the Hessians of synthetic inputs (no data needed), in the spirit of SPA's
+    OBSPA."""
+    return obs(group, graph, name="obspa", **kw)
+
+
+def taylor(group: Group, graph: Graph, prepared=None, calib=None, **_) -> np.ndarray:
+    """First-order Taylor: sum over calibration samples of ||df/dm_u||^2, the squared change of
+    the model outputs per unit of the unit's mask (computed once for every group by
+    ``prepare`` with onnxruntime finite differences)."""
+    _need_calib("taylor", calib)
+    return np.asarray(prepared[group.id], dtype=np.float64)
+
+
+def _taylor_prepare(groups: List[Group], graph: Graph, model=None, samples=None, eps: float = 1e-2,
+                    threads: int = 1, **_) -> Dict[int, np.ndarray]:
+    from .calib import mask_sensitivity
+
+    cons = {g.id: consumer_inputs(g, graph) for g in groups}
+    return mask_sensitivity(model, graph, groups, cons, samples, eps=eps, threads=threads)
+
+
+activation.needs = "calib"
+fluctuation.needs = "calib"
+obs.needs = "gram"
+obspa.needs = "synthetic"
+taylor.needs = "samples"
+taylor.prepare = _taylor_prepare
+
+
 CRITERIA: Dict[str, Callable[..., np.ndarray]] = {
     "l2": lambda g, graph, **kw: magnitude(g, graph, p=2.0, **kw),
     "l1": lambda g, graph, **kw: magnitude(g, graph, p=1.0, **kw),
+    "bn-scale": bn_scale,
+    "fpgm": fpgm,
+    "lamp": lamp,
     "random": random_scores,
+    "activation": activation,
+    "fluctuation": fluctuation,
+    "taylor": taylor,
+    "obs": obs,
+    "obspa": obspa,
 }
 
 
+def needs(criterion: str) -> Optional[str]:
+    return getattr(CRITERIA[criterion], "needs", None)
+
+
 def score(groups: List[Group], graph: Graph, criterion: str = "l2", reduce: str = "mean",
-          seed: int = 0) -> Dict[int, np.ndarray]:
+          seed: int = 0, normalize="mean", **kw) -> Dict[int, np.ndarray]:
     fn = CRITERIA[criterion]
-    return {g.id: fn(g, graph, reduce=reduce, seed=seed) for g in groups if g.prunable}
+    todo = [g for g in groups if g.prunable]
+    prep = getattr(fn, "prepare", None)
+    if prep is not None and todo:
+        kw["prepared"] = prep(todo, graph, **kw)
+    out = {}
+    for g in todo:
+        s = np.asarray(fn(g, graph, reduce=reduce, seed=seed, normalize=normalize, **kw), dtype=np.float64)
+        out[g.id] = np.where(np.isfinite(s), s, 0.0)
+    return out

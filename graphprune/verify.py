@@ -106,3 +106,28 @@ def verify(dense: onnx.ModelProto, pruned: onnx.ModelProto, plan_json: dict, see
     if inexact:
         out["inexact_groups"] = inexact
     return out
+
+
+def agreement(dense: onnx.ModelProto, model: onnx.ModelProto, feeds: List[Dict[str, np.ndarray]]) -> dict:
+    """How close ``model``'s outputs are to the dense model's on ``feeds``: the mean cosine
+    similarity of every sample's float outputs (flattened), the relative error
+    ||y - y_dense|| / ||y_dense|| over everything, and the largest absolute difference."""
+    cos, num, den, worst = [], 0.0, 0.0, 0.0
+    for feed in feeds:
+        ref = run_model(dense, feed)
+        got = run_model(model, feed)
+        r = [v.astype(np.float64) for k, v in sorted(ref.items()) if v.dtype.kind == "f"]
+        o = [got[k].astype(np.float64) for k, v in sorted(ref.items()) if v.dtype.kind == "f"]
+        if not r:
+            continue
+        b = r[0].shape[0] if r[0].ndim else 1
+        rr = np.concatenate([x.reshape(b, -1) for x in r], axis=1)
+        oo = np.concatenate([x.reshape(b, -1) for x in o], axis=1)
+        nr, no = np.linalg.norm(rr, axis=1), np.linalg.norm(oo, axis=1)
+        cos.extend(((rr * oo).sum(1) / np.maximum(nr * no, 1e-30)).tolist())
+        num += float(((rr - oo) ** 2).sum())
+        den += float((rr ** 2).sum())
+        worst = max(worst, float(np.abs(rr - oo).max()))
+    return {"cosine": float(np.mean(cos)) if cos else None,
+            "rel_err": float(np.sqrt(num / den)) if den > 0 else None,
+            "max_abs_diff": worst}

@@ -1,0 +1,350 @@
+"""Step 6: repair without training — make each pruned consumer reproduce the dense layer.
+
+A consumer is a layer that lost input columns (an ``in`` member of a pruned group): a Conv
+(group 1), a Gemm (alpha = beta = 1, A not transposed) or a MatMul with a constant right
+operand. Its target is the dense model's output of that layer on the calibration data; its
+inputs are what the pruned model (already repaired upstream) feeds it. Consumers are repaired
+in stages, upstream first, so every stage sees the inputs the final model will see.
+
+- ``bias``: shift the bias so the layer's mean output matches the dense one,
+  b += E[y_dense] - E[W' x' + b]. With unchanged upstream layers this is exactly folding the
+  mean contribution W_Q E[x_Q] of the removed channels into the bias.
+- ``lstsq``: refit the kept weights and the bias in closed form, ridge least squares
+  min ||W' x' + b - y_dense||^2 + lambda ||W'||^2 (im2col patches for a Conv).
+
+A MatMul has no bias: a new ``Add`` after it carries the correction; a Conv or Gemm without a
+bias gets one. Repaired layers no longer match the masked-dense oracle; the pipeline checks the
+rewrite with the oracle before repair and reports the output agreement with the dense model.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from . import bench
+from .analyze import consumer_inputs
+from .calib import ConvSpec, im2col
+
+MODES = ("none", "bias", "lstsq")
+RIDGE = 1e-3
+
+
+@dataclass
+class Consumer:
+    node: int             # index in the analysed (dense) graph and in the pruned model
+    op: str
+    x: str                # input activation
+    y: str                # output (dense name)
+    weight: str
+    rows: np.ndarray      # kept output rows (dense indices)
+    cols: np.ndarray      # kept input channels (dense indices)
+    conv: Optional[ConvSpec] = None
+    transB: int = 0
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _keep_masks(plan_json: dict, name: str, shape: Sequence[int]) -> Dict[int, np.ndarray]:
+    masks: Dict[int, np.ndarray] = {}
+    for grp in plan_json.get("groups", []):
+        for md in grp.get("members", []):
+            if md.get("tensor") != name or md.get("role") == "shape":
+                continue
+            ax = int(md["axis"])
+            size = shape[ax] * int(md.get("groups", 1))
+            m = masks.setdefault(ax, np.ones(size, bool))
+            covered = np.arange(size) if md.get("positions") is None else np.asarray(md["positions"], np.int64)
+            dead = np.setdiff1d(covered, np.asarray(md.get("kept", []), np.int64))
+            m[dead] = False
+    return masks
+
+
+def find_consumers(an, plan_json: dict) -> Tuple[List[Consumer], List[str]]:
+    """The layers that lost input columns and can be refit; and why others cannot."""
+    g = an.graph
+    removed_groups = {e["id"] for e in plan_json.get("groups", []) if e["channels_after"] < e["channels_before"]}
+    seen = set()
+    out: List[Consumer] = []
+    skipped: List[str] = []
+    for grp in an.groups:
+        if grp.id not in removed_groups:
+            continue
+        for ci in consumer_inputs(grp, g):
+            if ci.node in seen:
+                continue
+            seen.add(ci.node)
+            node = g.nodes[ci.node]
+            wname = node.input[1]
+            W = g.const(wname)
+            if W is None or W.dtype.kind != "f":
+                skipped.append(f"{g.labels[ci.node]}: weight is not a float constant")
+                continue
+            if len(g.consumers.get(wname, [])) != 1:
+                skipped.append(f"{g.labels[ci.node]}: weight {wname} is shared")
+                continue
+            masks = _keep_masks(plan_json, wname, W.shape)
+            conv = None
+            tb = 0
+            if ci.op == "Conv":
+                if int(_attr(node, "group", 1)) != 1:
+                    skipped.append(f"{g.labels[ci.node]}: grouped convolution")
+                    continue
+                try:
+                    conv = ConvSpec.of(node, W.shape, g.shape(ci.tensor))
+                except ValueError as e:
+                    skipped.append(f"{g.labels[ci.node]}: {e}")
+                    continue
+                row_ax, col_ax = 0, 1
+            elif ci.op == "Gemm":
+                if _attr(node, "transA", 0) or float(_attr(node, "alpha", 1.0)) != 1.0 \
+                        or float(_attr(node, "beta", 1.0)) != 1.0:
+                    skipped.append(f"{g.labels[ci.node]}: Gemm with transA/alpha/beta")
+                    continue
+                tb = int(_attr(node, "transB", 0))
+                row_ax, col_ax = (0, 1) if tb else (1, 0)
+            elif ci.op == "MatMul" and W.ndim == 2:
+                row_ax, col_ax = 1, 0
+            else:
+                skipped.append(f"{g.labels[ci.node]}: {ci.op} is not refit")
+                continue
+            rows = np.nonzero(masks.get(row_ax, np.ones(W.shape[row_ax], bool)))[0]
+            cols = np.nonzero(masks.get(col_ax, np.ones(W.shape[col_ax], bool)))[0]
+            out.append(Consumer(ci.node, ci.op, ci.tensor, node.output[0], wname, rows, cols, conv, tb))
+    return out, skipped
+
+
+def _stages(an, consumers: List[Consumer]) -> List[List[Consumer]]:
+    """Consumers by depth: a consumer comes after every consumer upstream of it."""
+    g = an.graph
+    idx = {c.node: c for c in consumers}
+    depth: Dict[int, int] = {}
+    memo_up: Dict[int, set] = {}
+
+    def upstream(i: int) -> set:
+        if i in memo_up:
+            return memo_up[i]
+        seen, stack, found = set(), [i], set()
+        while stack:
+            j = stack.pop()
+            for x in g.nodes[j].input:
+                p = g.producer.get(x)
+                if p is not None and p not in seen:
+                    seen.add(p)
+                    if p in idx:
+                        found.add(p)
+                    stack.append(p)
+        memo_up[i] = found
+        return found
+
+    for c in sorted(consumers, key=lambda c: c.node):
+        ups = upstream(c.node)
+        depth[c.node] = 1 + max((depth[u] for u in ups if u in depth), default=-1)
+    out: Dict[int, List[Consumer]] = {}
+    for c in consumers:
+        out.setdefault(depth[c.node], []).append(c)
+    return [out[k] for k in sorted(out)]
+
+
+def _rows_of(x: np.ndarray, c: Consumer) -> np.ndarray:
+    """The consumer's input as [positions, features] over the kept channels."""
+    if c.op == "Conv":
+        return im2col(x.astype(np.float64), c.conv)
+    return x.reshape(-1, x.shape[-1]).astype(np.float64) if c.op == "MatMul" else x.astype(np.float64)
+
+
+def _targets(y: np.ndarray, c: Consumer) -> np.ndarray:
+    if c.op == "Conv":
+        y = np.moveaxis(y, 1, -1)
+        return y.reshape(-1, y.shape[-1])[:, c.rows].astype(np.float64)
+    return y.reshape(-1, y.shape[-1])[:, c.rows].astype(np.float64)
+
+
+class _Consts:
+    """Read and replace constants of a model (initializers and Constant nodes)."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.inits = {t.name: t for t in model.graph.initializer}
+        self.cnodes = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant" and n.output}
+        self.names = set(self.inits) | {o for n in model.graph.node for o in n.output} | \
+            {i.name for i in model.graph.input}
+
+    def get(self, name: str) -> Optional[np.ndarray]:
+        if name in self.inits:
+            return numpy_helper.to_array(self.inits[name])
+        n = self.cnodes.get(name)
+        if n is not None:
+            for a in n.attribute:
+                if a.name == "value":
+                    return numpy_helper.to_array(a.t)
+        return None
+
+    def set(self, name: str, value: np.ndarray) -> None:
+        if name in self.inits:
+            self.inits[name].CopyFrom(numpy_helper.from_array(value, name))
+            return
+        n = self.cnodes[name]
+        for a in n.attribute:
+            if a.name == "value":
+                a.t.CopyFrom(numpy_helper.from_array(value))
+                return
+
+    def fresh(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.names:
+            name, i = f"{base}_{i}", i + 1
+        self.names.add(name)
+        return name
+
+    def add(self, base: str, value: np.ndarray) -> str:
+        name = self.fresh(base)
+        t = numpy_helper.from_array(value, name)
+        self.model.graph.initializer.append(t)
+        self.inits[name] = self.model.graph.initializer[-1]
+        return name
+
+
+def _apply(model: onnx.ModelProto, consts: _Consts, c: Consumer, W_new: Optional[np.ndarray],
+           b_delta: np.ndarray) -> None:
+    node = model.graph.node[c.node]
+    dt = consts.get(c.weight).dtype
+    if W_new is not None:
+        consts.set(c.weight, W_new.astype(dt))
+    if c.op in ("Conv", "Gemm"):
+        if len(node.input) > 2 and node.input[2]:
+            old = consts.get(node.input[2])
+            users = sum(1 for n in model.graph.node for x in n.input if x == node.input[2])
+            if old is not None and old.ndim == 1 and old.shape[0] == len(c.rows) and users == 1:
+                consts.set(node.input[2], (old.astype(np.float64) + b_delta).astype(old.dtype))
+                return
+            if old is not None and users == 1:
+                new = (np.broadcast_to(old.astype(np.float64), old.shape) + b_delta).astype(old.dtype)
+                consts.set(node.input[2], new)
+                return
+            if old is not None:
+                node.input[2] = consts.add(node.input[2] + "_repaired",
+                                           (old.astype(np.float64) + b_delta).astype(old.dtype))
+                return
+        else:
+            while len(node.input) < 3:
+                node.input.append("")
+            node.input[2] = consts.add((node.name or c.weight) + "_bias", b_delta.astype(dt))
+            return
+    # MatMul (or a bias we cannot edit): add the correction after the layer
+    out = node.output[0]
+    inner = consts.fresh(out + "_unrepaired")
+    node.output[0] = inner
+    bname = consts.add((node.name or c.weight) + "_repair_bias", b_delta.astype(dt))
+    add = helper.make_node("Add", [inner, bname], [out], name=consts.fresh((node.name or out) + "_repair"))
+    model.graph.node.insert(c.node + 1, add)
+
+
+def repair(dense: onnx.ModelProto, pruned: onnx.ModelProto, an, plan_json: dict,
+           feeds: Sequence[Mapping[str, np.ndarray]], mode: str = "lstsq", ridge: float = RIDGE,
+           threads: int = 1) -> Tuple[onnx.ModelProto, dict]:
+    """Repair ``pruned`` (rewritten from ``dense``, the analysed model) on calibration ``feeds``.
+    Returns (repaired model, info)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown repair mode {mode!r}")
+    info = {"mode": mode, "repaired": [], "skipped": []}
+    if mode == "none":
+        return pruned, info
+    consumers, skipped = find_consumers(an, plan_json)
+    info["skipped"] = skipped
+    if not consumers:
+        return pruned, info
+    model = copy.deepcopy(pruned)
+    # inserted Add nodes shift node indices: apply stage by stage from the back of each stage
+    offset: Dict[int, int] = {}
+    dense_sess = None
+    in_dense = None
+    for stage in _stages(an, consumers):
+        ys = [c.y for c in stage]
+        if dense_sess is None or set(ys) - set(o.name for o in dense_sess.get_outputs()):
+            dense_sess = bench._session(dense, threads, extra_outputs=list(dict.fromkeys(ys)))
+            in_dense = {i.name for i in dense_sess.get_inputs()}
+        xs = list(dict.fromkeys(c.x for c in stage))
+        psess = bench._session(model, threads, extra_outputs=xs)
+        in_pruned = {i.name for i in psess.get_inputs()}
+        acc = {id(c): None for c in stage}
+        for feed in feeds:
+            yv = dict(zip(ys, dense_sess.run(ys, {k: v for k, v in feed.items() if k in in_dense})))
+            xv = dict(zip(xs, psess.run(xs, {k: v for k, v in feed.items() if k in in_pruned})))
+            for c in stage:
+                X = _rows_of(xv[c.x], c)
+                Y = _targets(yv[c.y], c)
+                Xa = np.concatenate([X, np.ones((X.shape[0], 1))], axis=1)
+                a = acc[id(c)]
+                if mode == "lstsq":
+                    upd = (Xa.T @ Xa, Xa.T @ Y, X.shape[0])
+                else:
+                    upd = (Xa.sum(0), Y.sum(0), X.shape[0])
+                acc[id(c)] = upd if a is None else tuple(p + q for p, q in zip(a, upd))
+        consts = _Consts(model)
+        for c in sorted(stage, key=lambda c: -c.node):
+            a = acc[id(c)]
+            if a is None:
+                continue
+            shift = sum(v for k, v in offset.items() if k < c.node)
+            cc = copy.copy(c)
+            cc.node = c.node + shift
+            W = consts.get(c.weight).astype(np.float64)
+            Wm = _as_matrix(W, c)                          # [features, outputs]
+            node = model.graph.node[cc.node]
+            b = np.zeros(len(c.rows))
+            if c.op in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2]:
+                bv = consts.get(node.input[2])
+                if bv is not None:
+                    b = np.broadcast_to(bv.astype(np.float64), (len(c.rows),)) if bv.size in (1, len(c.rows)) else b
+            if mode == "lstsq":
+                A, B, n = a
+                A, B = A / n, B / n
+                d = np.diag(A)[:-1]
+                lam = ridge * (float(d.mean()) if d.size and d.mean() > 0 else 1.0)
+                reg = np.full(A.shape[0], lam)
+                reg[-1] = 0.0
+                try:
+                    theta = np.linalg.solve(A + np.diag(reg), B)
+                except np.linalg.LinAlgError:
+                    theta = np.linalg.lstsq(A + np.diag(reg), B, rcond=None)[0]
+                W_new = _from_matrix(theta[:-1], c, W.shape)
+                b_delta = theta[-1] - b
+            else:
+                sx, sy, n = a
+                mx, my = sx[:-1] / n, sy / n
+                W_new = None
+                b_delta = my - (mx @ Wm + b)
+            added = c.op == "MatMul" or not (c.op in ("Conv", "Gemm"))
+            _apply(model, consts, cc, W_new, b_delta)
+            if added:
+                offset[c.node] = offset.get(c.node, 0) + 1
+            info["repaired"].append(an.graph.labels[c.node])
+    del model.graph.value_info[:]
+    return model, info
+
+
+def _as_matrix(W: np.ndarray, c: Consumer) -> np.ndarray:
+    if c.op == "Conv":
+        return W.reshape(W.shape[0], -1).T
+    if c.op == "Gemm" and c.transB:
+        return W.T
+    return W
+
+
+def _from_matrix(M: np.ndarray, c: Consumer, shape: Sequence[int]) -> np.ndarray:
+    if c.op == "Conv":
+        return M.T.reshape(shape)
+    if c.op == "Gemm" and c.transB:
+        return M.T
+    return M.reshape(shape)
