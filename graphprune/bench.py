@@ -500,9 +500,22 @@ def count_macs_params(
             work = inliner.inline_local_functions(model)
         except Exception as e:  # pragma: no cover - depends on the model
             warnings.warn(f"could not inline local functions: {gio._first_line(e)}")
+    sk = _skeleton(work)
+    if input_feed is not None:
+        # concrete input dims let static inference resolve most shapes without running the
+        # model (which may be huge, or have its data on disk)
+        for vi in sk.graph.input:
+            if vi.name in input_feed and vi.type.HasField("tensor_type"):
+                shp = np.shape(input_feed[vi.name])
+                dims = vi.type.tensor_type.shape.dim
+                if len(dims) == len(shp):
+                    for d, v in zip(dims, shp):
+                        d.Clear()
+                        d.dim_value = int(v)
+        del sk.graph.value_info[:]
     try:
         inferred = onnx.shape_inference.infer_shapes(
-            _skeleton(work), check_type=False, strict_mode=False, data_prop=True
+            sk, check_type=False, strict_mode=False, data_prop=True
         )
     except Exception as e:
         warnings.warn(f"shape inference failed, using declared shapes: {gio._first_line(e)}")
@@ -557,7 +570,7 @@ def count_macs_params(
                         f"could not run the model to measure shapes; unknown dims count as 1: {gio._first_line(e)}"
                     )
 
-    macs = 0
+    per_node = []
     for n, top, need in nodes:
         shp = []
         for x in need:

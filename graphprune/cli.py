@@ -81,7 +81,9 @@ def print_summary(report: dict) -> None:
     s = report["summary"]
     click.echo(f"groups       {s['pruned_groups']} pruned of {s['prunable_groups']} prunable ({s['groups']} found)")
     v = report.get("verify")
-    if v is not None:
+    if v is not None and "skipped" in v:
+        click.echo(f"verify       {v['skipped']}")
+    elif v is not None:
         state = "passed" if v["passed"] else "FAILED"
         click.echo(f"verify       {state} (max abs diff {v['max_abs_diff']:.3g})"
                    if v.get("max_abs_diff") is not None else f"verify       {state}")
@@ -138,18 +140,21 @@ def _common_prune_options(f):
 @click.option("--report", default=None, help="report JSON path [default: OUT.report.json]")
 @_common_prune_options
 @click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime threads for the benchmark")
-@click.option("--no-bench", is_flag=True, help="skip the latency benchmark")
+@click.option("--bench/--no-bench", "bench", default=None,
+              help="latency benchmark [default: on, off for models over 1 GiB]")
+@click.option("--verify/--no-verify", "verify", default=None,
+              help="masked-dense oracle check [default: on, off for models over 1 GiB]")
 @click.option("--demo", is_flag=True, help="prune the built-in demo CNN (also used when MODEL is omitted)")
 @click.option("-q", "--quiet", is_flag=True)
 def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_inexact, head_ratio, mlp_ratio,
-        prune_hidden, threads, no_bench, demo, quiet):
+        prune_hidden, threads, bench, verify, demo, quiet):
     """Prune MODEL end to end: load, analyze, score, plan, rewrite, verify, bench, save."""
     from .io import check_output_path, save_json_atomic, save_model
     from .pipeline import Options, check_verified, prune
 
     opts = Options(ratio=ratio, round_to=round_to, protect=protect, criterion=criterion, seed=seed,
                    allow_inexact=allow_inexact, head_ratio=head_ratio, mlp_ratio=mlp_ratio,
-                   prune_hidden=prune_hidden, threads=threads, bench=not no_bench)
+                   prune_hidden=prune_hidden, threads=threads, bench=bench, verify=verify)
     opts.check()
     if model is None or demo:
         from .demo import write_demo_model

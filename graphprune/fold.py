@@ -87,6 +87,10 @@ def fold_shapes(model: onnx.ModelProto, g: Optional[Graph] = None) -> onnx.Model
                 continue
             if x in values:
                 continue
+            shp = g.shape(x) if g.is_const(x) else None
+            if shp is None or (len(shp) and int(np.prod([d if isinstance(d, int) else 0 for d in shp])) > MAX_ELEMS):
+                ok = False
+                break
             v = g.const(x)
             if v is None or v.size > MAX_ELEMS:
                 ok = False

@@ -70,6 +70,8 @@ class Graph:
                     old = self.shapes.get(k)
                     if old is None or (len(old) == len(v) and any(d is None for d in old)):
                         self.shapes[k] = v
+            if self._has_unknown_dims():
+                self._substituted_shapes()
             if runtime and self._needs_runtime_shapes():
                 self._runtime_shapes()
 
@@ -133,9 +135,78 @@ class Graph:
                 if o and o not in self.const_nodes:
                     s = self.shapes.get(o)
                     if s is None or any(d is None for d in s):
-                        size = sum(len(t.raw_data) for t in self.model.graph.initializer)
-                        return size < self.RUNTIME_SHAPES_MAX_BYTES
+                        return self.weight_bytes() < self.RUNTIME_SHAPES_MAX_BYTES
         return False
+
+    def _has_unknown_dims(self) -> bool:
+        for n in self.nodes:
+            for o in n.output:
+                if o and o not in self.const_nodes:
+                    sh = self.shapes.get(o)
+                    if sh is None or any(d is None for d in sh):
+                        return True
+        return False
+
+    def _symbols(self) -> List[str]:
+        syms: List[str] = []
+        for vi in self.model.graph.input:
+            for d in vi.type.tensor_type.shape.dim:
+                if d.HasField("dim_param") and d.dim_param and d.dim_param not in syms:
+                    syms.append(d.dim_param)
+        return syms
+
+    def _merge_two_runs(self, s1: Dict, s2: Dict, by_pair: Dict) -> None:
+        """Dims equal in both runs are static; dims that follow a symbol's two values are that
+        symbol; others stay unknown. Known dims are never overwritten."""
+        for name, shp1 in s1.items():
+            shp2 = s2.get(name)
+            if shp2 is None or len(shp1) != len(shp2) or name in self.const_nodes:
+                continue
+            old = self.shapes.get(name)
+            if old is not None and len(old) != len(shp1):
+                continue
+            new = []
+            for i, (a, b) in enumerate(zip(shp1, shp2)):
+                prev = old[i] if old is not None else None
+                if isinstance(prev, (int, str)):
+                    new.append(prev)
+                elif a is not None and a == b:
+                    new.append(int(a))
+                else:
+                    new.append(by_pair.get((a, b)))
+            self.shapes[name] = new
+
+    def _substituted_shapes(self) -> None:
+        """Static shape inference twice with the symbolic input dims replaced by two sets of
+        concrete values: resolves Reshape/Expand targets that symbolic inference gives up on,
+        without running the model (which may be huge, or contain custom ops)."""
+        syms = self._symbols()
+        if not syms:
+            return
+        runs = []
+        for base in (2, 3):
+            vals = {sym: base + 6 * i + 8 for i, sym in enumerate(syms)}
+            sk = _strip_weights(self.model)
+            for vi in sk.graph.input:
+                for d in vi.type.tensor_type.shape.dim:
+                    if d.HasField("dim_param") and d.dim_param in vals:
+                        v = vals[d.dim_param]
+                        d.Clear()
+                        d.dim_value = v
+            del sk.graph.value_info[:]
+            try:
+                inf = shape_inference.infer_shapes(sk, check_type=False, strict_mode=False, data_prop=True)
+            except Exception:
+                return
+            shapes = {}
+            for vi in list(inf.graph.value_info) + list(inf.graph.output):
+                t = vi.type
+                if t.HasField("tensor_type") and t.tensor_type.HasField("shape"):
+                    shapes[vi.name] = [int(d.dim_value) if d.HasField("dim_value") else None
+                                       for d in t.tensor_type.shape.dim]
+            runs.append((shapes, vals))
+        (s1, v1), (s2, v2) = runs
+        self._merge_two_runs(s1, s2, {(v1[s], v2[s]): s for s in syms})
 
     def _runtime_shapes(self) -> None:
         """Fill dims static inference left unknown by running the model twice with different
@@ -176,23 +247,7 @@ class Graph:
             return
         (s1, v1, b1), (s2, v2, b2) = runs
         by_pair = {(v1[s], v2[s]): s for s in syms}
-        for name, shp1 in s1.items():
-            shp2 = s2.get(name)
-            if shp2 is None or len(shp1) != len(shp2):
-                continue
-            old = self.shapes.get(name)
-            if old is not None and len(old) != len(shp1):
-                continue
-            new = []
-            for i, (a, b) in enumerate(zip(shp1, shp2)):
-                prev = old[i] if old is not None else None
-                if isinstance(prev, int) or isinstance(prev, str):
-                    new.append(prev)
-                elif a == b:
-                    new.append(int(a))
-                else:
-                    new.append(by_pair.get((a, b)) or ("batch" if (a, b) == (b1, b2) else None))
-            self.shapes[name] = new
+        self._merge_two_runs(s1, s2, by_pair)
 
     def shape(self, name: str) -> Optional[List[Dim]]:
         return self.shapes.get(name)
@@ -210,11 +265,21 @@ class Graph:
             return self._const_cache[name]
         v: Optional[np.ndarray] = None
         if name in self.initializers:
-            v = numpy_helper.to_array(self.initializers[name])
+            from .io import read_tensor  # lazily loaded external data is read from its file
+
+            v = read_tensor(self.initializers[name])
         elif name in self.const_nodes:
             v = _constant_node_value(self.const_nodes[name])
-        self._const_cache[name] = v
+        if v is None or v.nbytes <= self.CACHE_MAX_BYTES:
+            self._const_cache[name] = v  # weights are read again when needed, not held
         return v
+
+    CACHE_MAX_BYTES = 1 << 20
+
+    def weight_bytes(self) -> int:
+        from .io import tensor_nbytes
+
+        return sum(tensor_nbytes(t) for t in self.model.graph.initializer)
 
     def is_graph_input(self, name: str) -> bool:
         return name in self.inputs and name not in self.initializers

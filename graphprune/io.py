@@ -211,9 +211,14 @@ def _check_external_location(path: str, folder: str, t: onnx.TensorProto) -> Non
 # --------------------------------------------------------------------------- loading
 
 
-def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+LAZY_EXTERNAL_BYTES = 1 << 30  # external data above this stays on disk (read on demand)
+
+
+def load_model(path: str | os.PathLike, lazy: bool | None = None) -> onnx.ModelProto:
     """Read, validate and return the ONNX model at ``path`` with all external
-    data loaded into memory.
+    data loaded into memory — or, when ``lazy`` (default: external data over 1 GiB),
+    left on disk: each external tensor then refers to its file by absolute path and is
+    read on demand (:func:`read_tensor`) and copied, streaming, by :func:`save_model`.
 
     Raises InputError (one-line message) when the file is missing, a folder, empty,
     not an ONNX protobuf, truncated, not a model (no graph / no nodes), fails the
@@ -260,6 +265,14 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     except Exception as e:
         raise _in_error(path, f"fails the ONNX checker: {_first_line(e)}") from None
 
+    if external and lazy is None:
+        lazy = sum(_expected_nbytes(t) or 0 for t in external) > LAZY_EXTERNAL_BYTES
+    if external and lazy:
+        for t in external:
+            for e in t.external_data:
+                if e.key == "location":
+                    e.value = os.path.realpath(os.path.join(folder, e.value))
+        return model
     if external:
         try:
             external_data_helper.load_external_data_for_model(model, folder)
@@ -275,6 +288,39 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         except Exception as e:
             raise _in_error(path, f"cannot read external data: {_first_line(e)}") from None
     return model
+
+
+def _ext_info(t: onnx.TensorProto) -> dict:
+    return {e.key: e.value for e in t.external_data}
+
+
+def is_lazy(t: onnx.TensorProto) -> bool:
+    """An external tensor left on disk by a lazy load (its location is absolute)."""
+    return _uses_external(t) and os.path.isabs(_ext_info(t).get("location", ""))
+
+
+def read_tensor(t: onnx.TensorProto) -> np.ndarray:
+    """The tensor's value, reading lazily loaded external data from its file."""
+    if not is_lazy(t):
+        return numpy_helper.to_array(t)
+    info = _ext_info(t)
+    dtype = helper_np_dtype(t.data_type)
+    count = int(np.prod(t.dims)) if len(t.dims) else 1
+    with open(info["location"], "rb") as f:
+        f.seek(int(info.get("offset", "0")))
+        arr = np.fromfile(f, dtype=dtype, count=count)
+    return arr.reshape(tuple(t.dims))
+
+
+def helper_np_dtype(data_type: int):
+    return onnx.helper.tensor_dtype_to_np_dtype(data_type)
+
+
+def tensor_nbytes(t: onnx.TensorProto) -> int:
+    """Bytes of a tensor's data, inline or external."""
+    if _uses_external(t):
+        return _expected_nbytes(t) or int(_ext_info(t).get("length", "0"))
+    return _tensor_bytes(t)
 
 
 # --------------------------------------------------------------------------- IR version
@@ -460,12 +506,17 @@ def save_model(
     """
     path = os.fspath(path)
     folder, name = _check_target(path)
+    lazy_bytes = 0
     for t in iter_model_tensors(model):
         if _uses_external(t):
-            raise _out_error(
-                path, f"tensor {t.name!r} still refers to external data that was not loaded"
-            )
-    size = model.ByteSize()
+            if not is_lazy(t):
+                raise _out_error(
+                    path, f"tensor {t.name!r} still refers to external data that was not loaded"
+                )
+            lazy_bytes += tensor_nbytes(t)
+    size = model.ByteSize() + lazy_bytes
+    if lazy_bytes and external_data is False:
+        raise _out_error(path, "model data is on disk (lazy load); it must be saved with external data")
     use_external = size > EXTERNAL_DATA_THRESHOLD if external_data is None else bool(external_data)
     if not use_external:
         if size > MAX_PROTOBUF_BYTES:
@@ -476,6 +527,29 @@ def save_model(
     _save_with_external_data(model, os.path.join(folder, name), name + ".data")
 
 
+class _FileSlice:
+    """Bytes of a lazily loaded tensor, copied from its file in chunks when saving."""
+
+    CHUNK = 64 << 20
+
+    def __init__(self, path: str, offset: int, length: int):
+        self.path, self.offset, self.length = path, offset, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def copy_to(self, f: Any) -> None:
+        with open(self.path, "rb") as src:
+            src.seek(self.offset)
+            left = self.length
+            while left > 0:
+                chunk = src.read(min(self.CHUNK, left))
+                if not chunk:
+                    raise OSError(f"{self.path} is shorter than expected")
+                f.write(chunk)
+                left -= len(chunk)
+
+
 def _save_with_external_data(model: onnx.ModelProto, path: str, data_name: str) -> None:
     data_path = os.path.join(os.path.dirname(path), data_name)
     # Pick tensors in a deterministic order (graph walk order); dedupe by identity.
@@ -484,14 +558,18 @@ def _save_with_external_data(model: onnx.ModelProto, path: str, data_name: str) 
     for t in iter_model_tensors(model, sparse=False):
         if t.data_type == onnx.TensorProto.STRING:
             continue
-        if _tensor_bytes(t) >= _EXTERNAL_MIN_BYTES:
+        if is_lazy(t) or _tensor_bytes(t) >= _EXTERNAL_MIN_BYTES:
             movers.append(t)
 
     # Lay the sidecar out: (tensor, bytes, offset).
     layout: list[tuple[onnx.TensorProto, bytes, int]] = []
     offset = 0
     for t in movers:
-        raw = t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).tobytes()
+        if is_lazy(t):
+            info = _ext_info(t)
+            raw = _FileSlice(info["location"], int(info.get("offset", "0")), tensor_nbytes(t))
+        else:
+            raw = t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).tobytes()
         if len(raw) >= _ALIGN_MIN_BYTES and offset % _ALIGN:
             offset += _ALIGN - offset % _ALIGN
         layout.append((t, raw, offset))
@@ -502,14 +580,21 @@ def _save_with_external_data(model: onnx.ModelProto, path: str, data_name: str) 
         for _, raw, off in layout:
             if off > pos:
                 f.write(b"\0" * (off - pos))
-            f.write(raw)
+            if isinstance(raw, _FileSlice):
+                raw.copy_to(f)
+            else:
+                f.write(raw)
             pos = off + len(raw)
 
     # Point the tensors at the sidecar, serialize, and restore them exactly.
     backups: list[tuple[onnx.TensorProto, onnx.TensorProto | None, bytes | None]] = []
     try:
         for t, raw, off in layout:
-            if t.HasField("raw_data"):
+            if isinstance(raw, _FileSlice):
+                orig = onnx.TensorProto()
+                orig.CopyFrom(t)
+                backups.append((t, orig, None))
+            elif t.HasField("raw_data"):
                 backups.append((t, None, raw))
                 t.ClearField("raw_data")
             else:

@@ -56,6 +56,140 @@ def deep_cnn(n_nodes: int, c: int = 8, seed: int = 0) -> onnx.ModelProto:
     return m
 
 
+class ExternalWriter:
+    """Writes random fp32 weights straight into one external-data file."""
+
+    def __init__(self, folder: str, name: str, seed: int):
+        self.path = os.path.join(folder, name)
+        self.name = name
+        self.f = open(self.path, "wb")
+        self.rng = np.random.default_rng(seed)
+        self.inits = []
+
+    def weight(self, name, shape, scale=0.02, value=None):
+        off = self.f.tell()
+        if off % 4096:
+            self.f.write(b"\0" * (4096 - off % 4096))
+            off = self.f.tell()
+        rows = shape[0]
+        per = max(1, (16 << 20) // (4 * int(np.prod(shape[1:], dtype=np.int64)) or 1))
+        for r in range(0, rows, per):
+            n = min(per, rows - r)
+            if value is not None:
+                chunk = np.full((n,) + tuple(shape[1:]), value, dtype=np.float32)
+            else:
+                chunk = self.rng.standard_normal((n,) + tuple(shape[1:]), dtype=np.float32) * scale
+            self.f.write(chunk.tobytes())
+        t = onnx.TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(shape))
+        t.data_location = TensorProto.EXTERNAL
+        for k, v in (("location", self.name), ("offset", str(off)), ("length", str(4 * int(np.prod(shape))))):
+            e = t.external_data.add()
+            e.key, e.value = k, v
+        self.inits.append(t)
+        return name
+
+    def close(self):
+        self.f.close()
+
+
+def llama(folder: str, layers: int, d: int = 2048, heads: int = 16, kv_heads: int = 4, mlp: int = 5632,
+          vocab: int = 32000, seed: int = 0) -> str:
+    """LLaMA-style decoder with external fp32 weights; returns the model path."""
+    os.makedirs(folder, exist_ok=True)
+    wr = ExternalWriter(folder, "model.onnx.data", seed)
+    hd = d // heads
+    rep = heads // kv_heads
+    nodes, consts = [], []
+
+    def const(name, arr):
+        consts.append(numpy_helper.from_array(np.asarray(arr), name))
+        return name
+
+    def node(op, ins, outs, **kw):
+        nodes.append(helper.make_node(op, ins, outs, name=outs[0] + "_node", **kw))
+        return outs[0]
+
+    const("axes_last", np.array([-1], dtype=np.int64))
+    const("eps", np.array(1e-6, dtype=np.float32))
+    const("two", np.array(2.0, dtype=np.float32))
+    const("scale", np.array(1.0 / np.sqrt(hd), dtype=np.float32))
+    const("q_shape", np.array([0, 0, heads, hd], dtype=np.int64))
+    const("kv_shape", np.array([0, 0, kv_heads, hd], dtype=np.int64))
+    const("rep_shape", np.array([1, 1, rep, 1, 1], dtype=np.int64))
+    const("gqa_shape", np.array([0, heads, -1, hd], dtype=np.int64))
+    const("merge_shape", np.array([0, 0, heads * hd], dtype=np.int64))
+    const("unsq_axis", np.array([2], dtype=np.int64))
+
+    def rms(x, p):
+        sq = node("Pow", [x, "two"], [p + ".sq"])
+        mean = node("ReduceMean", [sq, "axes_last"], [p + ".mean"], keepdims=1)
+        std = node("Sqrt", [node("Add", [mean, "eps"], [p + ".var"])], [p + ".std"])
+        y = node("Div", [x, std], [p + ".norm"])
+        return node("Mul", [y, wr.weight(p + ".weight", (d,), value=1.0)], [p + ".out"])
+
+    x = node("Gather", [wr.weight("embed.weight", (vocab, d)), "input_ids"], ["embed.out"])
+    for i in range(layers):
+        p = f"layers.{i}"
+        h = rms(x, p + ".attn_norm")
+        q = node("MatMul", [h, wr.weight(p + ".q.weight", (d, heads * hd))], [p + ".q"])
+        k = node("MatMul", [h, wr.weight(p + ".k.weight", (d, kv_heads * hd))], [p + ".k"])
+        v = node("MatMul", [h, wr.weight(p + ".v.weight", (d, kv_heads * hd))], [p + ".v"])
+        q = node("Transpose", [node("Reshape", [q, "q_shape"], [p + ".q4"])], [p + ".qt"], perm=[0, 2, 1, 3])
+        kv = []
+        for nm, t in (("k", k), ("v", v)):
+            t = node("Transpose", [node("Reshape", [t, "kv_shape"], [f"{p}.{nm}4"])], [f"{p}.{nm}t"], perm=[0, 2, 1, 3])
+            t = node("Unsqueeze", [t, "unsq_axis"], [f"{p}.{nm}u"])
+            t = node("Expand", [t, "rep_shape"], [f"{p}.{nm}e"])
+            kv.append(node("Reshape", [t, "gqa_shape"], [f"{p}.{nm}r"]))
+        kt = node("Transpose", [kv[0]], [p + ".kT"], perm=[0, 1, 3, 2])
+        s = node("Div", [node("MatMul", [q, kt], [p + ".qk"]), "scale"], [p + ".scores"])
+        a = node("Softmax", [s], [p + ".probs"], axis=-1)
+        o = node("MatMul", [a, kv[1]], [p + ".ctx"])
+        o = node("Reshape", [node("Transpose", [o], [p + ".ctxT"], perm=[0, 2, 1, 3]), "merge_shape"], [p + ".ctx3"])
+        o = node("MatMul", [o, wr.weight(p + ".o.weight", (heads * hd, d))], [p + ".attn"])
+        x = node("Add", [x, o], [p + ".res1"])
+        h = rms(x, p + ".mlp_norm")
+        gate = node("MatMul", [h, wr.weight(p + ".gate.weight", (d, mlp))], [p + ".gate"])
+        gate = node("Mul", [gate, node("Sigmoid", [gate], [p + ".sig"])], [p + ".silu"])
+        up = node("MatMul", [h, wr.weight(p + ".up.weight", (d, mlp))], [p + ".up"])
+        m = node("MatMul", [node("Mul", [gate, up], [p + ".gu"]), wr.weight(p + ".down.weight", (mlp, d))], [p + ".down"])
+        x = node("Add", [x, m], [p + ".res2"])
+    h = rms(x, "final_norm")
+    node("MatMul", [h, wr.weight("lm_head.weight", (d, vocab))], ["logits"])
+    wr.close()
+    g = helper.make_graph(nodes, "llama",
+                          [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence", vocab])],
+                          wr.inits + consts)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    path = os.path.join(folder, "model.onnx")
+    with open(path, "wb") as f:
+        f.write(model.SerializeToString())
+    return path
+
+
+def cmd_llama(args):
+    path = os.path.join(args.out, "model.onnx")
+    if not os.path.exists(path) or args.rebuild:
+        t = time.perf_counter()
+        path = llama(args.out, args.layers, d=args.dim, heads=args.heads, kv_heads=args.kv_heads, mlp=args.mlp,
+                     vocab=args.vocab)
+        print(f"built {path} in {time.perf_counter() - t:.1f}s", flush=True)
+    size = os.path.getsize(os.path.join(args.out, "model.onnx.data"))
+    out = os.path.join(args.out, "pruned.onnx")
+    cmd = [sys.executable, "-m", "graphprune", "run", path, "-o", out, "--ratio", str(args.ratio)]
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    print(r.stdout[-2000:], r.stderr[-2000:], sep="\n")
+    res = {"model_bytes": size, "model_gib": round(size / 2**30, 2), "wall_s": round(wall, 1),
+           "peak_rss_gib": round(peak / 2**30, 2), "rss_over_model": round(peak / size, 2), "rc": r.returncode}
+    print(json.dumps(res))
+    return res
+
+
 def cmd_nodes(args):
     from graphprune.pipeline import Analyzed
 
@@ -76,5 +210,15 @@ if __name__ == "__main__":
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("nodes")
     p.add_argument("--sizes", type=int, nargs="+", default=[5000, 20000, 50000])
+    p = sub.add_parser("llama")
+    p.add_argument("--out", default="/tmp/graphprune-llama")
+    p.add_argument("--layers", type=int, default=20)
+    p.add_argument("--dim", type=int, default=2048)
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--kv-heads", type=int, default=4)
+    p.add_argument("--mlp", type=int, default=5632)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--ratio", type=float, default=0.5)
+    p.add_argument("--rebuild", action="store_true")
     args = ap.parse_args()
-    {"nodes": cmd_nodes}[args.cmd](args)
+    {"nodes": cmd_nodes, "llama": cmd_llama}[args.cmd](args)
