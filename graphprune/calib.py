@@ -35,6 +35,7 @@ from . import bench
 from .errors import CalibrationError
 
 DEFAULT_BATCH = 16
+_ONLY_INPUT = "\0only-input"          # .npy samples, named by check() after the model's one input
 
 
 # --------------------------------------------------------------------------- sources
@@ -147,41 +148,48 @@ class Calibration:
         return cls.from_arrays(_read_npz(path), batch, f"calibration file {path}")
 
     @classmethod
-    def from_dir(cls, path: str, model: onnx.ModelProto, batch: int = DEFAULT_BATCH) -> "Calibration":
+    def from_dir(cls, path: str, batch: int = DEFAULT_BATCH) -> "Calibration":
+        """``.npz`` files (one array per input) and/or ``.npy`` files (samples of a model's only
+        input; matched to it by ``check``), in name order, concatenated along samples."""
         if not os.path.isdir(path):
             raise CalibrationError(f"calibration folder {path} does not exist")
         files = sorted(glob.glob(os.path.join(path, "*.npz")) + glob.glob(os.path.join(path, "*.npy")))
         if not files:
             raise CalibrationError(f"calibration folder {path} has no .npz or .npy files")
-        names = list(_input_specs(model))
         parts: List[Dict[str, np.ndarray]] = []
         for f in files:
             if f.endswith(".npz"):
                 parts.append(_read_npz(f))
             else:
-                if len(names) != 1:
-                    raise CalibrationError(f"calibration file {f} holds one array but the model has inputs "
-                                           f"{', '.join(map(repr, names))}; use .npz files with one array per input")
                 try:
-                    parts.append({names[0]: np.load(f, allow_pickle=False)})
+                    parts.append({_ONLY_INPUT: np.load(f, allow_pickle=False)})
                 except Exception as e:
                     raise CalibrationError(f"calibration file {f} cannot be read: {_first_line(e)}")
         keys = set(parts[0])
         for f, p in zip(files, parts):
             if set(p) != keys:
-                raise CalibrationError(f"calibration file {f} holds {sorted(p)}, the first file {sorted(keys)}")
+                what = lambda ks: "one array (.npy)" if ks == {_ONLY_INPUT} else ", ".join(sorted(ks))
+                raise CalibrationError(f"calibration file {f} holds {what(set(p))}, the first file "
+                                       f"{what(keys)}")
         arrays = {}
         for k in parts[0]:
             try:
                 arrays[k] = np.concatenate([p[k] for p in parts], axis=0)
             except ValueError as e:
-                raise CalibrationError(f"calibration folder {path}: arrays {k!r} cannot be concatenated "
+                raise CalibrationError(f"calibration folder {path}: arrays cannot be concatenated "
                                        f"({_first_line(e)})")
         return cls.from_arrays(arrays, batch, f"calibration folder {path}")
 
     # -- use
     def check(self, model: onnx.ModelProto) -> "Calibration":
         specs = _input_specs(model)
+        if self._arrays is not None and _ONLY_INPUT in self._arrays:
+            if len(specs) != 1:
+                raise CalibrationError(f"{self.source}: .npy files hold one array but the model has inputs "
+                                       f"{', '.join(map(repr, specs))}; use .npz files with one array per input")
+            name = next(iter(specs))
+            self._arrays = {name: self._arrays.pop(_ONLY_INPUT)}
+            self.feeds = [{name: f.pop(_ONLY_INPUT)} for f in self.feeds]
         firsts = {d[0] for _, d in specs.values() if d}
         if self._arrays is not None and len(firsts) == 1 and isinstance(next(iter(firsts)), int):
             # a static batch axis: samples go in batches of exactly that size

@@ -121,7 +121,9 @@ def _common_prune_options(f):
                      help="kept channel counts are multiples of N (8 suits onnxruntime's CPU kernels)")(f)
     f = click.option("--protect", multiple=True, metavar="NAME",
                      help="node or tensor name (glob) whose groups keep every channel; repeatable")(f)
-    f = click.option("--criterion", default="l2", show_default=True, help="importance: l2, l1 or random")(f)
+    f = click.option("--criterion", default="l2", show_default=True,
+                     help="importance: l2, l1, bn-scale, fpgm, lamp, random, obspa (data-free); activation, "
+                          "fluctuation, obs, taylor (need --calib/--calib-dir)")(f)
     f = click.option("--seed", type=int, default=0, show_default=True)(f)
     f = click.option("--allow-inexact", is_flag=True,
                      help="also prune groups that feed LayerNorm/Softmax/ReduceMean over channels")(f)
@@ -131,7 +133,67 @@ def _common_prune_options(f):
                      help="fraction of MLP (and CNN channel) widths to remove [default: --ratio]")(f)
     f = click.option("--prune-hidden", is_flag=True,
                      help="also prune the residual (hidden) width of transformers: not exact")(f)
+    return _quality_options(f)
+
+
+def _quality_options(f):
+    """Calibration, criterion details and allocation: passed on to Options as they are."""
+    opts = [
+        ("--calib", dict(default=None, metavar="FILE.npz",
+                         help="calibration samples: one array per graph input, first axis = samples")),
+        ("--calib-dir", dict(default=None, metavar="DIR", help="calibration samples: a folder of .npz/.npy files")),
+        ("--calib-batch", dict(type=int, default=16, show_default=True, help="calibration batch size")),
+        ("--reduce", dict(type=click.Choice(["mean", "sum", "max"]), default="mean", show_default=True,
+                          help="how a group's members' scores combine")),
+        ("--normalize", dict(type=click.Choice(["mean", "max", "std", "none"]), default="mean", show_default=True,
+                             help="per-layer score normalisation (before global ranking)")),
+        ("--scope", dict(type=click.Choice(["uniform", "global"]), default="uniform", show_default=True,
+                         help="uniform: every group loses --ratio; global: one threshold over all groups")),
+        ("--target-macs", dict(type=float, default=None, metavar="F",
+                               help="prune to this fraction of the dense MACs (e.g. 0.5 for 2x fewer)")),
+        ("--target-params", dict(type=float, default=None, metavar="F",
+                                 help="prune to this fraction of the dense parameters")),
+        ("--min-ratio", dict(type=float, default=0.0, show_default=True,
+                             help="every pruned group loses at least this fraction")),
+        ("--max-ratio", dict(type=float, default=None,
+                             help="no group loses more than this fraction [default: 0.9 with --scope global]")),
+    ]
+    for name, kw in reversed(opts):
+        f = click.option(name, **kw)(f)
     return f
+
+
+def _repair_options(f):
+    f = click.option("--ridge", type=float, default=1e-3, show_default=True,
+                     help="lstsq repair: ridge strength relative to the mean input energy")(f)
+    f = click.option("--repair", type=click.Choice(["none", "bias", "lstsq"]), default="none", show_default=True,
+                     help="training-free repair of the layers that lost inputs (needs calibration data)")(f)
+    return f
+
+
+QUALITY_KEYS = ("calib", "calib_dir", "calib_batch", "reduce", "normalize", "scope", "target_macs", "target_params",
+                "min_ratio", "max_ratio", "repair", "ridge")
+
+
+def _quality(kw: dict) -> dict:
+    """Options fields from the quality flags; calibration files are read here (checked against
+    the model later)."""
+    from .calib import Calibration
+    from .errors import UsageError as _UE
+
+    q = {k: kw.pop(k) for k in QUALITY_KEYS if k in kw}
+    calib, calib_dir = q.pop("calib", None), q.pop("calib_dir", None)
+    if calib and calib_dir:
+        raise _UE("give --calib or --calib-dir, not both")
+    batch = q.pop("calib_batch", 16)
+    if batch < 1:
+        raise _UE("--calib-batch must be >= 1")
+    if calib:
+        q["calib"] = Calibration.from_npz(calib, batch)
+    elif calib_dir:
+        q["calib"] = Calibration.from_dir(calib_dir, batch)
+    q["calib_batch"] = batch
+    return q
 
 
 @cli.command()
@@ -145,16 +207,17 @@ def _common_prune_options(f):
 @click.option("--verify/--no-verify", "verify", default=None,
               help="masked-dense oracle check [default: on, off for models over 1 GiB]")
 @click.option("--demo", is_flag=True, help="prune the built-in demo CNN (also used when MODEL is omitted)")
+@_repair_options
 @click.option("-q", "--quiet", is_flag=True)
 def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_inexact, head_ratio, mlp_ratio,
-        prune_hidden, threads, bench, verify, demo, quiet):
+        prune_hidden, threads, bench, verify, demo, quiet, **quality):
     """Prune MODEL end to end: load, analyze, score, plan, rewrite, verify, bench, save."""
     from .io import check_output_path, save_json_atomic, save_model
     from .pipeline import Options, check_verified, prune
 
     opts = Options(ratio=ratio, round_to=round_to, protect=protect, criterion=criterion, seed=seed,
                    allow_inexact=allow_inexact, head_ratio=head_ratio, mlp_ratio=mlp_ratio,
-                   prune_hidden=prune_hidden, threads=threads, bench=bench, verify=verify)
+                   prune_hidden=prune_hidden, threads=threads, bench=bench, verify=verify, **_quality(quality))
     opts.check()
     if model is None or demo:
         from .demo import write_demo_model
@@ -190,27 +253,26 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
 @_common_prune_options
 @click.option("-v", "--verbose", is_flag=True, help="list every blocked reason")
 def analyze_cmd(model, plan_out, ratio, round_to, protect, criterion, seed, allow_inexact, head_ratio, mlp_ratio,
-                prune_hidden, verbose):
+                prune_hidden, verbose, **quality):
     """Print the coupled channel groups of MODEL, what is blocked and why; optionally write a plan
     (at --ratio, default 0 here: every channel kept) to edit and apply with `prune --plan`."""
     from .io import save_json_atomic
-    from .pipeline import Analyzed, Options
-    from .plan import make_plan
-    from .score import score
+    from .pipeline import Analyzed, Options, calibration, plan_for
 
     src = click.get_current_context().get_parameter_source("ratio")
     if src is not None and src.name == "DEFAULT":
         ratio = 0.0
     opts = Options(ratio=ratio, round_to=round_to, protect=protect, criterion=criterion, seed=seed,
-                   allow_inexact=allow_inexact, head_ratio=head_ratio, mlp_ratio=mlp_ratio, prune_hidden=prune_hidden)
+                   allow_inexact=allow_inexact, head_ratio=head_ratio, mlp_ratio=mlp_ratio, prune_hidden=prune_hidden,
+                   **_quality(quality))
     opts.check()
     allow_inexact = allow_inexact or prune_hidden
     if plan_out:
         from .io import check_output_path
         check_output_path(plan_out, model)
-    an = Analyzed(_load(model))
-    scores = score(an.groups, an.graph, criterion, seed=seed)
-    plan = make_plan(an.groups, scores, ratio, round_to, protect, allow_inexact, kind_ratios=opts.kind_ratios())
+    m = _load(model)
+    an = Analyzed(m)
+    plan = plan_for(an, m, opts, calibration(m, opts))
     pj = plan.to_json()
     click.echo(f"{'id':>4s}  {'channels':>9s}  {'kind':8s}  {'state':10s}  name / reason")
     for g, e in zip(an.groups, pj["groups"]):

@@ -1,0 +1,280 @@
+"""Pruning quality: criteria, calibration statistics, allocation to a MACs target, repair."""
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from graphprune import bench
+from graphprune.analyze import consumer_inputs
+from graphprune.calib import Calibration, ConvSpec, Request, collect, im2col
+from graphprune.cost import CostModel
+from graphprune.errors import CalibrationError, UsageError
+from graphprune.pipeline import Analyzed, Options, prune
+from graphprune.plan import make_plan
+from graphprune.rewrite import rewrite
+from graphprune.score import CRITERIA, score
+
+WEAK = 5  # the channel of conv1 that barely matters
+
+
+def small_model(seed=0, weak=True):
+    """x[N,3,12,12] -> Conv(3->8,3x3,pad1) -> BN -> Relu -> Conv(8->8,3x3,stride2,pad1)+b -> Relu
+    -> Conv(8->6,1x1) -> GlobalAveragePool -> Flatten -> Gemm(6->4). Channel WEAK of conv1 is
+    tiny in its filter, its BN scale and its consumer's columns."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.5
+    g1 = (rng.random(8) + 0.5).astype(np.float32)
+    b1 = (rng.standard_normal(8) * 0.1).astype(np.float32)
+    w2 = rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.3
+    if weak:
+        w1[WEAK] *= 1e-3
+        g1[WEAK] = 1e-3
+        b1[WEAK] = 0.0
+        w2[:, WEAK] *= 1e-3
+    inits = [
+        numpy_helper.from_array(w1, "w1"),
+        numpy_helper.from_array(g1, "g1"), numpy_helper.from_array(b1, "b1"),
+        numpy_helper.from_array(np.zeros(8, np.float32), "m1"), numpy_helper.from_array(np.ones(8, np.float32), "v1"),
+        numpy_helper.from_array(w2, "w2"),
+        numpy_helper.from_array((rng.standard_normal(8) * 0.1).astype(np.float32), "c2"),
+        numpy_helper.from_array(rng.standard_normal((6, 8, 1, 1)).astype(np.float32) * 0.4, "w3"),
+        numpy_helper.from_array(rng.standard_normal((4, 6)).astype(np.float32), "wf"),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "bf"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["a1", "g1", "b1", "m1", "v1"], ["n1"], name="bn1"),
+        helper.make_node("Relu", ["n1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "c2"], ["a2"], name="conv2", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["a2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "w3"], ["a3"], name="conv3"),
+        helper.make_node("GlobalAveragePool", ["a3"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], name="fc", transB=1),
+    ]
+    g = helper.make_graph(nodes, "small", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 12, 12])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+def calib_data(n=48, seed=1):
+    return np.random.default_rng(seed).standard_normal((n, 3, 12, 12)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return small_model()
+
+
+@pytest.fixture(scope="module")
+def calib():
+    return Calibration.from_arrays({"x": calib_data()}, batch=16)
+
+
+def _conv1_group(an):
+    return next(g for g in an.groups if any(m.member.tensor == "w1" and m.member.role == "out" for m in g.members))
+
+
+@pytest.mark.parametrize("criterion", sorted(CRITERIA))
+def test_criterion_scores_finite_and_rank_weak_channel_last(model, calib, criterion):
+    an = Analyzed(model)
+    opts = Options(criterion=criterion, calib=calib, taylor_samples=4)
+    from graphprune.pipeline import calibrate
+    kw = {}
+    need = getattr(CRITERIA[criterion], "needs", None)
+    if need in ("calib", "gram", "synthetic"):
+        kw["calib"] = calibrate(an, opts, calib)
+    if need == "samples":
+        kw.update(calib=calib, model=an.model, samples=calib.first(4))
+    scores = score(an.groups, an.graph, criterion, **kw)
+    prunable = [g for g in an.groups if g.prunable]
+    assert set(scores) == {g.id for g in prunable}
+    for g in prunable:
+        s = scores[g.id]
+        assert s.shape == (len(g.units),) and np.isfinite(s).all(), (criterion, g.name)
+    g = _conv1_group(an)
+    s = scores[g.id]
+    if criterion != "random":
+        assert int(np.argmin(s)) == WEAK, (criterion, s)
+
+
+def test_random_criterion_depends_on_seed(model):
+    an = Analyzed(model)
+    a = score(an.groups, an.graph, "random", seed=0)
+    b = score(an.groups, an.graph, "random", seed=1)
+    assert any(not np.allclose(a[k], b[k]) for k in a)
+
+
+def test_calibration_stats_equal_numpy_on_full_data(model):
+    x = calib_data(40)
+    cal = Calibration.from_arrays({"x": x}, batch=7)          # uneven last batch
+    an = Analyzed(model)
+    conv2 = an.graph.nodes[an.graph.producer["a2"]]
+    spec = ConvSpec.of(conv2, (8, 8, 3, 3), [None, 8, 12, 12])
+    reqs = [Request("r1", 1), Request("r1", 1, True, spec), Request("f", 1, True), Request("x", 1)]
+    st = collect(an.model, cal, reqs, graph=an.graph, max_bytes=1)   # one tensor per pass
+    full = bench.run_model(model, {"x": x}, outputs=["r1", "f", "a2"])
+    r1 = full["r1"].astype(np.float64)
+    flat = np.moveaxis(r1, 1, -1).reshape(-1, 8)
+    s = st[Request("r1", 1)]
+    assert s.n == flat.shape[0]
+    np.testing.assert_allclose(s.mean, flat.mean(0), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(s.var, flat.var(0), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(s.norm, np.linalg.norm(flat, axis=0), rtol=1e-9)
+    f = full["f"].astype(np.float64)
+    np.testing.assert_allclose(st[Request("f", 1, True)].gram, f.T @ f, rtol=1e-9, atol=1e-9)
+    xs = st[Request("x", 1)]
+    np.testing.assert_allclose(xs.mean, np.moveaxis(x.astype(np.float64), 1, -1).reshape(-1, 3).mean(0), rtol=1e-9, atol=1e-12)
+    # im2col Gram: the patches times the conv weight are the conv's output
+    cols = im2col(r1, spec)
+    w2 = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w2")).astype(np.float64)
+    c2 = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "c2")).astype(np.float64)
+    y = cols @ w2.reshape(8, -1).T + c2
+    np.testing.assert_allclose(y, np.moveaxis(full["a2"], 1, -1).reshape(-1, 8), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(st[Request("r1", 1, True, spec)].gram, cols.T @ cols, rtol=1e-9, atol=1e-8)
+
+
+def test_python_hook_generator(model):
+    def gen():
+        rng = np.random.default_rng(0)
+        for _ in range(3):
+            yield {"x": rng.standard_normal((5, 3, 12, 12)).astype(np.float32)}
+    res = prune(model, Options(criterion="activation", calib=gen(), ratio=0.5, bench=False))
+    assert res.report["verify"]["passed"]
+    assert res.report["summary"]["options"]["calibration_samples"] == 15
+
+
+@pytest.mark.parametrize("mode", ["bias", "lstsq"])
+def test_repair_reduces_output_error(mode):
+    m = small_model(weak=False)
+    cal = Calibration.from_arrays({"x": calib_data(96)}, batch=32)
+    held = [{"x": calib_data(32, seed=7)}]
+    from graphprune.verify import agreement
+    base = prune(m, Options(ratio=0.5, bench=False))
+    rep = prune(m, Options(ratio=0.5, bench=False, calib=cal, repair=mode))
+    assert rep.report["verify"]["passed"]          # the rewrite itself is oracle-exact
+    info = rep.report["repair"]
+    assert info["repaired"] and info["agreement"]["repaired"]["rel_err"] < info["agreement"]["pruned"]["rel_err"]
+    e0 = agreement(m, base.model, held)["rel_err"]
+    e1 = agreement(m, rep.model, held)["rel_err"]
+    assert e1 < 0.8 * e0, (mode, e0, e1)           # held-out data too
+    onnx.checker.check_model(rep.model)
+
+
+def test_lstsq_recovers_dropped_redundant_channel():
+    """conv2 reads channel WEAK (tiny) — lstsq refit after dropping it keeps the outputs."""
+    m = small_model(weak=True)
+    cal = Calibration.from_arrays({"x": calib_data(64)}, batch=32)
+    res = prune(m, Options(ratio=0.125, criterion="l2", calib=cal, repair="lstsq", bench=False))
+    assert res.report["repair"]["agreement"]["repaired"]["cosine"] > 0.999
+
+
+@pytest.mark.parametrize("scope", ["uniform", "global"])
+@pytest.mark.parametrize("target", [0.5, 0.33])
+def test_target_macs_reached(model, scope, target):
+    res = prune(model, Options(scope=scope, target_macs=target, bench=False))
+    frac = res.report["macs"]["after"] / res.report["macs"]["before"]
+    assert frac <= target + 0.02 and frac >= target - 0.12, (scope, target, frac)
+    assert res.report["summary"]["target"]["macs"] == target
+    assert res.report["verify"]["passed"]
+
+
+def test_target_params(model):
+    res = prune(model, Options(scope="global", target_params=0.5, bench=False))
+    frac = res.report["params"]["after"] / res.report["params"]["before"]
+    assert 0.35 <= frac <= 0.52, frac
+
+
+def test_cost_model_matches_count_after_rewrite(model):
+    an = Analyzed(model)
+    cm = CostModel(an.model, an.analysis, an.root)
+    scores = score(an.groups, an.graph, "random")
+    for ratio in (0.25, 0.5, 0.75):
+        plan = make_plan(an.groups, scores, ratio)
+        removed = plan.removed_units()
+        pruned = rewrite(an.model, an.analysis, an.root, removed)
+        macs, params = bench.count_macs_params(pruned)
+        est_m, est_p = cm.cost(removed)
+        assert est_m == pytest.approx(macs, rel=1e-9) and est_p == pytest.approx(params, rel=1e-9)
+
+
+def test_global_scope_respects_max_ratio(model):
+    res = prune(model, Options(scope="global", ratio=0.6, max_ratio=0.5, bench=False))
+    for g in res.report["groups"]:
+        if g["channels_after"] < g["channels_before"]:
+            assert g["channels_after"] >= g["channels_before"] * 0.5
+
+
+def _one_line(e):
+    msg = str(e)
+    assert "\n" not in msg
+    return msg
+
+
+def test_calibration_mismatch_errors_name_the_mismatch(model, tmp_path):
+    x = calib_data(8)
+    cases = [
+        ({"x": x.astype(np.float64)}, ["'x'", "float64", "float32"]),
+        ({"y": x}, ["lacks graph input 'x'", "'y'"]),
+        ({"x": x, "extra": x}, ["'extra'", "not a graph input"]),
+        ({"x": x[:, :2]}, ["'x'", "(8, 2, 12, 12)", "axis 1 must be 3"]),
+        ({"x": x[:, :, :, :, None]}, ["'x'", "rank 4"]),
+    ]
+    for arrays, words in cases:
+        with pytest.raises(CalibrationError) as ei:
+            Calibration.from_arrays(arrays, batch=8).check(model)
+        msg = _one_line(ei.value)
+        for w in words:
+            assert w in msg, (w, msg)
+    with pytest.raises(CalibrationError) as ei:
+        Calibration.from_arrays({"x": x, "z": x[:3]}).check(model)
+    assert "different numbers of samples" in _one_line(ei.value)
+    with pytest.raises(CalibrationError) as ei:
+        Calibration.from_npz(str(tmp_path / "missing.npz"))
+    assert "does not exist" in _one_line(ei.value)
+
+
+def test_missing_calibration_is_a_clear_usage_error(model):
+    for kw in ({"criterion": "activation"}, {"criterion": "obs"}, {"criterion": "taylor"}, {"repair": "lstsq"}):
+        with pytest.raises(UsageError) as ei:
+            prune(model, Options(bench=False, **kw))
+        msg = _one_line(ei.value)
+        assert "needs calibration data" in msg and "--calib" in msg
+
+
+def test_cli_calib_flags_and_errors(model, tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    np.savez(tmp_path / "c.npz", x=calib_data(32))
+    np.savez(tmp_path / "bad.npz", x=calib_data(32).astype(np.float64))
+    (tmp_path / "d").mkdir()
+    np.save(tmp_path / "d" / "a.npy", calib_data(16))
+    np.save(tmp_path / "d" / "b.npy", calib_data(16, seed=3))
+
+    def gp(*args):
+        return subprocess.run([sys.executable, "-m", "graphprune", *args], capture_output=True, text=True,
+                              cwd=tmp_path)
+    r = gp("run", "m.onnx", "--criterion", "obs", "--calib", "c.npz", "--scope", "global", "--target-macs", "0.5",
+           "--repair", "lstsq", "--no-bench", "-q")
+    assert r.returncode == 0, r.stderr
+    import json
+    rep = json.loads((tmp_path / "m.pruned.report.json").read_text())
+    assert rep["repair"]["mode"] == "lstsq" and rep["verify"]["passed"]
+    assert rep["macs"]["after"] <= 0.52 * rep["macs"]["before"]
+    r = gp("run", "m.onnx", "--criterion", "fluctuation", "--calib-dir", "d", "--repair", "bias", "--no-bench", "-q")
+    assert r.returncode == 0, r.stderr
+    r = gp("run", "m.onnx", "--criterion", "activation", "--calib", "bad.npz", "--no-bench", "-q")
+    assert r.returncode == 6 and r.stderr.count("\n") == 1 and "float64" in r.stderr, r.stderr
+    r = gp("run", "m.onnx", "--criterion", "activation", "--no-bench", "-q")
+    assert r.returncode == 2 and "needs calibration data" in r.stderr and r.stderr.count("\n") == 1
+    r = gp("analyze", "m.onnx", "--scope", "global", "--target-macs", "0.5", "--plan", "p.json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads((tmp_path / "p.json").read_text())
+    assert any(g["channels_after"] < g["channels_before"] for g in plan["groups"])
