@@ -138,10 +138,18 @@ def cut_array(W: np.ndarray, cuts: List[Tuple[int, np.ndarray, int]]) -> np.ndar
     grouped = [(a, r, gr) for a, r, gr in cuts if gr > 1]
     plain = [(a, r) for a, r, gr in cuts if gr <= 1]
     rows = np.arange(W.shape[0])
-    for a, r in sorted(plain, key=lambda x: -x[0]):
-        W = np.delete(W, r, axis=a)
-        if a == 0:
-            rows = np.delete(rows, r)
+    keep = {}
+    for a, r in plain:
+        k = np.ones(W.shape[a], bool)
+        k[r] = False
+        keep[a] = np.nonzero(k)[0] if a not in keep else np.intersect1d(keep[a], np.nonzero(k)[0])
+    if len(keep) == 1:
+        (a, k), = keep.items()
+        W = np.take(W, k, axis=a)  # one copy
+    elif keep:
+        W = W[np.ix_(*[keep.get(a, np.arange(W.shape[a])) for a in range(W.ndim)])]
+    if 0 in keep:
+        rows = rows[keep[0]]
     for a, r, groups in grouped:
         # grouped-conv input axis: positions are in the full Cin space; each kept row keeps
         # the columns of its own group
@@ -155,7 +163,7 @@ def cut_array(W: np.ndarray, cuts: List[Tuple[int, np.ndarray, int]]) -> np.ndar
             cols = [c for c in range(cin_g) if grp * cin_g + c not in dead]
             new_rows.append(W[i][cols])
         W = np.stack(new_rows) if new_rows else W[:, :0]
-    return np.ascontiguousarray(W)
+    return W if W.flags.c_contiguous else np.ascontiguousarray(W)
 
 
 def _orig_rows(rows, W, cuts):

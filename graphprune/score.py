@@ -34,20 +34,29 @@ from .graph import Graph
 SCORED_ROLES = ("out", "in", "param")
 
 
+def _axis_power_sums(W: np.ndarray, axis: int, p: float) -> np.ndarray:
+    """sum(|w|^p) over every axis but ``axis``, in one pass, without float64 copies."""
+    letters = "abcdefghijklmnop"[:W.ndim]
+    if p == 2.0:
+        return np.einsum(f"{letters},{letters}->{letters[axis]}", W, W).astype(np.float64)
+    A = np.abs(W) if p == 1.0 else np.abs(W) ** p
+    return A.sum(axis=tuple(i for i in range(W.ndim) if i != axis), dtype=np.float64)
+
+
 def position_values(W: np.ndarray, gm: GroupMember, p: float) -> np.ndarray:
     """sum(|w|^p) over each covered position of the member's axis."""
     m = gm.member
-    W = np.asarray(W, dtype=np.float64)
+    if W.dtype not in (np.float32, np.float64):
+        W = W.astype(np.float32)
     if m.groups > 1:
         # grouped-conv input axis: position q of the full Cin space is column q % (Cin/g) of
         # the rows of group q // (Cin/g)
         cout, cin_g = W.shape[0], W.shape[1]
         rows_g = cout // m.groups
-        per = np.abs(W) ** p
+        per = np.abs(W.astype(np.float64)) ** p
         per = per.reshape(m.groups, rows_g, cin_g, -1).sum(axis=(1, 3)).reshape(-1)
         return per[gm.positions]
-    moved = np.moveaxis(np.abs(W) ** p, m.axis, 0).reshape(W.shape[m.axis], -1).sum(axis=1)
-    return moved[gm.positions]
+    return _axis_power_sums(W, m.axis, p)[gm.positions]
 
 
 def unit_sums(values: np.ndarray, units: np.ndarray, unit_index: Dict[int, int], n: int) -> np.ndarray:
