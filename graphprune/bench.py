@@ -44,7 +44,7 @@ def _session_options(threads: int, opt_level: Any) -> ort.SessionOptions:
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = opt_level
-    so.log_severity_level = 3
+    so.log_severity_level = 4
     return so
 
 

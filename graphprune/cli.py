@@ -73,7 +73,7 @@ def print_summary(report: dict) -> None:
     rows = [("MACs", _fmt_int(m["before"]), _fmt_int(m["after"]), m["before"] / max(m["after"], 1)),
             ("params", _fmt_int(p["before"]), _fmt_int(p["after"]), p["before"] / max(p["after"], 1))]
     lat = report.get("latency_ms")
-    if lat:
+    if lat and "skipped" not in lat:
         rows.append(("latency ms", f"{lat['before']:.3f}", f"{lat['after']:.3f}", lat["speedup"]))
     click.echo(f"{'':12s} {'before':>10s} {'after':>10s} {'ratio':>8s}")
     for name, b, a, r in rows:
@@ -238,7 +238,8 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
     progress.done()
     rep = res.report
     if rep["summary"]["pruned_groups"] == 0:
-        click.echo("nothing was pruned: no group is prunable at this ratio; writing an unchanged copy", err=True)
+        click.echo("nothing was pruned (no prunable group at these settings; `graphprune analyze` says why); "
+                   "writing an unchanged copy", err=True)
     check_verified(rep)
     save_model(res.model, out)
     save_json_atomic(rep, report_path)

@@ -128,6 +128,69 @@ def fold_shapes(model: onnx.ModelProto, g: Optional[Graph] = None) -> onnx.Model
     return out
 
 
+# per-channel parameter inputs (op, input index): values a node owns, safe to copy per node
+PARAM_SLOTS = {
+    "Conv": (2,), "ConvTranspose": (2,), "Gemm": (2,), "BatchNormalization": (1, 2, 3, 4),
+    "InstanceNormalization": (1, 2), "LayerNormalization": (1, 2), "GroupNormalization": (1, 2),
+    "PRelu": (1,), "Add": (0, 1), "Sub": (0, 1), "Mul": (0, 1), "Div": (0, 1),
+}
+UNTIE_MAX_BYTES = 1 << 20
+
+
+def untie_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Undo initializer de-duplication that couples unrelated layers.
+
+    Exporters merge equal initializers (torch's legacy exporter feeds 47 of ResNet-50's zero
+    biases through ``Identity(shared)``). A bias shared by two convs would force both to keep
+    the same channels. ``Identity`` of a constant becomes a constant of its own, and a small
+    per-channel parameter read by several nodes gets one copy per reader. Weights shared by
+    several layers (real weight tying) stay shared. Outputs are unchanged."""
+    g = Graph(model, infer=False)
+    inits = g.initializers
+    identity = [i for i, n in enumerate(g.nodes)
+                if n.op_type == "Identity" and n.input and n.input[0] in inits
+                and n.output[0] not in g.outputs]
+    shared = []
+    for name, uses in g.consumers.items():
+        if name not in inits or len(uses) < 2 or name in g.inputs:
+            continue
+        t = inits[name]
+        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.raw_data) > UNTIE_MAX_BYTES:
+            continue
+        if all(k in PARAM_SLOTS.get(g.nodes[i].op_type, ()) for i, k in uses):
+            shared.append(name)
+    if not identity and not shared:
+        return model
+    out = copy.deepcopy(model)
+    nodes = list(out.graph.node)
+    new_inits = []
+    for i in identity:
+        src = inits[nodes[i].input[0]]
+        t = onnx.TensorProto()
+        t.CopyFrom(src)
+        t.name = nodes[i].output[0]
+        new_inits.append(t)
+    taken = set(inits) | {t.name for t in new_inits} | set(g.producer)
+    for name in shared:
+        for j, (i, k) in enumerate(g.consumers[name][1:], start=1):
+            new = f"{name}.{j}"
+            while new in taken:
+                new += "_"
+            taken.add(new)
+            t = onnx.TensorProto()
+            t.CopyFrom(inits[name])
+            t.name = new
+            new_inits.append(t)
+            nodes[i].input[k] = new
+    drop = set(identity)
+    kept = [n for i, n in enumerate(nodes) if i not in drop]
+    del out.graph.node[:]
+    out.graph.node.extend(kept)
+    out.graph.initializer.extend(new_inits)
+    _drop_unused(out)
+    return out
+
+
 def _drop_unused(model: onnx.ModelProto) -> None:
     """Remove nodes and initializers nothing reads any more (dead shape arithmetic)."""
     g = model.graph

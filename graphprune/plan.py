@@ -153,11 +153,31 @@ def _eligible(g: Group, scores: Dict[int, np.ndarray], protect: Sequence[str], a
     return g.exact or allow_inexact
 
 
+def _forced(g: Group, s: np.ndarray) -> np.ndarray:
+    """Units that must stay: blocked ones, and the best unit of every layer slice (producer
+    rows, consumer columns: a Split part, a Slice, a Gather pick, one conv of a partly blocked
+    group) that would otherwise lose every channel and become a zero-width tensor."""
+    forced = np.array([u in g.blocked for u in g.units.tolist()], dtype=bool)
+    index = {int(u): i for i, u in enumerate(g.units.tolist())}
+    seen = set()
+    for gm in g.members:
+        if gm.member.role not in ("out", "in"):
+            continue
+        idx = np.unique(np.fromiter((index[int(u)] for u in gm.units.tolist()), dtype=np.int64))
+        key = idx.tobytes()
+        if key in seen or idx.size == 0:
+            continue
+        seen.add(key)
+        if not forced[idx].any():
+            forced[idx[int(np.argmax(s[idx]))]] = True
+    return forced
+
+
 def _select(g: Group, s: np.ndarray, k: int, round_to: int) -> Optional[np.ndarray]:
     """Keep mask with about ``k`` units kept, equal per constraint cell, multiples of
     ``round_to`` where it can; None when nothing would be removed."""
     n = len(g.units)
-    forced = np.array([u in g.blocked for u in g.units.tolist()])
+    forced = _forced(g, s)
     cells = _cells(g)
     if cells is None:
         return None

@@ -36,6 +36,15 @@ ROUND_TO = (1, 2, 4, 8)
 CRITERIA = ("l1", "l2", "random")
 ACTS = ("Relu", "Sigmoid", "HardSwish", "Clip", "LeakyRelu", "Silu")
 
+try:
+    from dataclasses import fields as _fields
+
+    from graphprune.pipeline import Options as _Options
+
+    _OPTION_FIELDS = {f.name for f in _fields(_Options)}
+except Exception:  # noqa: BLE001
+    _OPTION_FIELDS = set()
+
 MAX_C = 24          # channel widths stay small: the fuzz budget is a few hundred ms a graph
 MAX_HW = 12
 
@@ -681,6 +690,10 @@ def build_case(ch, max_blocks: int = 8, layout: Optional[str] = None) -> Case:
     model = b.model(*[o.name for o in outs], output_shapes=[_shape(o, batch) for o in outs])
     opts = {"ratio": ch.ratio(), "round_to": ch.choice(ROUND_TO), "criterion": ch.choice(CRITERIA),
             "seed": ch.integer(0, 3)}
+    # the per-kind ratios (attention heads, MLP/CNN channels) where this graphprune has them
+    for key in ("head_ratio", "mlp_ratio"):
+        if key in _OPTION_FIELDS and ch.chance(0.25):
+            opts[key] = ch.ratio()
     return Case(model, opts, recipe, opset)
 
 
@@ -709,7 +722,8 @@ def check_case(case: Case) -> dict:
 
     1. the dense model passes the full checker (otherwise the generator is wrong: kind 'generator');
     2. prune() completes; 3. the pruned model passes the full checker; 4. it runs in onnxruntime
-    with the dense model's output names and shapes (finite values); 5. the oracle passes."""
+    with the dense model's output names and shapes (finite values); 5. the oracle passes;
+    6. the report, applied as a plan, gives the same model bytes."""
     from graphprune.bench import random_inputs, run_model
     from graphprune.pipeline import Options, prune
 
@@ -745,6 +759,13 @@ def check_case(case: Case) -> dict:
     v = res.report["verify"]
     if not v["passed"]:
         raise FuzzFailure("oracle", f"masked-dense oracle failed: {v}")
+    # the report is itself a plan (`prune --plan REPORT.json`): applying it gives the same model
+    try:
+        again = prune(m, Options(ratio=0.0, bench=False, verify=False), plan_json=res.report)
+    except Exception as e:  # noqa: BLE001
+        raise FuzzFailure(f"plan-roundtrip:{type(e).__name__}", _first(e)) from e
+    if again.model.SerializeToString(deterministic=True) != res.model.SerializeToString(deterministic=True):
+        raise FuzzFailure("plan-roundtrip", "applying the report as a plan gives a different model")
     return res.report
 
 

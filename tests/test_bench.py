@@ -209,7 +209,7 @@ def test_make_session_settings_and_ir_pin():
     assert so.intra_op_num_threads == 2 and so.inter_op_num_threads == 1
     assert so.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
     assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    assert so.log_severity_level == 3
+    assert so.log_severity_level == 4
     assert sess.get_providers() == ["CPUExecutionProvider"]
     assert m.ir_version > gio.ORT_MAX_IR  # the caller's model is untouched
 

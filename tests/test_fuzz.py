@@ -3,13 +3,14 @@ runnable models that the masked-dense oracle accepts.
 
 For every generated graph: the dense model passes the full ONNX checker (else the generator is
 wrong), prune() completes, the pruned model passes the full checker, runs in onnxruntime with the
-dense model's output names and shapes, and ``report['verify']['passed']``.
+dense model's output names and shapes, ``report['verify']['passed']``, and the report applied as
+a plan (``prune --plan REPORT.json``) gives the same model bytes.
 
 Profiles:
 * CI (default): 200 examples in all (90 + 40 + 70), ``derandomize=True`` (the same examples on every run), no
-  example database.
+  example database, no shrinking (keeps a failing run short).
 * long: ``GRAPHPRUNE_FUZZ_EXAMPLES=N python -m pytest tests/test_fuzz.py [--hypothesis-seed S]``
-  runs N examples per property test with a random (or the given) seed.
+  runs N examples per property test with a random (or the given) seed, and shrinks failures.
   ``tools/fuzz_long.py`` runs the same generator outside pytest.
 
 The regression tests at the end are minimal graphs for failures the fuzzer found.
@@ -21,7 +22,7 @@ import os
 
 import numpy as np
 import onnx
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
@@ -31,12 +32,15 @@ _LONG = int(os.environ.get("GRAPHPRUNE_FUZZ_EXAMPLES", "0") or 0)
 _HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 
 
-def _profile(ci_examples: int):
+def _profile(ci_examples: int, shrink: bool = True):
+    """CI: fixed examples, no database, no shrinking (a failure is reported as drawn, with its
+    recipe; the regression tests below hold the minimal forms). Long: shrinking on."""
     if _LONG > 0:
+        phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if shrink else [])
         return settings(max_examples=_LONG, deadline=None, derandomize=False, suppress_health_check=_HEALTH,
-                        print_blob=True)
+                        phases=phases, print_blob=True)
     return settings(max_examples=ci_examples, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=_HEALTH, print_blob=True)
+                    suppress_health_check=_HEALTH, phases=[Phase.explicit, Phase.generate], print_blob=True)
 
 
 def _run(data, layout=None):
@@ -59,7 +63,7 @@ def test_fuzz_sequence_graphs(data):
     _run(data, layout="seq")
 
 
-@_profile(70)
+@_profile(70, shrink=False)
 @given(st.integers(0, 2 ** 31 - 1))
 def test_fuzz_seeded_graphs(i):
     """The numpy-RNG distribution of tools/fuzz_long.py (bigger graphs than hypothesis' early
@@ -166,3 +170,26 @@ def test_regression_slice_emptied():
 def test_regression_gather_pick_emptied():
     """Same as above through Gather(axis=1, indices=[0])."""
     check_case(_case(_subrange_model("gather")))
+
+
+def test_regression_partially_blocked_group_empties_a_conv():
+    """Found by the fuzzer (fuzz_long --seed 2 --only 6598, shrunk by hand): a group with blocked
+    channels keeps those and may remove every other one, leaving a Conv with 0 output channels.
+
+    x[1,4,8,8] -> conv1 (4) -> Concat[conv1, x] = c (8) -> conv3 (8) -> Add(conv3, c) -> conv4.
+    The Add couples conv3's 8 channels with c = [conv1 | x]: x's 4 are blocked (graph input);
+    ratio 0.5 keeps 4 = the blocked ones, and conv1's weight becomes [0, 4, 1, 1]."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 4, 1, 1)).astype(np.float32), "conv1.weight"),
+             numpy_helper.from_array(rng.standard_normal((8, 8, 1, 1)).astype(np.float32), "conv3.weight"),
+             numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "conv4.weight")]
+    nodes = [helper.make_node("Conv", ["x", "conv1.weight"], ["a"], name="conv1"),
+             helper.make_node("Concat", ["a", "x"], ["c"], axis=1, name="cat"),
+             helper.make_node("Conv", ["c", "conv3.weight"], ["d"], name="conv3"),
+             helper.make_node("Add", ["d", "c"], ["e"], name="add"),
+             helper.make_node("Conv", ["e", "conv4.weight"], ["y"], name="conv4")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 10
+    check_case(_case(m))

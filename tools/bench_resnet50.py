@@ -31,6 +31,14 @@ Run (from the repository root; a few minutes on 2 cores)::
 
     /work/venv-bench/bin/python tools/bench_resnet50.py --ratio 0.5 --round-to 1 8 \\
         --threads 1 --repeats 30 --json /tmp/bench_resnet50.json
+    # the same with the legacy exporter's deduplicated initializers undone (see below)
+    /work/venv-bench/bin/python tools/bench_resnet50.py --ratio 0.5 --round-to 1 8 --undedup
+
+Besides the table, the script prints the two goals (graphprune speedup / MACs ratio >= 0.98;
+graphprune analyze+score+rewrite no slower than Torch-Pruning's ``step()``), a head-to-head
+latency of the two pruned models, and how much CPU other processes used during the run: on
+a shared 2-core machine that makes every timing noisy, Torch-Pruning's most of all (torch's
+OpenMP threads stall when a core is taken; ``--torch-threads 1`` avoids that).
 
 ``--round-to`` takes one or more values; each is a separate pruning of the same dense model.
 ``--exporter dynamo`` uses the torch.export-based exporter (default opset 18) instead of the
@@ -281,7 +289,7 @@ def run_torch_pruning(dense: torch.nn.Module, ratio: float, round_to: int, repea
 # --------------------------------------------------------------------------- measurement
 
 
-def measure(name: str, dense: onnx.ModelProto, pruned: onnx.ModelProto, dense_cost, feed,
+def measure(dense: onnx.ModelProto, pruned: onnx.ModelProto, dense_cost, feed,
             threads: int, repeats: int) -> Dict[str, Any]:
     macs, params = gbench.count_macs_params(pruned)
     lat = gbench.measure_latency(dense, pruned, feed, threads=threads, repeats=repeats)
@@ -306,9 +314,9 @@ def bench_round_to(args, round_to: int, dense_torch, dense_onnx, dense_cost, fee
     tpr = run_torch_pruning(dense_torch, args.ratio, round_to, args.prune_repeats, args.exporter, opset,
                             args.undedup)
     log(f"[round_to={round_to}] measuring graphprune model ...")
-    gm = measure("graphprune", dense_onnx, gp["model"], dense_cost, feed, args.threads, args.repeats)
+    gm = measure(dense_onnx, gp["model"], dense_cost, feed, args.threads, args.repeats)
     log(f"[round_to={round_to}] measuring Torch-Pruning model ...")
-    tm = measure("torch-pruning", dense_onnx, tpr["model"], dense_cost, feed, args.threads, args.repeats)
+    tm = measure(dense_onnx, tpr["model"], dense_cost, feed, args.threads, args.repeats)
     same_arch = conv_shapes(gp["model"]) == conv_shapes(tpr["model"])
     log(f"[round_to={round_to}] timing graphprune model against Torch-Pruning model ...")
     head = gbench.measure_latency(tpr["model"], gp["model"], feed, threads=args.threads, repeats=args.repeats)

@@ -234,6 +234,10 @@ class Analyzer:
                 self.block(m.atoms, f"constant {m.tensor} is also read by {g.nodes[i].op_type} {g.labels[i]}")
             elif m.tensor in g.outputs or m.tensor in captured:
                 self.block(m.atoms, f"constant {m.tensor} is a graph output or read by a subgraph")
+            elif m.tensor in g.inputs:
+                # an initializer that is also a graph input can be overridden by the caller:
+                # its shape is part of the model's interface
+                self.block(m.atoms, f"constant {m.tensor} is also a graph input")
 
 
 def _captured_names(node: onnx.NodeProto) -> Set[str]:
