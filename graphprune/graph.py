@@ -60,6 +60,7 @@ class Graph:
                 if x:
                     self.consumers.setdefault(x, []).append((i, k))
         self._const_cache: Dict[str, Optional[np.ndarray]] = {}
+        self._cached = 0
         self.shapes: Dict[str, List[Dim]] = {}
         self.dtypes: Dict[str, int] = {}
         self._read_shapes(model.graph)
@@ -270,11 +271,14 @@ class Graph:
             v = read_tensor(self.initializers[name])
         elif name in self.const_nodes:
             v = _constant_node_value(self.const_nodes[name])
-        if v is None or v.nbytes <= self.CACHE_MAX_BYTES:
-            self._const_cache[name] = v  # weights are read again when needed, not held
+        if v is None or v.nbytes <= self.CACHE_MAX_BYTES or self._cached + v.nbytes <= self.CACHE_BUDGET:
+            # small models keep their weights for the next step; big ones are read again
+            self._const_cache[name] = v
+            self._cached += 0 if v is None else v.nbytes
         return v
 
     CACHE_MAX_BYTES = 1 << 20
+    CACHE_BUDGET = 256 << 20
 
     def weight_bytes(self) -> int:
         from .io import tensor_nbytes

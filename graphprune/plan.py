@@ -157,13 +157,15 @@ def _forced(g: Group, s: np.ndarray) -> np.ndarray:
     """Units that must stay: blocked ones, and the best unit of every layer slice (producer
     rows, consumer columns: a Split part, a Slice, a Gather pick, one conv of a partly blocked
     group) that would otherwise lose every channel and become a zero-width tensor."""
+    from .score import UnitIndex
+
     forced = np.array([u in g.blocked for u in g.units.tolist()], dtype=bool)
-    index = {int(u): i for i, u in enumerate(g.units.tolist())}
+    index = UnitIndex(g.units)
     seen = set()
     for gm in g.members:
         if gm.member.role not in ("out", "in"):
             continue
-        idx = np.unique(np.fromiter((index[int(u)] for u in gm.units.tolist()), dtype=np.int64))
+        idx = np.unique(index.positions(gm.units))
         key = idx.tobytes()
         if key in seen or idx.size == 0:
             continue

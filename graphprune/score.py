@@ -59,9 +59,25 @@ def position_values(W: np.ndarray, gm: GroupMember, p: float) -> np.ndarray:
     return _axis_power_sums(W, m.axis, p)[gm.positions]
 
 
+class UnitIndex(dict):
+    """unit id -> position in group.units, with a vectorised lookup for arrays of units."""
+
+    def __init__(self, units: np.ndarray):
+        super().__init__((int(u), i) for i, u in enumerate(units.tolist()))
+        self._order = np.argsort(units, kind="stable")
+        self._sorted = np.asarray(units)[self._order]
+
+    def positions(self, units: np.ndarray) -> np.ndarray:
+        return self._order[np.searchsorted(self._sorted, units)]
+
+
 def unit_sums(values: np.ndarray, units: np.ndarray, unit_index: Dict[int, int], n: int) -> np.ndarray:
     out = np.zeros(n)
-    np.add.at(out, np.array([unit_index[int(u)] for u in units], dtype=np.int64), values)
+    if isinstance(unit_index, UnitIndex):
+        idx = unit_index.positions(np.asarray(units, dtype=np.int64))
+    else:
+        idx = np.array([unit_index[int(u)] for u in units], dtype=np.int64)
+    np.add.at(out, idx, values)
     return out
 
 
@@ -105,7 +121,7 @@ def combine(parts: Sequence[Tuple[np.ndarray, np.ndarray]], n: int, reduce: str 
 
 
 def _index(group: Group) -> Dict[int, int]:
-    return {int(u): i for i, u in enumerate(group.units)}
+    return UnitIndex(group.units)
 
 
 def _covered(gm: GroupMember, index: Dict[int, int], n: int) -> np.ndarray:
