@@ -571,3 +571,60 @@ def mask_sensitivity(model: onnx.ModelProto, graph, groups: Sequence, consumers:
             for r, (gid, ui) in enumerate(chunk):
                 scores[gid][ui] += tot[r]
     return scores
+
+
+def output_gains(model: onnx.ModelProto, tensors: Mapping[str, int], samples: Sequence[Mapping[str, np.ndarray]],
+                 rel_eps: float = 1e-3, threads: int = 1, seed: int = 0) -> Dict[str, float]:
+    """How much the model outputs move per unit of noise added to each of ``tensors`` (name ->
+    channel axis): E||f(x; t + n) - f(x)||^2 per sample over the noise energy per position of
+    ``t`` (a channel vector), for small random n: the linear response along random directions,
+    onnxruntime only. A layer-local error of e per position then moves the outputs by about
+    gain * e; criteria weigh their errors by it to rank units of different layers."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    names = {}
+    for k, t in enumerate(dict.fromkeys(tensors)):
+        noise, out = f"graphprune_noise_{k}", f"graphprune_noisy_{k}"
+        for n in m.graph.node:
+            for j, x in enumerate(n.input):
+                if x == t:
+                    n.input[j] = out
+        for o in m.graph.output:
+            if o.name == t:
+                return {}
+        m.graph.input.append(helper.make_tensor_value_info(noise, onnx.TensorProto.FLOAT, None))
+        names[t] = (noise, out)
+    prod = {o: i for i, n in enumerate(m.graph.node) for o in n.output}
+    nodes = list(m.graph.node)
+    adds: Dict[int, List[onnx.NodeProto]] = {}
+    for t, (noise, out) in names.items():
+        i = prod.get(t)
+        if i is None:
+            continue
+        adds.setdefault(i, []).append(helper.make_node("Add", [t, noise], [out], name=f"{out}_add"))
+    del m.graph.node[:]
+    for i, n in enumerate(nodes):
+        m.graph.node.append(n)
+        m.graph.node.extend(adds.get(i, []))
+    del m.graph.value_info[:]
+    ref_sess = bench._session(model, threads, extra_outputs=list(names))
+    sess = bench._session(m, threads)
+    outs = [o.name for o in sess.get_outputs()]
+    rng = np.random.default_rng(seed)
+    num = {t: 0.0 for t in names}
+    den = {t: 0.0 for t in names}
+    for feed in samples:
+        ins = {i.name for i in ref_sess.get_inputs()}
+        f = {k: v for k, v in feed.items() if k in ins}
+        tv = dict(zip(outs + list(names), ref_sess.run(outs + list(names), f)))
+        zeros = {names[t][0]: np.zeros_like(tv[t], dtype=np.float32) for t in names}
+        base = np.concatenate([o.reshape(-1).astype(np.float64) for o in sess.run(outs, {**f, **zeros})])
+        for t in names:
+            scale = rel_eps * float(np.sqrt(np.mean(tv[t].astype(np.float64) ** 2)) or 1.0)
+            n = (rng.standard_normal(tv[t].shape) * scale).astype(np.float32)
+            got = np.concatenate([o.reshape(-1).astype(np.float64)
+                                  for o in sess.run(outs, {**f, **zeros, names[t][0]: n})])
+            num[t] += float(((got - base) ** 2).sum())
+            per_pos = n.size / max(n.shape[0] * n.shape[tensors[t]], 1)     # positions per sample
+            den[t] += float((n.astype(np.float64) ** 2).sum()) / per_pos
+    return {t: num[t] / den[t] if den[t] > 0 else 0.0 for t in names}

@@ -267,23 +267,26 @@ def repair(dense: onnx.ModelProto, pruned: onnx.ModelProto, an, plan_json: dict,
     model = copy.deepcopy(pruned)
     # inserted Add nodes shift node indices: apply stage by stage from the back of each stage
     offset: Dict[int, int] = {}
-    dense_sess = None
-    in_dense = None
+    # the dense targets of every consumer, one dense pass over the calibration data (kept only
+    # for the kept output rows: what the refits read)
+    all_y = list(dict.fromkeys(c.y for c in consumers))
+    dense_sess = bench._session(dense, threads, extra_outputs=all_y)
+    in_dense = {i.name for i in dense_sess.get_inputs()}
+    targets: List[Dict[int, np.ndarray]] = []
+    for feed in feeds:
+        yv = dict(zip(all_y, dense_sess.run(all_y, {k: v for k, v in feed.items() if k in in_dense})))
+        targets.append({id(c): _targets(yv[c.y], c).astype(np.float32) for c in consumers})
+    del dense_sess
     for stage in _stages(an, consumers):
-        ys = [c.y for c in stage]
-        if dense_sess is None or set(ys) - set(o.name for o in dense_sess.get_outputs()):
-            dense_sess = bench._session(dense, threads, extra_outputs=list(dict.fromkeys(ys)))
-            in_dense = {i.name for i in dense_sess.get_inputs()}
         xs = list(dict.fromkeys(c.x for c in stage))
         psess = bench._session(model, threads, extra_outputs=xs)
         in_pruned = {i.name for i in psess.get_inputs()}
         acc = {id(c): None for c in stage}
-        for feed in feeds:
-            yv = dict(zip(ys, dense_sess.run(ys, {k: v for k, v in feed.items() if k in in_dense})))
+        for feed, tv in zip(feeds, targets):
             xv = dict(zip(xs, psess.run(xs, {k: v for k, v in feed.items() if k in in_pruned})))
             for c in stage:
                 X = _rows_of(xv[c.x], c)
-                Y = _targets(yv[c.y], c)
+                Y = tv[id(c)].astype(np.float64)
                 Xa = np.concatenate([X, np.ones((X.shape[0], 1))], axis=1)
                 a = acc[id(c)]
                 if mode == "lstsq":

@@ -1,0 +1,548 @@
+"""Pruning quality, side by side in one run: graphprune's criteria x repair modes against
+Torch-Pruning's magnitude (and, on the CNN, Taylor) pruning at equal MACs reduction.
+
+    python tools/quality.py [--models digits minilm] [--factors 1.5 2 3] [--out results.json]
+
+digits: the CNN of models/digits.py (trained here, seed 0), test accuracy of the pruned model
+  without and with a short fine-tune (2 epochs, SGD; graphprune's pruned ONNX graph is run and
+  fine-tuned in torch by a small interpreter of its ops, Torch-Pruning's pruned module directly).
+  Calibration: 256 training images.
+minilm: all-MiniLM-L6-v2 (models/minilm.py), English sentences split from the docstrings of
+  Python's standard library; 128 calibration sentences, 256 disjoint evaluation sentences.
+  Mean cosine similarity of the sentence embeddings to the dense ones and Spearman correlation
+  of the pairwise-similarity matrix (upper triangle) with the dense one. No fine-tuning.
+  graphprune prunes attention heads and MLP widths (the residual width is left alone);
+  Torch-Pruning prunes the same (heads via num_heads, intermediate widths) with
+  MagnitudeImportance.
+
+MACs: graphprune's count (bench.count_macs_params, batch 1; MiniLM at sequence 64); the
+Torch-Pruning models are brought to the same target by bisection on their pruning ratio,
+counted the same way (the CNN exported to ONNX; MiniLM from its layer shapes, a formula checked
+against the ONNX count of the dense model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from typing import Dict, List
+
+import numpy as np
+import onnx
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from graphprune import bench  # noqa: E402
+from graphprune.calib import Calibration  # noqa: E402
+from graphprune.cost import CostModel  # noqa: E402
+from graphprune.pipeline import Analyzed, Options, calibrate, count_feed  # noqa: E402
+from graphprune.plan import global_plan, uniform_for_target  # noqa: E402
+from graphprune.repair import repair  # noqa: E402
+from graphprune.rewrite import rewrite  # noqa: E402
+from graphprune.score import CRITERIA, score  # noqa: E402
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- graphprune side
+
+
+class GP:
+    """One analysed model; scores per criterion cached; a pruned (and repaired) model per
+    (criterion, target, repair)."""
+
+    def __init__(self, model: onnx.ModelProto, calib: Calibration, seq_len: int = 64, threads: int = 2):
+        self.model = model
+        self.calib = calib.check(model)
+        self.an = Analyzed(model)
+        self.cost = CostModel(self.an.model, self.an.analysis, self.an.root, count_feed(self.an.model, seq_len))
+        self.feed = count_feed(model, seq_len)
+        self.threads = threads
+        self.scores: Dict[str, dict] = {}
+        self.calib_s: Dict[str, float] = {}
+
+    def score(self, criterion: str, normalize: str) -> dict:
+        key = f"{criterion}/{normalize}"
+        if key not in self.scores:
+            t = time.perf_counter()
+            opts = Options(criterion=criterion, calib=self.calib, normalize=normalize, threads=self.threads)
+            kw = {}
+            need = getattr(CRITERIA[criterion], "needs", None)
+            if need in ("calib", "gram", "synthetic"):
+                kw["calib"] = calibrate(self.an, opts, self.calib)
+            if need == "gram":     # as the pipeline does with --scope global
+                kw.update(model=self.an.model, samples=list(self.calib)[:2], threads=self.threads)
+            if need == "samples":
+                kw.update(calib=self.calib, model=self.an.model, samples=self.calib.first(opts.taylor_samples),
+                          threads=self.threads)
+            self.scores[key] = score(self.an.groups, self.an.graph, criterion, normalize=normalize, **kw)
+            self.calib_s[key] = time.perf_counter() - t
+        return self.scores[key]
+
+    def prune(self, criterion: str, target: float, repair_mode: str, scope: str = "global",
+              normalize: str = "mean"):
+        s = self.score(criterion, normalize)
+        if scope == "global":
+            plan = global_plan(self.an.groups, s, normalize=normalize, target=("macs", target), cost=self.cost)
+        else:
+            plan = uniform_for_target(self.an.groups, s, ("macs", target), self.cost)
+        removed = plan.removed_units()
+        pruned = rewrite(self.an.model, self.an.analysis, self.an.root, removed)
+        if repair_mode != "none":
+            pruned, _ = repair(self.an.model, pruned, self.an, plan.to_json(), list(self.calib), repair_mode,
+                               threads=self.threads)
+        macs = bench.count_macs_params(pruned, self.feed)[0] / bench.count_macs_params(self.model, self.feed)[0]
+        return pruned, macs
+
+
+# ----------------------------------------------------------------------------- ONNX -> torch
+
+
+def onnx_to_torch(model: onnx.ModelProto):
+    """A torch module that runs (and can train) the ops of a pruned CNN graph."""
+    import torch
+    import torch.nn.functional as F
+    from onnx import numpy_helper
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.consts = {}
+            self.params = torch.nn.ParameterDict()
+            self.names = {}
+            for t in model.graph.initializer:
+                a = numpy_helper.to_array(t)
+                if a.dtype.kind == "f" and a.ndim >= 1:
+                    key = f"p{len(self.names)}"
+                    self.names[t.name] = key
+                    self.params[key] = torch.nn.Parameter(torch.from_numpy(a.copy()))
+                else:
+                    self.consts[t.name] = torch.from_numpy(np.array(a))
+            for n in model.graph.node:
+                if n.op_type == "Constant":
+                    self.consts[n.output[0]] = torch.from_numpy(np.array(numpy_helper.to_array(n.attribute[0].t)))
+
+        def get(self, env, name):
+            if name in env:
+                return env[name]
+            if name in self.names:
+                return self.params[self.names[name]]
+            return self.consts[name]
+
+        def forward(self, x):
+            env = {model.graph.input[0].name: x}
+            for n in model.graph.node:
+                a = {at.name: onnx.helper.get_attribute_value(at) for at in n.attribute}
+                ins = [self.get(env, i) if i else None for i in n.input]
+                op = n.op_type
+                if op == "Constant":
+                    continue
+                if op == "Conv":
+                    p = a.get("pads", [0, 0, 0, 0])
+                    y = F.conv2d(ins[0], ins[1], ins[2] if len(ins) > 2 else None, a.get("strides", [1, 1]),
+                                 (p[0], p[1]), a.get("dilations", [1, 1]), a.get("group", 1))
+                elif op == "Relu":
+                    y = F.relu(ins[0])
+                elif op == "Sigmoid":
+                    y = torch.sigmoid(ins[0])
+                elif op == "Add":
+                    y = ins[0] + ins[1]
+                elif op == "Mul":
+                    y = ins[0] * ins[1]
+                elif op == "GlobalAveragePool":
+                    y = ins[0].mean(dim=(2, 3), keepdim=True)
+                elif op == "Flatten":
+                    y = torch.flatten(ins[0], a.get("axis", 1))
+                elif op == "Concat":
+                    y = torch.cat(ins, a["axis"])
+                elif op == "Gemm":
+                    w = ins[1].T if a.get("transB", 0) else ins[1]
+                    y = ins[0] @ w + (ins[2] if len(ins) > 2 and ins[2] is not None else 0)
+                elif op == "MatMul":
+                    y = ins[0] @ ins[1]
+                elif op == "Identity":
+                    y = ins[0]
+                else:
+                    raise NotImplementedError(op)
+                env[n.output[0]] = y
+            return env[model.graph.output[0].name]
+
+    return Net()
+
+
+# ----------------------------------------------------------------------------- digits
+
+
+def run_digits(factors, criteria, repairs, threads, finetune_epochs=2):
+    import torch
+    import torch_pruning as tp
+
+    from models import digits
+
+    torch.set_num_threads(threads)
+    t = time.time()
+    net, acc_torch = digits.train(seed=0, log=log)
+    log(f"digits trained in {time.time() - t:.0f}s")
+    xtr, ytr, xte, yte = digits.data()
+    tmp = tempfile.mkdtemp()
+    path = digits.export(net, os.path.join(tmp, "digits.onnx"))
+    model = onnx.load(path)
+
+    def acc_onnx(m):
+        out = bench.run_model(m, {"image": xte})
+        return float((next(iter(out.values())).argmax(1) == yte).mean())
+
+    def finetune_onnx(m):
+        mod = onnx_to_torch(m)
+        digits.fit(mod, xtr, ytr, epochs=finetune_epochs, lr=0.01, seed=1)
+        return digits.accuracy(mod, xte, yte)
+
+    dense = acc_onnx(model)
+    log(f"dense accuracy {dense:.4f}")
+    calib = Calibration.from_arrays({"image": xtr[:256]}, batch=64)
+    gp = GP(model, calib, threads=threads)
+    rows = []
+    for f in factors:
+        target = 1.0 / f
+        for crit in criteria:
+            for rep in repairs:
+                t = time.time()
+                pruned, macs = gp.prune(crit, target, rep)
+                acc = acc_onnx(pruned)
+                ft = finetune_onnx(pruned)
+                rows.append({"model": "digits", "factor": f, "tool": "graphprune", "criterion": crit, "repair": rep,
+                             "macs": macs, "acc": acc, "acc_ft": ft, "s": time.time() - t})
+                log(rows[-1])
+        # Torch-Pruning
+        example = torch.from_numpy(xtr[:1])
+        dense_macs = bench.count_macs_params(model)[0]
+        for imp_name in ("magnitude", "taylor", "random"):
+            def make(ratio):
+                m = copy.deepcopy(net).eval()
+                imp = {"magnitude": tp.importance.MagnitudeImportance(p=2),
+                       "taylor": tp.importance.TaylorImportance(),
+                       "random": tp.importance.RandomImportance()}[imp_name]
+                pr = tp.pruner.MetaPruner(m, example, importance=imp, pruning_ratio=ratio, global_pruning=False,
+                                          ignored_layers=[m.fc])
+                if imp_name == "taylor":
+                    m.zero_grad()
+                    loss = torch.nn.functional.cross_entropy(m(torch.from_numpy(xtr[:256])),
+                                                             torch.from_numpy(ytr[:256]))
+                    loss.backward()
+                pr.step()
+                m.eval()
+                return m
+
+            def macs_of(m):
+                p = os.path.join(tmp, "tp.onnx")
+                digits.export(m, p)
+                return bench.count_macs_params(onnx.load(p))[0] / dense_macs
+
+            lo, hi = 0.0, 0.95
+            best = None
+            for _ in range(12):
+                mid = (lo + hi) / 2
+                torch.manual_seed(0)
+                m = make(mid)
+                fr = macs_of(m)
+                if fr <= target:
+                    best, hi = (m, fr), mid
+                else:
+                    lo = mid
+                if best is not None and target - best[1] < 0.01:
+                    break
+            m, fr = best
+            acc = digits.accuracy(m, xte, yte)
+            digits.fit(m, xtr, ytr, epochs=finetune_epochs, lr=0.01, seed=1)
+            ft = digits.accuracy(m, xte, yte)
+            rows.append({"model": "digits", "factor": f, "tool": "torch-pruning", "criterion": imp_name,
+                         "repair": "none", "macs": fr, "acc": acc, "acc_ft": ft})
+            log(rows[-1])
+    return {"dense": dense, "rows": rows}
+
+
+# ----------------------------------------------------------------------------- MiniLM
+
+
+def sentences(n_calib=128, n_eval=256, seed=0) -> (List[str], List[str]):
+    """English sentences from the docstrings of Python's standard library."""
+    import importlib
+    import inspect
+
+    mods = ["json", "os", "re", "collections", "itertools", "functools", "string", "textwrap", "argparse",
+            "logging", "email", "http.client", "urllib.request", "unittest", "pathlib", "subprocess", "threading",
+            "asyncio", "decimal", "fractions", "statistics", "random", "datetime", "calendar", "csv", "sqlite3",
+            "zipfile", "tarfile", "shutil", "tempfile", "glob", "fnmatch", "inspect", "typing", "dataclasses",
+            "enum", "abc", "contextlib", "heapq", "bisect", "struct", "codecs", "locale", "gettext", "pprint",
+            "difflib", "html", "configparser", "hashlib", "hmac", "secrets", "socket", "ssl", "selectors", "queue",
+            "sched", "weakref", "copy", "pickle", "gzip", "bz2", "lzma", "traceback", "warnings", "pdb", "timeit",
+            "tracemalloc", "operator", "numbers", "imaplib", "smtplib", "ftplib", "mailbox", "optparse",
+            "getopt", "shlex", "cmd", "wave", "colorsys", "uuid", "ipaddress", "xml.dom.minidom", "zoneinfo"]
+    docs = []
+    for name in mods:
+        try:
+            mod = importlib.import_module(name)
+        except Exception:
+            continue
+        docs.append(mod.__doc__ or "")
+        for _, obj in sorted(vars(mod).items()):
+            if (inspect.isfunction(obj) or inspect.isclass(obj)) and getattr(obj, "__module__", "") == mod.__name__:
+                docs.append(obj.__doc__ or "")
+                if inspect.isclass(obj):
+                    for _, meth in sorted(vars(obj).items()):
+                        if inspect.isfunction(meth):
+                            docs.append(meth.__doc__ or "")
+    out, seen = [], set()
+    for d in docs:
+        if not isinstance(d, str):
+            continue
+        text = " ".join(d.split())
+        for s in re.split(r"(?<=[.!?])\s+(?=[A-Z])", text):
+            words = s.split()
+            if not (8 <= len(words) <= 40) or not s.endswith("."):
+                continue
+            alpha = sum(c.isalpha() or c.isspace() for c in s) / len(s)
+            if alpha < 0.9 or ">>>" in s or "::" in s or s in seen:
+                continue
+            seen.add(s)
+            out.append(s)
+    rng = np.random.default_rng(seed)
+    rng.shuffle(out)
+    assert len(out) >= n_calib + n_eval, len(out)
+    return out[:n_calib], out[n_calib:n_calib + n_eval]
+
+
+def bert_macs(bert, seq=64) -> int:
+    """MACs of the encoder at batch 1, sequence ``seq``: every Linear of the encoder, plus
+    Q·Kᵀ and attention·V (2 · seq² · all_head_size per layer)."""
+    import torch
+
+    total = 0
+    for layer in bert.encoder.layer:
+        for m in layer.modules():
+            if isinstance(m, torch.nn.Linear):
+                total += seq * m.in_features * m.out_features
+        total += 2 * seq * seq * layer.attention.self.query.out_features
+    return total
+
+
+def spearman(a, b) -> float:
+    from scipy.stats import spearmanr
+
+    iu = np.triu_indices(a.shape[0], 1)
+    return float(spearmanr(a[iu], b[iu]).correlation)
+
+
+def run_minilm(factors, configs, threads, n_calib=128, n_eval=256, tp_compare=True):
+    import torch
+    import torch_pruning as tp
+
+    from models import minilm
+
+    torch.set_num_threads(threads)
+    tok, bert = minilm.load()
+    cal_s, eval_s = sentences(n_calib, n_eval)
+    tmp = tempfile.mkdtemp()
+    path = minilm.export(os.path.join(tmp, "minilm.onnx"), "legacy")
+    model = onnx.load(path)
+    cal = minilm.tokenize(tok, cal_s)
+    ev = minilm.tokenize(tok, eval_s)
+    calib = Calibration.from_arrays(cal, batch=32)
+
+    def emb_onnx(m):
+        h = bench.run_model(m, ev, threads=threads)
+        return minilm.embed(next(iter(h.values())), ev["attention_mask"])
+
+    def metrics(e, e0):
+        return {"cos": float((e * e0).sum(1).mean()), "spearman": spearman(e @ e.T, e0 @ e0.T)}
+
+    e0 = emb_onnx(model)
+    dense_macs = bench.count_macs_params(model, count_feed(model, 64))[0]
+    formula = bert_macs(bert)
+    log(f"MiniLM MACs at seq 64: onnx {dense_macs}, formula {formula}")
+    t = time.time()
+    gp = GP(model, calib, threads=threads)
+    log(f"analyzed in {time.time() - t:.1f}s")
+    rows = []
+    for f in factors:
+        target = 1.0 / f
+        for crit, rep, scope, norm in configs:
+            t = time.time()
+            pruned, macs = gp.prune(crit, target, rep, scope, norm)
+            rows.append({"model": "minilm", "factor": f, "tool": "graphprune", "criterion": crit, "repair": rep,
+                         "scope": scope, "normalize": norm, "macs": macs, **metrics(emb_onnx(pruned), e0),
+                         "s": time.time() - t})
+            log(rows[-1])
+        if not tp_compare:
+            continue
+        ids = torch.from_numpy(cal["input_ids"][:2])
+        mask = torch.from_numpy(cal["attention_mask"][:2])
+
+        for imp_name in ("magnitude", "random"):
+            def make(ratio):
+                m = copy.deepcopy(bert).eval()
+                from transformers.models.bert.modeling_bert import BertSelfAttention
+                num_heads = {}
+                for mod in m.modules():
+                    if isinstance(mod, BertSelfAttention):
+                        num_heads[mod.query] = num_heads[mod.key] = num_heads[mod.value] = mod.num_attention_heads
+                ignored = [m.pooler, m.embeddings] if m.pooler is not None else [m.embeddings]
+                for layer in m.encoder.layer:   # keep the residual width, as graphprune does
+                    ignored += [layer.attention.output.dense, layer.output.dense]
+                imp = tp.importance.MagnitudeImportance(p=2) if imp_name == "magnitude" \
+                    else tp.importance.RandomImportance()
+                pr = tp.pruner.MetaPruner(m, {"input_ids": ids, "attention_mask": mask}, importance=imp,
+                                          pruning_ratio=ratio, ignored_layers=ignored, num_heads=num_heads,
+                                          prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=ratio,
+                                          global_pruning=False)
+                pr.step()
+                for mod in m.modules():
+                    if isinstance(mod, BertSelfAttention):
+                        mod.num_attention_heads = pr.num_heads[mod.query]
+                        mod.all_head_size = mod.query.out_features
+                        mod.attention_head_size = mod.all_head_size // mod.num_attention_heads
+                return m.eval()
+
+            lo, hi, best = 0.0, 0.95, None
+            for _ in range(12):
+                mid = (lo + hi) / 2
+                torch.manual_seed(0)
+                m = make(mid)
+                fr = bert_macs(m) / formula
+                if fr <= target:
+                    best, hi = (m, fr), mid
+                else:
+                    lo = mid
+                if best is not None and target - best[1] < 0.01:
+                    break
+            m, fr = best
+            with torch.no_grad():
+                h = m(input_ids=torch.from_numpy(ev["input_ids"]),
+                      attention_mask=torch.from_numpy(ev["attention_mask"])).last_hidden_state.numpy()
+            rows.append({"model": "minilm", "factor": f, "tool": "torch-pruning", "criterion": imp_name,
+                         "repair": "none", "macs": fr, **metrics(minilm.embed(h, ev["attention_mask"]), e0)})
+            log(rows[-1])
+    return {"dense_macs": dense_macs, "formula_macs": formula, "rows": rows, "calib_s": gp.calib_s,
+            "n_calib": n_calib, "n_eval": n_eval}
+
+
+def measure_calibration(n_calib=128, threads=2) -> dict:
+    """Calibration of MiniLM on 128 sentences, in a fresh process: wall time and peak RSS."""
+    import subprocess
+
+    code = r'''
+import os, sys, time, json, resource, numpy as np, onnx
+sys.path.insert(0, %r)
+from graphprune.calib import Calibration
+from graphprune.pipeline import Analyzed, Options, calibrate
+path, npz = sys.argv[1], sys.argv[2]
+model = onnx.load(path)
+cal = Calibration.from_npz(npz, batch=32).check(model)
+an = Analyzed(model)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = {}
+for crit in ("activation", "obs"):
+    t = time.perf_counter()
+    st = calibrate(an, Options(criterion=crit, calib=cal, threads=%d), cal)
+    out[crit + "_s"] = time.perf_counter() - t
+    out[crit + "_stats_mb"] = sum(s.sum.nbytes * 2 + (s.gram.nbytes if s.gram is not None else 0)
+                                  for s in st.values()) / 2**20
+    del st
+out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+out["rss_before_calib_mb"] = base / 1024
+print(json.dumps(out))
+''' % (ROOT, threads)
+    from models import minilm
+
+    tok, bert = minilm.load()
+    cal_s, _ = sentences(n_calib, 0)
+    tmp = tempfile.mkdtemp()
+    path = minilm.export(os.path.join(tmp, "minilm.onnx"), "legacy")
+    enc = minilm.tokenize(tok, cal_s)
+    np.savez(os.path.join(tmp, "cal.npz"), **enc)
+    r = subprocess.run([sys.executable, "-c", code, path, os.path.join(tmp, "cal.npz")], capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(r.stderr[-2000:])
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out["model_mb"] = os.path.getsize(path) / 2**20
+    # one batch (32 sentences) of every activation the statistics read, float32
+    seq = enc["input_ids"].shape[1]
+    out["batch_activations_mb"] = 32 * seq * 6 * (384 + 1536) * 4 / 2**20
+    out["seq"] = int(seq)
+    return out
+
+
+def table(res: dict) -> str:
+    lines = []
+    if "digits" in res:
+        d = res["digits"]
+        lines += [f"digits CNN (dense test accuracy {d['dense'] * 100:.1f} %; 360 test images)", "",
+                  "| MACs | tool | criterion | repair | MACs kept | accuracy | after 2-epoch fine-tune |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in d["rows"]:
+            lines.append(f"| {r['factor']}x | {r['tool']} | {r['criterion']} | {r['repair']} | {r['macs']:.3f} | "
+                         f"{r['acc'] * 100:.1f} | {r['acc_ft'] * 100:.1f} |")
+        lines.append("")
+    if "minilm" in res:
+        d = res["minilm"]
+        lines += [f"all-MiniLM-L6-v2 ({d['n_calib']} calibration / {d['n_eval']} evaluation sentences; "
+                  f"MACs at sequence 64: {d['dense_macs'] / 1e6:.0f} M dense)", "",
+                  "| MACs | tool | criterion | repair | scope / normalize | MACs kept | embedding cosine | "
+                  "Spearman (pairwise sim.) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in d["rows"]:
+            sc = f"{r.get('scope', '-')} / {r.get('normalize', '-')}" if r["tool"] == "graphprune" else "-"
+            lines.append(f"| {r['factor']}x | {r['tool']} | {r['criterion']} | {r['repair']} | {sc} | "
+                         f"{r['macs']:.3f} | {r['cos']:.4f} | {r['spearman']:.4f} |")
+        lines.append("")
+    if "calibration" in res:
+        c = res["calibration"]
+        lines += ["MiniLM calibration, 128 sentences (sequence %d), fresh process: activation statistics %.1f s, "
+                  "with Gram matrices (obs) %.1f s; peak RSS %.0f MB (%.0f MB before calibration; model file %.0f MB, "
+                  "one batch of the activations read %.0f MB; statistics kept %.0f MB)" % (
+                      c["seq"], c["activation_s"], c["obs_s"], c["peak_rss_mb"], c["rss_before_calib_mb"],
+                      c["model_mb"], c["batch_activations_mb"], c["obs_stats_mb"]), ""]
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="+", default=["digits", "minilm"])
+    ap.add_argument("--factors", nargs="+", type=float, default=[1.5, 2.0, 3.0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None, help="write the results JSON here")
+    a = ap.parse_args()
+    res = {}
+    t0 = time.time()
+    if "digits" in a.models:
+        crits = ["l2", "fpgm", "lamp", "bn-scale", "obspa", "activation", "fluctuation", "obs", "taylor", "random"]
+        res["digits"] = run_digits(a.factors, crits, ["none", "bias", "lstsq"], a.threads)
+    if "minilm" in a.models:
+        configs = [("l2", "none", "global", "mean"), ("l2", "lstsq", "global", "mean"),
+                   ("activation", "none", "global", "mean"), ("activation", "lstsq", "global", "mean"),
+                   ("fluctuation", "none", "global", "none"), ("fluctuation", "bias", "global", "none"),
+                   ("fluctuation", "lstsq", "global", "none"),
+                   ("obs", "none", "global", "none"), ("obs", "lstsq", "global", "none"),
+                   ("obs", "lstsq", "uniform", "mean"), ("random", "none", "global", "mean"),
+                   ("random", "lstsq", "global", "mean")]
+        res["minilm"] = run_minilm(a.factors, configs, a.threads)
+        res["calibration"] = measure_calibration(threads=a.threads)
+    res["seconds"] = time.time() - t0
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=1)
+    print(table(res))
+
+
+if __name__ == "__main__":
+    main()
