@@ -190,9 +190,6 @@ def plan_for(an: Analyzed, model: onnx.ModelProto, opts: Options, calib=None,
         stats = calibrate(an, opts, calib)
         t["calib_s"] = time.perf_counter() - t0
         kw["calib"] = stats
-    if criterion_needs(opts.criterion) == "gram" and calib is not None and opts.scope == "global":
-        # obs ranks across layers: weigh each layer's errors by its effect on the outputs
-        kw.update(model=an.model, samples=list(calib)[:2], threads=opts.threads)
     if criterion_needs(opts.criterion) == "samples":
         kw.update(calib=calib, model=an.model, samples=calib.first(opts.taylor_samples),
                   eps=opts.taylor_eps, threads=opts.threads)

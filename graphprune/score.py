@@ -323,13 +323,11 @@ def obs_errors(Wm: np.ndarray, Hinv: np.ndarray, cols_of_unit: Sequence[np.ndarr
 
 
 def obs(group: Group, graph: Graph, reduce: str = "mean", normalize="mean", calib=None,
-        name: str = "obs", prepared=None, **_) -> np.ndarray:
+        name: str = "obs", **_) -> np.ndarray:
     """Optimal Brain Surgeon per consumer with the layer Hessian H = X·Xᵀ / n (im2col patches for
     a Conv): removing unit u costs tr(W_Q (H^-1_QQ)^-1 W_Q^T) over its columns Q when the kept
     columns are refit (the refit itself is ``--repair lstsq``). Consumers without a Gram matrix
-    (grouped convs) use the diagonal: sum |W_q|^2 E[x_q^2]. With the model and samples at hand
-    (``prepare``), each consumer's errors are weighed by how much its output moves the model's
-    outputs (calib.output_gains), so units of different layers compare on one scale."""
+    (grouped convs) use the diagonal: sum |W_q|^2 E[x_q^2]."""
     _need_calib(name, calib)
     n = len(group.units)
     index = _index(group)
@@ -361,8 +359,6 @@ def obs(group: Group, graph: Graph, reduce: str = "mean", normalize="mean", cali
             pos = gm.positions[gm.units == u]
             cols.append((pos[:, None] * per + np.arange(per)[None, :]).reshape(-1))
         s = obs_errors(Wm, Hinv, cols)
-        if prepared:
-            s = s * prepared.get(graph.nodes[ci.node].output[0], 1.0)
         parts.append((s, _covered(gm, index, n)))
     if not parts:
         return magnitude(group, graph, p=2.0, reduce=reduce, normalize=normalize)
@@ -391,20 +387,6 @@ def _taylor_prepare(groups: List[Group], graph: Graph, model=None, samples=None,
     return mask_sensitivity(model, graph, groups, cons, samples, eps=eps, threads=threads)
 
 
-def _obs_prepare(groups: List[Group], graph: Graph, model=None, samples=None, threads: int = 1, **_):
-    if model is None or not samples:
-        return None
-    from .calib import output_gains
-
-    outs = {}
-    for g in groups:
-        for ci in consumer_inputs(g, graph):
-            node = graph.nodes[ci.node]
-            outs[node.output[0]] = 1 if ci.op in ("Conv", "ConvTranspose") else (len(graph.shape(node.output[0]) or [0, 0]) - 1)
-    return output_gains(model, outs, samples, threads=threads)
-
-
-obs.prepare = _obs_prepare
 activation.needs = "calib"
 fluctuation.needs = "calib"
 obs.needs = "gram"
