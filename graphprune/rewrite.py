@@ -104,22 +104,23 @@ def rewrite(model: onnx.ModelProto, an: Analysis, root: np.ndarray, removed: Set
         pin_ir_version(out)
         return out
     rem = np.array(sorted(removed), dtype=np.int64)
-    m = copy.deepcopy(model)
     # gather the cuts per tensor
     cuts: Dict[str, List[Tuple[int, np.ndarray, int]]] = {}
     for mem in an.members:
         dead = np.nonzero(np.isin(root[mem.atoms], rem))[0]
         if dead.size:
             cuts.setdefault(mem.tensor, []).append((mem.axis, dead, mem.groups))
+    m = _copy_without(model, set(cuts))
     g = an.graph
     inits = {t.name: t for t in m.graph.initializer}
     const_nodes = {n.output[0]: n for n in m.graph.node if n.op_type == "Constant" and n.output}
     input_vi = {vi.name: vi for vi in m.graph.input}
+    model_init = {t.name: t for t in model.graph.initializer}
     for name, cs in cuts.items():
         W = g.const(name)
         new = cut_array(W, cs)
         if name in inits:
-            inits[name].CopyFrom(numpy_helper.from_array(new, name))
+            _fill(inits[name], model_init[name], new)
             if name in input_vi:
                 _set_dims(input_vi[name], new.shape)
         elif name in const_nodes:
@@ -134,6 +135,61 @@ def rewrite(model: onnx.ModelProto, an: Analysis, root: np.ndarray, removed: Set
     return m
 
 
+def _repeated(fd) -> bool:
+    rep = getattr(fd, "is_repeated", None)
+    if rep is not None:
+        return bool(rep)
+    return fd.label == fd.LABEL_REPEATED
+
+
+def _copy_without(model: onnx.ModelProto, skip: Set[str]) -> onnx.ModelProto:
+    """A copy of the model whose initializers named in ``skip`` are left empty (they are about
+    to be replaced): the big tensors are not copied only to be thrown away."""
+    m = onnx.ModelProto()
+    for fd, value in model.ListFields():
+        if fd.name == "graph":
+            continue
+        if _repeated(fd):
+            getattr(m, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(m, fd.name).CopyFrom(value)
+        else:
+            setattr(m, fd.name, value)
+    g, mg = model.graph, m.graph
+    for fd, value in g.ListFields():
+        if fd.name == "initializer":
+            continue
+        if _repeated(fd):
+            getattr(mg, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(mg, fd.name).CopyFrom(value)
+        else:
+            setattr(mg, fd.name, value)
+    for t in g.initializer:
+        nt = mg.initializer.add()
+        if t.name in skip:
+            nt.name = t.name
+        else:
+            nt.CopyFrom(t)
+    return m
+
+
+def _fill(t: onnx.TensorProto, orig: onnx.TensorProto, arr: np.ndarray) -> None:
+    """Write ``arr`` into tensor ``t`` (keeping the original's name, type and metadata)."""
+    t.name = orig.name
+    t.data_type = orig.data_type if orig.data_type else t.data_type
+    if orig.doc_string:
+        t.doc_string = orig.doc_string
+    del t.dims[:]
+    t.dims.extend(int(d) for d in arr.shape)
+    if orig.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                          onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT8,
+                          onnx.TensorProto.UINT8) and arr.dtype == onnx.helper.tensor_dtype_to_np_dtype(orig.data_type):
+        t.raw_data = np.ascontiguousarray(arr).tobytes()
+    else:
+        t.CopyFrom(numpy_helper.from_array(arr, orig.name))
+
+
 def cut_array(W: np.ndarray, cuts: List[Tuple[int, np.ndarray, int]]) -> np.ndarray:
     grouped = [(a, r, gr) for a, r, gr in cuts if gr > 1]
     plain = [(a, r) for a, r, gr in cuts if gr <= 1]
@@ -143,11 +199,9 @@ def cut_array(W: np.ndarray, cuts: List[Tuple[int, np.ndarray, int]]) -> np.ndar
         k = np.ones(W.shape[a], bool)
         k[r] = False
         keep[a] = np.nonzero(k)[0] if a not in keep else np.intersect1d(keep[a], np.nonzero(k)[0])
-    if len(keep) == 1:
-        (a, k), = keep.items()
-        W = np.take(W, k, axis=a)  # one copy
-    elif keep:
-        W = W[np.ix_(*[keep.get(a, np.arange(W.shape[a])) for a in range(W.ndim)])]
+    # one contiguous take per cut axis, the most selective first
+    for a, k in sorted(keep.items(), key=lambda kv: len(kv[1]) / max(W.shape[kv[0]], 1)):
+        W = np.take(W, k, axis=a)
     if 0 in keep:
         rows = rows[keep[0]]
     for a, r, groups in grouped:
