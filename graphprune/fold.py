@@ -145,19 +145,27 @@ def untie_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     the same channels. ``Identity`` of a constant becomes a constant of its own, and a small
     per-channel parameter read by several nodes gets one copy per reader. Weights shared by
     several layers (real weight tying) stay shared. Outputs are unchanged."""
-    g = Graph(model, infer=False)
-    inits = g.initializers
-    identity = [i for i, n in enumerate(g.nodes)
+    gp = model.graph
+    inits = {t.name: t for t in gp.initializer}
+    nodes0 = list(gp.node)
+    outputs = {o.name for o in gp.output}
+    inputs = {i.name for i in gp.input}
+    consumers: Dict[str, list] = {}
+    for i, n in enumerate(nodes0):
+        for k, x in enumerate(n.input):
+            if x in inits:
+                consumers.setdefault(x, []).append((i, k))
+    identity = [i for i, n in enumerate(nodes0)
                 if n.op_type == "Identity" and n.input and n.input[0] in inits
-                and n.output[0] not in g.outputs]
+                and n.output[0] not in outputs]
     shared = []
-    for name, uses in g.consumers.items():
-        if name not in inits or len(uses) < 2 or name in g.inputs:
+    for name, uses in consumers.items():
+        if len(uses) < 2 or name in inputs:
             continue
         t = inits[name]
         if t.data_location == onnx.TensorProto.EXTERNAL or len(t.raw_data) > UNTIE_MAX_BYTES:
             continue
-        if all(k in PARAM_SLOTS.get(g.nodes[i].op_type, ()) for i, k in uses):
+        if all(k in PARAM_SLOTS.get(nodes0[i].op_type, ()) for i, k in uses):
             shared.append(name)
     if not identity and not shared:
         return model
@@ -170,9 +178,9 @@ def untie_constants(model: onnx.ModelProto) -> onnx.ModelProto:
         t.CopyFrom(src)
         t.name = nodes[i].output[0]
         new_inits.append(t)
-    taken = set(inits) | {t.name for t in new_inits} | set(g.producer)
+    taken = set(inits) | {t.name for t in new_inits} | {o for n in nodes0 for o in n.output}
     for name in shared:
-        for j, (i, k) in enumerate(g.consumers[name][1:], start=1):
+        for j, (i, k) in enumerate(consumers[name][1:], start=1):
             new = f"{name}.{j}"
             while new in taken:
                 new += "_"

@@ -7,6 +7,7 @@ weight in a Constant node); both are treated the same everywhere.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -87,12 +88,12 @@ class Graph:
             return
         dims: List[Dim] = []
         for d in tt.shape.dim:
-            if d.HasField("dim_value"):
-                dims.append(int(d.dim_value))
-            elif d.HasField("dim_param") and d.dim_param and not d.dim_param.startswith("unk__"):
-                dims.append(d.dim_param)
+            v = d.dim_value
+            if v or d.HasField("dim_value"):
+                dims.append(int(v))
             else:
-                dims.append(None)
+                p = d.dim_param
+                dims.append(p if p and not p.startswith("unk__") else None)
         self.shapes[vi.name] = dims
 
     def _read_shapes(self, g: onnx.GraphProto) -> None:
@@ -303,12 +304,21 @@ def _strip_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     mg.output.extend(g.output)
     mg.value_info.extend(g.value_info)
     names = {i.name for i in g.input}
+    small, big = [], []
     for t in g.initializer:
-        n = int(np.prod(t.dims)) if len(t.dims) else 1
-        if n <= 64 and t.data_location != onnx.TensorProto.EXTERNAL:
-            mg.initializer.append(t)
+        n = math.prod(t.dims)
+        if t.data_location != onnx.TensorProto.EXTERNAL and (n <= 64 or (n <= 4096 and t.data_type == 1)):
+            small.append(t)
         elif t.name not in names:
-            mg.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+            big.append(t)
+    mg.initializer.extend(small)
+    for t in big:
+        vi = mg.input.add()
+        vi.name = t.name
+        tt = vi.type.tensor_type
+        tt.elem_type = t.data_type
+        for d in t.dims:
+            tt.shape.dim.add().dim_value = d
     return m
 
 

@@ -3,6 +3,7 @@ load -> analyze -> [calibrate] -> score -> plan -> rewrite -> verify -> [repair]
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
@@ -124,6 +125,15 @@ class Analyzed:
     """A model with its analysis and groups, reusable by several plans."""
 
     def __init__(self, model: onnx.ModelProto):
+        gc_was = gc.isenabled()
+        gc.disable()  # the analysis allocates many small objects and frees none: no cycles
+        try:
+            self._run(model)
+        finally:
+            if gc_was:
+                gc.enable()
+
+    def _run(self, model: onnx.ModelProto) -> None:
         self.original = model
         model = untie_constants(model)
         g0 = Graph(model)

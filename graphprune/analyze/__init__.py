@@ -83,27 +83,24 @@ def groups(an: Analysis) -> Tuple[List[Group], np.ndarray]:
     root = _roots(an.uf.parent)
     origin = np.asarray(an.atom_origin, dtype=np.int64)
 
-    # groups: union of origins linked through shared units
-    oparent = list(range(len(an.origins)))
-
-    def ofind(o):
-        while oparent[o] != o:
-            oparent[o] = oparent[oparent[o]]
-            o = oparent[o]
-        return o
-
-    pairs = np.unique(np.stack([root, origin], axis=1), axis=0) if n else np.zeros((0, 2), np.int64)
-    first = {}
-    for r, o in pairs.tolist():
-        f = first.setdefault(r, o)
-        if f != o:
-            x, y = ofind(f), ofind(o)
-            if x != y:
-                oparent[max(x, y)] = min(x, y)
+    # groups: connected components of origins linked through shared units (label propagation
+    # over the bipartite unit-origin graph, vectorised)
+    n_orig = len(an.origins)
     gkey_arr = np.full(n, -1, dtype=np.int64)
     if n:
-        okey = np.array([ofind(o) for o in range(len(an.origins))], dtype=np.int64)
-        gkey_arr = okey[origin[root]]  # key of an atom's unit: its root's origin component
+        pair = np.unique(root * n_orig + origin)
+        pr, po = pair // n_orig, pair % n_orig
+        label = np.arange(n_orig, dtype=np.int64)
+        ur, inv = np.unique(pr, return_inverse=True)
+        while True:
+            per_root = np.full(len(ur), np.iinfo(np.int64).max, dtype=np.int64)
+            np.minimum.at(per_root, inv, label[po])
+            new = label.copy()
+            np.minimum.at(new, po, per_root[inv])
+            if np.array_equal(new, label):
+                break
+            label = new
+        gkey_arr = label[origin[root]]  # key of an atom's unit: its root's origin component
     gkey = _KeyView(gkey_arr)
 
     blocked: Dict[int, str] = {}
@@ -124,16 +121,19 @@ def groups(an: Analysis) -> Tuple[List[Group], np.ndarray]:
             order.append(k)
         return by_key[k]
 
-    units_of: Dict[int, List[int]] = {}
+    units_of: Dict[int, List[np.ndarray]] = {}
     for m in an.members:
         rr = root[m.atoms]
         keys = gkey_arr[rr]
-        for k in dict.fromkeys(keys.tolist()):
-            sel = np.nonzero(keys == k)[0]
-            g = grp(k)
+        k0 = int(keys[0]) if len(keys) else -1
+        if len(keys) and (keys == k0).all():
+            parts = [(k0, np.arange(len(rr)))]
+        else:
+            parts = [(k, np.nonzero(keys == k)[0]) for k in dict.fromkeys(keys.tolist())]
+        for k, sel in parts:
+            g = by_key.get(k) or grp(k)
             g.members.append(GroupMember(m, sel, rr[sel], len(sel) == len(rr)))
-            lst = units_of.setdefault(k, [])
-            lst.extend(rr[sel].tolist())
+            units_of.setdefault(k, []).append(rr[sel])
     for sm in an.shape_members:
         rr = root[sm.atoms]
         for k in dict.fromkeys(gkey_arr[rr].tolist()):
@@ -141,8 +141,12 @@ def groups(an: Analysis) -> Tuple[List[Group], np.ndarray]:
                 by_key[k].shape_members.append(sm)
     for k in order:
         g = by_key[k]
-        g.units = np.array(list(dict.fromkeys(units_of[k])), dtype=np.int64)
-        uset = set(g.units.tolist())
+        allu = np.concatenate(units_of[k])
+        if len(allu) < 4096:
+            g.units = np.fromiter(dict.fromkeys(allu.tolist()), dtype=np.int64)
+        else:
+            _, first = np.unique(allu, return_index=True)
+            g.units = allu[np.sort(first)]  # distinct units in first-seen order
         g.blocked = {u: blocked[u] for u in g.units.tolist() if u in blocked}
         g.inexact = {u: inexact[u] for u in g.units.tolist() if u in inexact}
     for c in an.constraints:
