@@ -115,9 +115,14 @@ def train(seed: int = 0, epochs: int = 10, log=print) -> Tuple[DigitsNet, float]
 
 
 def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: int = 0,
-        augment: bool = True, batch: int = 64) -> None:
+        augment: bool = True, batch: int = 64, adam: bool = False) -> None:
+    """SGD with a one-cycle schedule (training), or Adam (fine-tuning pruned models, which may
+    have their BatchNorms folded into the convolutions)."""
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    if adam:
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     steps = epochs * ((len(y) + batch - 1) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     X, Y = torch.from_numpy(x), torch.from_numpy(y)
