@@ -1,0 +1,621 @@
+"""Coverage and speed benchmark of graphprune and its peers on public model zoos.
+
+Every torchvision classification model (``torchvision.models.list_models(module=torchvision.models)``)
+and a broad list of timm models (``TIMM_MODELS``: small variants across ~100 families), random
+weights, eval mode, batch 1 at the model's default input size (224x224 unless the model says
+otherwise), exported with torch's legacy exporter (``dynamo=False``, opset 17) and/or the dynamo
+exporter (``dynamo=True``, opset 18), IR version pinned to <= 10 so onnxruntime 1.31 loads them.
+Exports are cached (``--cache``) and reused; models over ~1.8 GB are stored with external data.
+
+Each model is pruned at ``--ratio`` (0.5) by
+
+* ``graphprune``: ``prune(model, Options(ratio=0.5, bench=False, verify=True))`` on the ONNX export;
+  the masked-dense oracle result is recorded (``oracle``);
+* ``torch_pruning``: Torch-Pruning's ``MetaPruner`` with ``MagnitudeImportance(p=2)``, local
+  pruning, every layer producing the class logits ignored; attention modules are declared the way
+  its examples do (``num_heads`` for ``nn.MultiheadAttention`` and timm-style ``qkv`` modules,
+  ``prune_num_heads`` with ``head_pruning_ratio``), and the heads/widths attributes are updated
+  after ``step()``.  The pruned torch model is exported with the same exporter;
+* ``onnxsim``: ``onnxsim.pruning.apply_structured_pruning(model, sparsity=0.5)`` (PyPI onnxsim
+  >= 0.8; the column is left out when it is not importable).
+
+For every (model, exporter, tool) it records: status (``ok``, ``noop`` = ran but removed nothing,
+``error``, ``timeout``, ``crash``), the first line of the failure, whether the pruned model runs
+in onnxruntime, whether its output shapes equal the dense model's, the oracle (graphprune only),
+MACs and params ratios (dense / pruned, ``graphprune.bench.count_macs_params`` for every tool),
+onnxruntime CPU latency speedup (``graphprune.bench.measure_latency``: interleaved, median of
+per-pair ratios, 1 thread, ``--repeats`` pairs; skipped above ``--max-latency-gmacs``),
+realization (speedup / MACs ratio) and the time to prune (graphprune: analyze + score + plan +
+rewrite; Torch-Pruning: pruner constructor + ``step()``; onnxsim: the call).
+
+Every tool on every model runs in its own subprocess under ``--timeout`` seconds, so a hang or a
+crash costs one row.  Rows are appended to ``--csv``; (source, model, exporter, tool) rows already
+there are skipped, so an interrupted sweep resumes where it stopped.  ``--report`` only rebuilds
+the summary (Markdown table) and the plot (MACs ratio vs latency speedup) from the CSV.
+
+Setup: the benchmark venv of ``tools/bench_resnet50.py`` plus
+``/work/venv-bench/bin/pip install timm matplotlib onnxsim``.
+
+Run (from the repository root; the full sweep takes hours on 2 cores)::
+
+    nice -n 10 /work/venv-bench/bin/python tools/zoo.py --source torchvision timm \\
+        --exporter legacy dynamo --out docs/zoo
+    /work/venv-bench/bin/python tools/zoo.py --out docs/zoo --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from typing import Any, Dict, List, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MAX_IR_VERSION = 10
+OPSET = {"legacy": 17, "dynamo": 18}
+TOOLS = ("graphprune", "torch_pruning", "onnxsim")
+EXTERNAL_BYTES = 1_800_000_000
+
+# Small / tiny variants across timm's families (the brief's list first, then more families).
+TIMM_MODELS = """
+resnet18 resnet50d resnext26ts seresnext26d_32x4d regnetx_002 regnety_002 efficientnet_b0
+efficientnet_lite0 tf_efficientnetv2_b0 mobilenetv2_050 mobilenetv3_small_050 mobilenetv3_large_100
+ghostnet_100 ghostnetv2_100 convnext_atto convnextv2_atto vit_tiny_patch16_224 vit_small_patch16_224
+deit_tiny_patch16_224 deit_tiny_distilled_patch16_224 swin_tiny_patch4_window7_224 cait_xxs24_224
+eva02_tiny_patch14_224 pvt_v2_b0 poolformer_s12 poolformerv2_s12 mixer_s16_224 resmlp_12_224
+gmlp_ti16_224 levit_128s levit_conv_128s mobilevit_xxs mobilevitv2_050 edgenext_xx_small
+efficientformer_l1 efficientformerv2_s0 coat_lite_tiny coat_tiny xcit_nano_12_p16_224
+beit_base_patch16_224 convmixer_768_32 densenet121 dla34 dpn48b hrnet_w18_small inception_v3
+inception_v4 rexnet_100 tinynet_e repvgg_a0 vgg11 mnasnet_small lcnet_050 fbnetc_100
+hardcorenas_a semnasnet_050 spnasnet_100 mobilenetv1_100 mobilenetv4_conv_small cspresnet50
+cspdarknet53 darknet17 res2net50_14w_8s resnest14d selecsls42b skresnet18 ecaresnet26t
+tresnet_m dm_nfnet_f0 nf_resnet26 regnetz_b16 botnet26t_256 halonet26t lambda_resnet26t
+crossvit_tiny_240 tnt_s_patch16_224 twins_svt_small visformer_tiny convit_tiny sequencer2d_s
+fastvit_t8 mobileone_s0 repghostnet_050 hgnetv2_b0 rdnet_tiny tiny_vit_5m_224
+maxvit_nano_rw_256 coatnet_nano_rw_224 efficientvit_b0 efficientvit_m0 inception_next_atto
+davit_tiny focalnet_tiny_srf gcvit_xxtiny nest_tiny ese_vovnet19b_dw xception41 gernet_s
+mvitv2_tiny pit_ti_224 vit_relpos_small_patch16_224 deit3_small_patch16_224 flexivit_small
+starnet_s1 mambaout_femto shvit_s1 swinv2_cr_tiny_ns_224 nasnetalarge pnasnet5large
+""".split()
+
+# torchvision models large enough (memory / time) to run after all others
+TV_LAST = ("vit_h_14", "regnet_y_128gf", "vit_l_16", "vit_l_32", "regnet_y_32gf", "regnet_y_16gf",
+           "efficientnet_b7", "efficientnet_v2_l", "efficientnet_b6", "regnet_x_32gf")
+
+FIELDS = ["source", "model", "exporter", "tool", "status", "reason", "runs_ort", "shape_ok", "oracle",
+          "max_abs_diff", "macs_dense", "macs_pruned", "macs_ratio", "params_dense", "params_pruned",
+          "params_ratio", "dense_ms", "pruned_ms", "speedup", "realization", "prune_s", "wall_s",
+          "groups", "pruned_groups", "input_size"]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _quiet():
+    names = ("torch.onnx", "torch.export", "torch._export", "onnxscript", "torch._dynamo",
+             "torch.fx", "onnx_ir", "torch.onnx._internal.exporter._core")
+    saved = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
+    finally:
+        for n, lvl in saved.items():
+            logging.getLogger(n).setLevel(lvl)
+
+
+def _line(e: BaseException) -> str:
+    """One line describing an exception."""
+    msg = " ".join(str(e).split())
+    return f"{type(e).__name__}: {msg}"[:300]
+
+
+def model_list(source: str) -> List[str]:
+    if source == "timm":
+        return list(TIMM_MODELS)
+    import torchvision
+    names = sorted(torchvision.models.list_models(module=torchvision.models))
+
+    def gflops(n: str) -> float:  # smallest first (weights metadata; nothing is downloaded)
+        try:
+            return float(torchvision.models.get_model_weights(n).DEFAULT.meta.get("_ops", 1e9))
+        except Exception:
+            return 1e9
+    return sorted(names, key=lambda n: (n in TV_LAST, gflops(n), n))
+
+
+def build(source: str, name: str):
+    """(torch module in eval mode, example input, classifier modules to ignore)."""
+    import torch
+    torch.manual_seed(0)
+    if source == "torchvision":
+        import torchvision
+        m = torchvision.models.get_model(name, weights=None)
+        size = 299 if name == "inception_v3" else 224
+        if name == "inception_v3":
+            m.aux_logits, m.AuxLogits = False, None
+        if name == "googlenet":
+            m.aux_logits, m.aux1, m.aux2 = False, None, None
+        num_classes = 1000
+    else:
+        import timm
+        m = timm.create_model(name, pretrained=False)
+        size = m.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+        num_classes = m.num_classes
+    m.eval()
+    heads = [mod for mod in m.modules()
+             if (isinstance(mod, torch.nn.Linear) and mod.out_features == num_classes)
+             or (isinstance(mod, torch.nn.Conv2d) and mod.out_channels == num_classes)]
+    return m, torch.randn(1, 3, size, size), heads
+
+
+def export(model, example, exporter: str, path: str) -> None:
+    """Export to ``path`` (IR <= 10; external data when large)."""
+    import onnx
+    import torch
+    tmp = path + ".tmp.onnx"
+    with _quiet(), torch.no_grad():
+        if exporter == "legacy":
+            torch.onnx.export(model, (example,), tmp, dynamo=False, opset_version=OPSET[exporter],
+                              do_constant_folding=True, input_names=["input"], output_names=["output"])
+        else:
+            prog = torch.onnx.export(model, (example,), dynamo=True, opset_version=OPSET[exporter],
+                                     input_names=["input"], output_names=["output"], optimize=True,
+                                     verbose=False)
+            prog.save(tmp, external_data=sum(p.numel() for p in model.parameters()) * 4 > EXTERNAL_BYTES)
+    proto = onnx.load(tmp)
+    proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
+    big = proto.ByteSize() > EXTERNAL_BYTES if _no_external(proto) else True
+    base = os.path.basename(path)
+    if big:
+        onnx.save_model(proto, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=base + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(proto, path)
+    d = os.path.dirname(tmp)
+    for f in os.listdir(d):  # the tmp file and any external data it had
+        if f.startswith(os.path.basename(tmp)) or f == os.path.basename(tmp) + ".data":
+            os.remove(os.path.join(d, f))
+
+
+def _no_external(proto) -> bool:
+    import onnx
+    return all(t.data_location != onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+
+
+def cache_path(args, source: str, name: str, exporter: str, suffix: str = "") -> str:
+    d = os.path.join(args.cache, exporter)
+    os.makedirs(d, exist_ok=True)
+    return os.path.join(d, f"{source}__{name}{suffix}.onnx")
+
+
+def _shapes(outs: Dict[str, Any]) -> List[List[int]]:
+    return [list(v.shape) for v in outs.values()]
+
+
+def measure(args, dense, pruned, row: Dict[str, Any]) -> None:
+    """Fill ORT / shape / MACs / latency fields of ``row`` for ``pruned`` against ``dense``."""
+    from graphprune import bench as gb
+    feed = gb.random_inputs(dense, seed=0)
+    md, pd = gb.count_macs_params(dense)
+    dense_shapes = _shapes(gb.run_model(dense, feed))
+    try:
+        ps = _shapes(gb.run_model(pruned, feed))
+        row["runs_ort"] = True
+        row["shape_ok"] = ps == dense_shapes
+    except Exception as e:
+        row["runs_ort"] = False
+        row["shape_ok"] = ""
+        row["status"], row["reason"] = "error", "pruned model does not run in onnxruntime: " + _line(e)
+        return
+    mp, pp = gb.count_macs_params(pruned)
+    row.update(macs_dense=int(md), macs_pruned=int(mp), params_dense=int(pd), params_pruned=int(pp),
+               macs_ratio=md / mp if mp else "", params_ratio=pd / pp if pp else "")
+    if not row["shape_ok"]:
+        row["status"], row["reason"] = "error", f"output shapes changed: {dense_shapes} -> {ps}"
+    elif mp >= md and pp >= pd:
+        row["status"], row["reason"] = "noop", "nothing removed"
+    if args.repeats > 0 and md <= args.max_latency_gmacs * 1e9 and mp < md:
+        lat = gb.measure_latency(dense, pruned, feed, threads=1, warmup=1, repeats=args.repeats)
+        row.update(dense_ms=lat["before_ms"], pruned_ms=lat["after_ms"], speedup=lat["speedup"],
+                   realization=lat["speedup"] / (md / mp))
+
+
+def load_dense(path: str):
+    import onnx
+    return onnx.load(path)
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def work_export(args, row) -> None:
+    path = cache_path(args, args.source[0], row["model"], row["exporter"])
+    if os.path.exists(path):
+        return
+    model, example, _ = build(args.source[0], row["model"])
+    export(model, example, row["exporter"], path)
+
+
+def work_graphprune(args, row) -> None:
+    from graphprune.pipeline import Options, prune
+    dense = load_dense(cache_path(args, row["source"], row["model"], row["exporter"]))
+    import onnx
+    work = onnx.ModelProto()
+    work.CopyFrom(dense)
+    res = prune(work, Options(ratio=args.ratio, bench=False, verify=True))
+    rep = res.report
+    t = rep.get("timings_s", {})
+    row["prune_s"] = sum(t.get(k, 0.0) for k in ("analyze_s", "score_s", "plan_s", "rewrite_s"))
+    v = rep.get("verify") or {}
+    row["oracle"] = v.get("passed", "")
+    row["max_abs_diff"] = v.get("max_abs_diff", "")
+    s = rep.get("summary", {})
+    row["groups"], row["pruned_groups"] = s.get("groups", ""), s.get("pruned_groups", "")
+    row["status"] = "ok"
+    measure(args, dense, res.model, row)
+    if row["status"] == "ok" and v and not v.get("passed"):
+        row["status"], row["reason"] = "error", "oracle failed: " + str(v.get("reason") or
+                                                                        f"max_abs_diff={v.get('max_abs_diff')}")
+
+
+def work_onnxsim(args, row) -> None:
+    from onnxsim.pruning import apply_structured_pruning
+    dense = load_dense(cache_path(args, row["source"], row["model"], row["exporter"]))
+    import onnx
+    work = onnx.ModelProto()
+    work.CopyFrom(dense)
+    t0 = time.perf_counter()
+    with _quiet():
+        pruned = apply_structured_pruning(work, sparsity=args.ratio)
+    row["prune_s"] = time.perf_counter() - t0
+    pruned.ir_version = min(pruned.ir_version, MAX_IR_VERSION)
+    row["status"] = "ok"
+    measure(args, dense, pruned, row)
+
+
+def _attention_config(model):
+    """num_heads for Torch-Pruning, the way its examples declare attention."""
+    import torch
+    num_heads = {}
+    for m in model.modules():
+        if isinstance(m, torch.nn.MultiheadAttention):
+            num_heads[m] = m.num_heads
+        elif hasattr(m, "qkv") and isinstance(getattr(m, "qkv"), torch.nn.Linear) \
+                and isinstance(getattr(m, "num_heads", None), int):
+            num_heads[m.qkv] = m.num_heads
+    return num_heads
+
+
+def _update_attention(model, pruner) -> None:
+    """After step(): write the pruned head counts / widths back (as TP's examples do)."""
+    import torch
+    for m in model.modules():
+        if isinstance(m, torch.nn.MultiheadAttention) and m in pruner.num_heads:
+            m.num_heads = pruner.num_heads[m]
+            m.embed_dim = m.out_proj.in_features
+            m.head_dim = m.embed_dim // m.num_heads
+            m.kdim = m.vdim = m.in_proj_weight.shape[1] if m.in_proj_weight is not None else m.kdim
+        elif hasattr(m, "qkv") and m.qkv in pruner.num_heads:
+            m.num_heads = pruner.num_heads[m.qkv]
+            if hasattr(m, "head_dim"):
+                m.head_dim = m.qkv.out_features // 3 // m.num_heads
+
+
+def work_torch_pruning(args, row) -> None:
+    import onnx
+    import torch
+    import torch_pruning as tp
+    torch.set_num_threads(1)
+    model, example, heads = build(row["source"], row["model"])
+    num_heads = _attention_config(model)
+    kw = {}
+    if num_heads:
+        kw = dict(num_heads=num_heads, prune_num_heads=True, prune_head_dims=False,
+                  head_pruning_ratio=args.ratio)
+    with _quiet():
+        t0 = time.perf_counter()
+        pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.MagnitudeImportance(p=2),
+                                      pruning_ratio=args.ratio, ignored_layers=heads,
+                                      global_pruning=False, **kw)
+        pruner.step()
+        row["prune_s"] = time.perf_counter() - t0
+    _update_attention(model, pruner)
+    with torch.no_grad():
+        model(example)
+    path = cache_path(args, row["source"], row["model"], row["exporter"], ".tp")
+    export(model, example, row["exporter"], path)
+    row["status"] = "ok"
+    dense = load_dense(cache_path(args, row["source"], row["model"], row["exporter"]))
+    pruned = onnx.load(path)
+    measure(args, dense, pruned, row)
+    if not args.keep_tp:
+        for f in os.listdir(os.path.dirname(path)):
+            if f.startswith(os.path.basename(path)):
+                os.remove(os.path.join(os.path.dirname(path), f))
+
+
+WORKERS = {"export": work_export, "graphprune": work_graphprune, "onnxsim": work_onnxsim,
+           "torch_pruning": work_torch_pruning}
+
+
+def worker(args) -> int:
+    row = {"source": args.source[0], "model": args.worker_model, "exporter": args.exporter[0],
+           "tool": args.worker}
+    t0 = time.perf_counter()
+    try:
+        WORKERS[args.worker](args, row)
+    except Exception as e:
+        row["status"], row["reason"] = "error", _line(e)
+        if os.environ.get("ZOO_DEBUG"):
+            traceback.print_exc()
+    row["wall_s"] = time.perf_counter() - t0
+    with open(args.worker_out, "w") as fh:
+        json.dump(row, fh, default=str)
+    return 0
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def read_rows(csv_path: str) -> List[Dict[str, str]]:
+    if not os.path.exists(csv_path):
+        return []
+    with open(csv_path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def append_row(csv_path: str, row: Dict[str, Any]) -> None:
+    new = not os.path.exists(csv_path)
+    with open(csv_path, "a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow({k: _fmt(row.get(k, "")) for k in FIELDS})
+
+
+def _fmt(v: Any) -> Any:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return v
+
+
+def spawn(args, kind: str, source: str, name: str, exporter: str) -> Dict[str, Any]:
+    out = os.path.join(args.out, f".worker_{os.getpid()}.json")
+    if os.path.exists(out):
+        os.remove(out)
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--worker-model", name,
+           "--worker-out", out, "--source", source, "--exporter", exporter, "--out", args.out,
+           "--cache", args.cache, "--ratio", str(args.ratio), "--repeats", str(args.repeats),
+           "--max-latency-gmacs", str(args.max_latency_gmacs)] + (["--keep-tp"] if args.keep_tp else [])
+    row = {"source": source, "model": name, "exporter": exporter, "tool": kind}
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=args.timeout,
+                           start_new_session=True)
+        if os.path.exists(out):
+            with open(out) as fh:
+                row = json.load(fh)
+        else:
+            tail = [ln for ln in p.stderr.decode(errors="replace").splitlines() if ln.strip()][-1:]
+            row.update(status="crash", reason=f"exit {p.returncode}: {' '.join(tail)[:250]}")
+    except subprocess.TimeoutExpired as e:
+        _kill_group(e)
+        row.update(status="timeout", reason=f"over {args.timeout} s")
+    row.setdefault("wall_s", time.perf_counter() - t0)
+    return row
+
+
+def _kill_group(e) -> None:
+    """subprocess.run kills the child on timeout; also end its session (grandchildren)."""
+    import signal
+    # The child was started with start_new_session, so its pid is its process group id.
+    pid = getattr(e, "pid", None)
+    if pid:
+        with contextlib.suppress(Exception):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def have_onnxsim() -> bool:
+    try:
+        from onnxsim.pruning import apply_structured_pruning  # noqa: F401
+        return True
+    except Exception:
+        return False
+
+
+def sweep(args) -> None:
+    os.makedirs(args.out, exist_ok=True)
+    csv_path = os.path.join(args.out, "zoo.csv")
+    done = {(r["source"], r["model"], r["exporter"], r["tool"]) for r in read_rows(csv_path)}
+    tools = [t for t in args.tools if t != "onnxsim" or have_onnxsim()]
+    if "onnxsim" in args.tools and "onnxsim" not in tools:
+        print("onnxsim.pruning.apply_structured_pruning is not importable: onnxsim column left out",
+              file=sys.stderr)
+    t_start = time.time()
+    for exporter in args.exporter:
+        for source in args.source:
+            names = model_list(source)
+            if args.models:
+                names = [n for n in names if n in args.models]
+            for name in names:
+                # re-read: another sweep (other sources / exporters) may append to the same CSV
+                done |= {(r["source"], r["model"], r["exporter"], r["tool"]) for r in read_rows(csv_path)}
+                todo = [t for t in tools if (source, name, exporter, t) not in done]
+                if not todo:
+                    continue
+                if args.deadline and time.time() - t_start > args.deadline:
+                    print(f"deadline of {args.deadline} s reached; stopping (rerun to resume)", file=sys.stderr)
+                    return
+                path = cache_path(args, source, name, exporter)
+                exp = None
+                if not os.path.exists(path):
+                    exp = spawn(args, "export", source, name, exporter)
+                ok = os.path.exists(path)
+                for tool in todo:
+                    if not ok:
+                        row = {"source": source, "model": name, "exporter": exporter, "tool": tool,
+                               "status": "export_failed",
+                               "reason": "export failed: " + str(exp.get("reason") if exp else "?")}
+                    else:
+                        row = spawn(args, tool, source, name, exporter)
+                    append_row(csv_path, row)
+                    done.add((source, name, exporter, tool))
+                    print(f"[{time.time() - t_start:6.0f}s] {exporter:6s} {source}/{name} {tool}: "
+                          f"{row.get('status')} {_short(row)}", flush=True)
+
+
+def _short(row) -> str:
+    if row.get("status") in ("ok", "noop"):
+        bits = [f"macs x{float(row['macs_ratio']):.2f}" if row.get("macs_ratio") not in ("", None) else "",
+                f"speedup x{float(row['speedup']):.2f}" if row.get("speedup") not in ("", None) else "",
+                f"oracle {row['oracle']}" if row.get("oracle") not in ("", None) else ""]
+        return " ".join(b for b in bits if b)
+    return str(row.get("reason", ""))[:160]
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _f(x: Any) -> Optional[float]:
+    try:
+        v = float(x)
+        return v if math.isfinite(v) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _true(x: Any) -> bool:
+    return str(x) == "True"
+
+
+def succeeded(r: Dict[str, str]) -> bool:
+    """Pruned something, runs in ORT, output shapes unchanged (and the oracle passed: graphprune)."""
+    if r["status"] != "ok" or not _true(r["runs_ort"]) or not _true(r["shape_ok"]):
+        return False
+    if r["tool"] == "graphprune" and not _true(r["oracle"]):
+        return False
+    m = _f(r["macs_ratio"])
+    return m is not None and m > 1.001
+
+
+def summary(rows: List[Dict[str, str]]) -> str:
+    lines = ["| tool | exporter | models tried | succeeded | success % | pruned nothing | failed "
+             "| oracle passed | median MACs ratio | median params ratio | median speedup "
+             "| median realization | median prune s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["tool"], r["exporter"]) for r in rows}, key=lambda k: (TOOLS.index(k[0]), k[1]))
+    for tool, exporter in keys:
+        rs = [r for r in rows if r["tool"] == tool and r["exporter"] == exporter]
+        ok = [r for r in rs if succeeded(r)]
+        noop = [r for r in rs if r["status"] == "noop"]
+        orc = sum(1 for r in rs if _true(r["oracle"])) if tool == "graphprune" else None
+
+        def med(key, src=ok):
+            xs = [v for v in (_f(r[key]) for r in src) if v is not None]
+            return f"{statistics.median(xs):.2f}" if xs else "-"
+        lines.append(f"| {tool} | {exporter} | {len(rs)} | {len(ok)} | {100 * len(ok) / max(1, len(rs)):.0f}% "
+                     f"| {len(noop)} | {len(rs) - len(ok) - len(noop)} | {'-' if orc is None else orc} "
+                     f"| {med('macs_ratio')} | {med('params_ratio')} | {med('speedup')} | {med('realization')} "
+                     f"| {med('prune_s')} |")
+    return "\n".join(lines)
+
+
+def failures(rows: List[Dict[str, str]], tool: str) -> str:
+    out = []
+    for r in rows:
+        if r["tool"] == tool and not succeeded(r):
+            out.append(f"| {r['exporter']} | {r['source']}/{r['model']} | {r['status']} | "
+                       f"{(r['reason'] or '').replace('|', '/')[:200]} |")
+    return "\n".join(["| exporter | model | status | reason |", "|---|---|---|---|"] + out)
+
+
+def plot(rows: List[Dict[str, str]], path: str) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    style = {"graphprune": ("o", "tab:blue"), "torch_pruning": ("s", "tab:orange"), "onnxsim": ("^", "tab:green")}
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    hi = 1.0
+    for tool, (mk, col) in style.items():
+        pts = [(_f(r["macs_ratio"]), _f(r["speedup"])) for r in rows if r["tool"] == tool and succeeded(r)]
+        pts = [(a, b) for a, b in pts if a is not None and b is not None]
+        if not pts:
+            continue
+        hi = max(hi, max(max(a, b) for a, b in pts))
+        ax.scatter([a for a, _ in pts], [b for _, b in pts], marker=mk, c=col, alpha=0.6, s=22,
+                   label=f"{tool} ({len(pts)})")
+    ax.plot([1, hi], [1, hi], "k--", lw=0.8, label="speedup = MACs ratio")
+    ax.set_xlabel("MACs ratio (dense / pruned)")
+    ax.set_ylabel("ORT CPU latency speedup (1 thread)")
+    ax.set_title("Zoo sweep, ratio 0.5: MACs reduction vs realised speedup")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def report(args) -> None:
+    csv_path = os.path.join(args.out, "zoo.csv")
+    rows = read_rows(csv_path)
+    if not rows:
+        print(f"no rows in {csv_path}")
+        return
+    md = ["## Zoo summary", "", summary(rows), "", "### graphprune failures", "", failures(rows, "graphprune"), ""]
+    with open(os.path.join(args.out, "zoo_summary.md"), "w") as fh:
+        fh.write("\n".join(md) + "\n")
+    plotted = plot(rows, os.path.join(args.out, "zoo.png"))
+    print("\n".join(md))
+    print(f"wrote {os.path.join(args.out, 'zoo_summary.md')}" + (" and zoo.png" if plotted else ""))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--source", nargs="+", choices=("torchvision", "timm"), default=["torchvision", "timm"])
+    p.add_argument("--exporter", nargs="+", choices=("legacy", "dynamo"), default=["legacy", "dynamo"])
+    p.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
+    p.add_argument("--models", nargs="+", help="only these model names")
+    p.add_argument("--out", default="docs/zoo", help="CSV, summary and plot folder (default docs/zoo)")
+    p.add_argument("--cache", default=None, help="exported ONNX cache (default ~/.cache/graphprune-zoo)")
+    p.add_argument("--ratio", type=float, default=0.5)
+    p.add_argument("--repeats", type=int, default=5, help="latency pairs (0: no latency); default 5")
+    p.add_argument("--max-latency-gmacs", type=float, default=20.0,
+                   help="skip latency for dense models above this many GMACs (default 20)")
+    p.add_argument("--timeout", type=int, default=300, help="seconds per model and tool (default 300)")
+    p.add_argument("--deadline", type=int, default=0, help="stop starting models after this many s")
+    p.add_argument("--keep-tp", action="store_true", help="keep Torch-Pruning's pruned ONNX files")
+    p.add_argument("--report", action="store_true", help="only rebuild summary and plot from the CSV")
+    p.add_argument("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)
+    p.add_argument("--worker-model", help=argparse.SUPPRESS)
+    p.add_argument("--worker-out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.cache = args.cache or os.path.expanduser("~/.cache/graphprune-zoo")
+    if args.worker:
+        return worker(args)
+    if not args.report:
+        sweep(args)
+    report(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
