@@ -326,8 +326,11 @@ def count_feed(model: onnx.ModelProto, seq_len: int) -> Optional[dict]:
     """Inputs for run-time MAC counting when the graph has symbolic dims (batch 1, others seq_len)."""
     syms = {d.dim_param for vi in model.graph.input for d in vi.type.tensor_type.shape.dim
             if d.HasField("dim_param") and d.dim_param}
-    if not syms:
-        return None
+    # with a feed, dims static inference cannot resolve (Swin's window partition) are measured
+    # in onnxruntime; never for models whose data stays on disk
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        return None if not syms else bench.random_inputs(
+            model, seed=0, batch=1, dims={s: seq_len for s in syms if not bench._is_batch_symbol(s)})
     return bench.random_inputs(model, seed=0, batch=1,
                                dims={s: seq_len for s in syms if not bench._is_batch_symbol(s)})
 
