@@ -212,7 +212,7 @@ def measure(args, dense, pruned, row: Dict[str, Any]) -> None:
     """Fill ORT / shape / MACs / latency fields of ``row`` for ``pruned`` against ``dense``."""
     from graphprune import bench as gb
     feed = gb.random_inputs(dense, seed=0)
-    md, pd = gb.count_macs_params(dense)
+    md, pd = gb.count_macs_params(dense, feed)  # run-time shapes where static ones are lost (Swin)
     dense_shapes = _shapes(gb.run_model(dense, feed))
     try:
         ps = _shapes(gb.run_model(pruned, feed))
@@ -223,7 +223,7 @@ def measure(args, dense, pruned, row: Dict[str, Any]) -> None:
         row["shape_ok"] = ""
         row["status"], row["reason"] = "error", "pruned model does not run in onnxruntime: " + _line(e)
         return
-    mp, pp = gb.count_macs_params(pruned)
+    mp, pp = gb.count_macs_params(pruned, feed)
     row.update(macs_dense=int(md), macs_pruned=int(mp), params_dense=int(pd), params_pruned=int(pp),
                macs_ratio=md / mp if mp else "", params_ratio=pd / pp if pp else "")
     if not row["shape_ok"]:
