@@ -142,31 +142,27 @@ def _repeated(fd) -> bool:
     return fd.label == fd.LABEL_REPEATED
 
 
+def _copy_fields(src, dst, skip: str) -> None:
+    """Copy every set field of protobuf ``src`` into ``dst`` except ``skip``."""
+    for fd, value in src.ListFields():
+        if fd.name == skip:
+            continue
+        if _repeated(fd):
+            getattr(dst, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
 def _copy_without(model: onnx.ModelProto, skip: Set[str]) -> onnx.ModelProto:
     """A copy of the model whose initializers named in ``skip`` are left empty (they are about
     to be replaced): the big tensors are not copied only to be thrown away."""
     m = onnx.ModelProto()
-    for fd, value in model.ListFields():
-        if fd.name == "graph":
-            continue
-        if _repeated(fd):
-            getattr(m, fd.name).extend(value)
-        elif fd.message_type is not None:
-            getattr(m, fd.name).CopyFrom(value)
-        else:
-            setattr(m, fd.name, value)
-    g, mg = model.graph, m.graph
-    for fd, value in g.ListFields():
-        if fd.name == "initializer":
-            continue
-        if _repeated(fd):
-            getattr(mg, fd.name).extend(value)
-        elif fd.message_type is not None:
-            getattr(mg, fd.name).CopyFrom(value)
-        else:
-            setattr(mg, fd.name, value)
-    for t in g.initializer:
-        nt = mg.initializer.add()
+    _copy_fields(model, m, "graph")
+    _copy_fields(model.graph, m.graph, "initializer")
+    for t in model.graph.initializer:
+        nt = m.graph.initializer.add()
         if t.name in skip:
             nt.name = t.name
         else:
