@@ -59,10 +59,10 @@ _NOISY_LOGGERS = (
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet(extra_loggers=()):
     """Silence exporter warnings, log chatter and stray prints for the duration."""
     saved = {}
-    for name in _NOISY_LOGGERS:
+    for name in tuple(_NOISY_LOGGERS) + tuple(extra_loggers):
         logger = logging.getLogger(name)
         saved[name] = logger.level
         logger.setLevel(logging.ERROR)
@@ -74,6 +74,9 @@ def _quiet():
     finally:
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
+
+
+_quiet = quiet
 
 
 def _fix_ir_version(model: onnx.ModelProto) -> onnx.ModelProto:

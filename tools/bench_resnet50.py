@@ -65,6 +65,8 @@ import os
 import platform
 import statistics
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # models/
 import time
 import warnings
 from collections import Counter
@@ -92,22 +94,11 @@ INPUT_SHAPE = (1, 3, 224, 224)
 # --------------------------------------------------------------------------- helpers
 
 
-@contextlib.contextmanager
 def _quiet():
-    """Silence exporter / tracer warnings and chatter."""
-    names = ("torch.onnx", "torch.export", "torch._export", "onnxscript",
-             "torch.onnx._internal.exporter._registration", "torch.onnx._internal.exporter._core")
-    saved = {n: logging.getLogger(n).level for n in names}
-    for n in names:
-        logging.getLogger(n).setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with contextlib.redirect_stdout(io.StringIO()):
-                yield
-    finally:
-        for n, lvl in saved.items():
-            logging.getLogger(n).setLevel(lvl)
+    """The reference exporter's quiet context, with this tool's extra loggers."""
+    from models.export import quiet
+
+    return quiet(("torch.onnx._internal.exporter._registration", "torch.onnx._internal.exporter._core"))
 
 
 def build_resnet50(seed: int) -> torch.nn.Module:

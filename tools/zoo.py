@@ -56,6 +56,8 @@ import os
 import statistics
 import subprocess
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # models/
 import time
 import traceback
 import warnings
@@ -102,21 +104,11 @@ FIELDS = ["source", "model", "exporter", "tool", "status", "reason", "runs_ort",
 # --------------------------------------------------------------------------- helpers
 
 
-@contextlib.contextmanager
 def _quiet():
-    names = ("torch.onnx", "torch.export", "torch._export", "onnxscript", "torch._dynamo",
-             "torch.fx", "onnx_ir", "torch.onnx._internal.exporter._core")
-    saved = {n: logging.getLogger(n).level for n in names}
-    for n in names:
-        logging.getLogger(n).setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with contextlib.redirect_stdout(io.StringIO()):
-                yield
-    finally:
-        for n, lvl in saved.items():
-            logging.getLogger(n).setLevel(lvl)
+    """The reference exporter's quiet context, with this tool's extra loggers."""
+    from models.export import quiet
+
+    return quiet(("torch._dynamo", "torch.fx", "onnx_ir", "torch.onnx._internal.exporter._core"))
 
 
 def _line(e: BaseException) -> str:

@@ -21,6 +21,15 @@ def _last(ctx, name):
     return r - 1, ctx.atoms(name, r - 1)
 
 
+def _last_and_pass_others(ctx, x):
+    """The hidden (last) axis of x, with every other channel axis passed to output 0."""
+    ax, a = _last(ctx, x)
+    for k, atoms in ctx.desc(x).items():
+        if k != ax:
+            ctx.set_desc(ctx.outputs[0], k, atoms)
+    return ax, a
+
+
 def _param(ctx, name, atoms):
     if not name:
         return
@@ -124,10 +133,7 @@ def skip_layernorm(ctx):
 def simplified_layernorm(ctx):
     """(X, scale) -> Y (RMSNorm)."""
     x = ctx.input(0)
-    ax, a = _last(ctx, x)
-    for k, atoms in ctx.desc(x).items():
-        if k != ax:
-            ctx.set_desc(ctx.outputs[0], k, atoms)
+    ax, a = _last_and_pass_others(ctx, x)
     if a is None:
         return
     ctx.inexact(a, f"{ctx.op} {ctx.label} normalises over this axis")
@@ -158,10 +164,7 @@ def embed_layernorm(ctx):
 def bias_act(ctx):
     """BiasGelu(A, B), FastGelu(X, bias?), BiasAdd(X, bias, skip)."""
     x = ctx.input(0)
-    ax, a = _last(ctx, x)
-    for k, atoms in ctx.desc(x).items():
-        if k != ax:
-            ctx.set_desc(ctx.outputs[0], k, atoms)
+    ax, a = _last_and_pass_others(ctx, x)
     if ctx.op == "BiasAdd":
         sax, s = _last(ctx, ctx.input(2))
         if (a is None) != (s is None):
