@@ -12,6 +12,11 @@ in stages, upstream first, so every stage sees the inputs the final model will s
 - ``lstsq``: refit the kept weights and the bias in closed form, ridge least squares
   min ||W' x' + b - y_dense||^2 + lambda ||W'||^2 (im2col patches for a Conv).
 
+Residual-aware targets: when the layer's output (after at most a constant bias ``Add``) joins a
+residual ``Add`` z = y + r, the refit aims at y* = y_dense + (r_dense - r_pruned), so the sum
+z matches the dense one and the layer also absorbs the error that pruning upstream left in r
+(``residual=False`` turns this off).
+
 A MatMul has no bias: a new ``Add`` after it carries the correction; a Conv or Gemm without a
 bias gets one. Repaired layers no longer match the masked-dense oracle; the pipeline checks the
 rewrite with the oracle before repair and reports the output agreement with the dense model.
@@ -46,6 +51,7 @@ class Consumer:
     cols: np.ndarray      # kept input channels (dense indices)
     conv: Optional[ConvSpec] = None
     transB: int = 0
+    residual: Optional[str] = None   # the other input of the residual Add this layer's output joins
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
@@ -120,8 +126,52 @@ def find_consumers(an, plan_json: dict) -> Tuple[List[Consumer], List[str]]:
                 continue
             rows = np.nonzero(masks.get(row_ax, np.ones(W.shape[row_ax], bool)))[0]
             cols = np.nonzero(masks.get(col_ax, np.ones(W.shape[col_ax], bool)))[0]
-            out.append(Consumer(ci.node, ci.op, ci.tensor, node.output[0], wname, rows, cols, conv, tb))
+            out.append(Consumer(ci.node, ci.op, ci.tensor, node.output[0], wname, rows, cols, conv, tb,
+                                _residual_of(g, ci.node)))
     return out, skipped
+
+
+def _ancestors(g, names: Sequence[str]) -> set:
+    """Indices of the nodes that compute ``names``."""
+    seen: set = set()
+    stack = [g.producer[n] for n in names if g.producer.get(n) is not None]
+    while stack:
+        j = stack.pop()
+        if j in seen:
+            continue
+        seen.add(j)
+        stack.extend(g.producer[x] for x in g.nodes[j].input if g.producer.get(x) is not None)
+    return seen
+
+
+def _residual_of(g, i: int) -> Optional[str]:
+    """The other input r of the residual ``Add`` z = y + r that node ``i``'s output y joins
+    (through at most one constant bias ``Add``), when r does not depend on y and z has y's
+    shape; else None."""
+    y = g.nodes[i].output[0]
+    for hop in range(2):
+        users = g.consumers.get(y, [])
+        if len(users) != 1 or y in g.outputs:
+            return None
+        j, k = users[0]
+        node = g.nodes[j]
+        if node.op_type != "Add" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+            return None
+        other = node.input[1 - k]
+        if g.is_const(other):
+            if hop:
+                return None
+            y = node.output[0]
+            continue
+        if g.producer.get(other) is None:
+            return None
+        sy, sr, sz = g.shape(y), g.shape(other), g.shape(node.output[0])
+        if sy is None or sz is None or sr is None or list(sy) != list(sz) or list(sr) != list(sz):
+            return None
+        if i in _ancestors(g, [other]):
+            return None
+        return other
+    return None
 
 
 def _stages(an, consumers: List[Consumer]) -> List[List[Consumer]]:
@@ -148,7 +198,10 @@ def _stages(an, consumers: List[Consumer]) -> List[List[Consumer]]:
         return found
 
     for c in sorted(consumers, key=lambda c: c.node):
-        ups = upstream(c.node)
+        ups = set(upstream(c.node))
+        if c.residual is not None and g.producer.get(c.residual) is not None:   # r_pruned must be final
+            p = g.producer[c.residual]
+            ups |= upstream(p) | ({p} & set(idx))
         depth[c.node] = 1 + max((depth[u] for u in ups if u in depth), default=-1)
     out: Dict[int, List[Consumer]] = {}
     for c in consumers:
@@ -168,6 +221,15 @@ def _targets(y: np.ndarray, c: Consumer) -> np.ndarray:
         y = np.moveaxis(y, 1, -1)
         return y.reshape(-1, y.shape[-1])[:, c.rows].astype(np.float64)
     return y.reshape(-1, y.shape[-1])[:, c.rows].astype(np.float64)
+
+
+def _pruned_rows(r: np.ndarray, c: Consumer) -> np.ndarray:
+    """The pruned model's residual input as [positions, kept rows] (its channel axis may
+    already be cut to the kept rows)."""
+    if c.op == "Conv":
+        r = np.moveaxis(r, 1, -1)
+    r = r.reshape(-1, r.shape[-1]).astype(np.float64)
+    return r if r.shape[1] == len(c.rows) else r[:, c.rows]
 
 
 class _Consts:
@@ -252,15 +314,19 @@ def _apply(model: onnx.ModelProto, consts: _Consts, c: Consumer, W_new: Optional
 
 def repair(dense: onnx.ModelProto, pruned: onnx.ModelProto, an, plan_json: dict,
            feeds: Sequence[Mapping[str, np.ndarray]], mode: str = "lstsq", ridge: float = RIDGE,
-           threads: int = 1) -> Tuple[onnx.ModelProto, dict]:
+           threads: int = 1, residual: bool = True) -> Tuple[onnx.ModelProto, dict]:
     """Repair ``pruned`` (rewritten from ``dense``, the analysed model) on calibration ``feeds``.
-    Returns (repaired model, info)."""
+    ``residual``: residual-aware targets (module docstring). Returns (repaired model, info)."""
     if mode not in MODES:
         raise ValueError(f"unknown repair mode {mode!r}")
     info = {"mode": mode, "repaired": [], "skipped": []}
     if mode == "none":
         return pruned, info
     consumers, skipped = find_consumers(an, plan_json)
+    if not residual:
+        for c in consumers:
+            c.residual = None
+    info["residual_targets"] = sum(c.residual is not None for c in consumers)
     info["skipped"] = skipped
     if not consumers:
         return pruned, info
@@ -269,16 +335,22 @@ def repair(dense: onnx.ModelProto, pruned: onnx.ModelProto, an, plan_json: dict,
     offset: Dict[int, int] = {}
     # the dense targets of every consumer, one dense pass over the calibration data (kept only
     # for the kept output rows: what the refits read)
-    all_y = list(dict.fromkeys(c.y for c in consumers))
+    all_y = list(dict.fromkeys([c.y for c in consumers] + [c.residual for c in consumers if c.residual]))
     dense_sess = bench._session(dense, threads, extra_outputs=all_y)
     in_dense = {i.name for i in dense_sess.get_inputs()}
     targets: List[Dict[int, np.ndarray]] = []
     for feed in feeds:
         yv = dict(zip(all_y, dense_sess.run(all_y, {k: v for k, v in feed.items() if k in in_dense})))
-        targets.append({id(c): _targets(yv[c.y], c).astype(np.float32) for c in consumers})
+        tv = {}
+        for c in consumers:
+            t = _targets(yv[c.y], c)
+            if c.residual is not None:          # y_dense + r_dense; r_pruned is subtracted per stage
+                t = t + _targets(yv[c.residual], c)
+            tv[id(c)] = t.astype(np.float32)
+        targets.append(tv)
     del dense_sess
     for stage in _stages(an, consumers):
-        xs = list(dict.fromkeys(c.x for c in stage))
+        xs = list(dict.fromkeys([c.x for c in stage] + [c.residual for c in stage if c.residual]))
         psess = bench._session(model, threads, extra_outputs=xs)
         in_pruned = {i.name for i in psess.get_inputs()}
         acc = {id(c): None for c in stage}
@@ -287,6 +359,8 @@ def repair(dense: onnx.ModelProto, pruned: onnx.ModelProto, an, plan_json: dict,
             for c in stage:
                 X = _rows_of(xv[c.x], c)
                 Y = tv[id(c)].astype(np.float64)
+                if c.residual is not None:
+                    Y = Y - _pruned_rows(xv[c.residual], c)
                 Xa = np.concatenate([X, np.ones((X.shape[0], 1))], axis=1)
                 a = acc[id(c)]
                 if mode == "lstsq":

@@ -342,8 +342,55 @@ def work_torch_pruning(args, row) -> None:
                 os.remove(os.path.join(os.path.dirname(path), f))
 
 
+SPEED_FIELDS = ["source", "model", "exporter", "status", "reason", "macs_dense", "macs_gp", "macs_tp", "dense_ms",
+                "gp_ms", "tp_ms", "gp_speedup", "tp_speedup", "gp_realization", "tp_realization",
+                "gp_vs_tp", "repeats", "wall_s"]
+
+
+def work_speed(args, row) -> None:
+    """graphprune's and Torch-Pruning's pruned models of one model timed in one process,
+    interleaved with the dense one (dense, gp, tp, dense, gp, tp, ...; 1 thread): the speed
+    comparison the speed goal is judged on, free of the load drift between separate workers.
+    graphprune's model is re-made (deterministic); Torch-Pruning's is the file ``--keep-tp``
+    kept."""
+    import onnx
+    from graphprune import bench as gb
+    from graphprune.pipeline import Options, prune
+    dense = load_dense(cache_path(args, row["source"], row["model"], row["exporter"]))
+    tp_path = cache_path(args, row["source"], row["model"], row["exporter"], ".tp")
+    if not os.path.exists(tp_path):
+        row["status"], row["reason"] = "error", "no kept Torch-Pruning model (run the sweep with --keep-tp)"
+        return
+    work = onnx.ModelProto()
+    work.CopyFrom(dense)
+    gp = prune(work, Options(ratio=args.ratio, bench=False, verify=False)).model
+    tp = onnx.load(tp_path)
+    feed = gb.random_inputs(dense, seed=0)
+    md = gb.count_macs_params(dense, feed)[0]
+    mg = gb.count_macs_params(gp, feed)[0]
+    mt = gb.count_macs_params(tp, feed)[0]
+    sess = [gb.make_session(m, 1) for m in (dense, gp, tp)]
+    feeds = [{i.name: feed[i.name] for i in s.get_inputs() if i.name in feed} for s in sess]
+    for _ in range(3):
+        for s, f in zip(sess, feeds):
+            s.run(None, f)
+    times = [[], [], []]
+    for _ in range(args.speed_repeats):
+        for k, (s, f) in enumerate(zip(sess, feeds)):
+            t0 = time.perf_counter()
+            s.run(None, f)
+            times[k].append(time.perf_counter() - t0)
+    d, g, t = times
+    gs = statistics.median(a / b for a, b in zip(d, g))
+    ts = statistics.median(a / b for a, b in zip(d, t))
+    row.update(status="ok", macs_dense=md, macs_gp=mg, macs_tp=mt, dense_ms=statistics.median(d) * 1e3,
+               gp_ms=statistics.median(g) * 1e3, tp_ms=statistics.median(t) * 1e3, gp_speedup=gs,
+               tp_speedup=ts, gp_realization=gs / (md / mg), tp_realization=ts / (md / mt),
+               gp_vs_tp=statistics.median(b / a * mg / mt for a, b in zip(g, t)), repeats=args.speed_repeats)
+
+
 WORKERS = {"export": work_export, "graphprune": work_graphprune, "onnxsim": work_onnxsim,
-           "torch_pruning": work_torch_pruning}
+           "torch_pruning": work_torch_pruning, "speed": work_speed}
 
 
 def worker(args) -> int:
@@ -394,7 +441,8 @@ def spawn(args, kind: str, source: str, name: str, exporter: str) -> Dict[str, A
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--worker-model", name,
            "--worker-out", out, "--source", source, "--exporter", exporter, "--out", args.out,
            "--cache", args.cache, "--ratio", str(args.ratio), "--repeats", str(args.repeats),
-           "--max-latency-gmacs", str(args.max_latency_gmacs)] + (["--keep-tp"] if args.keep_tp else [])
+           "--max-latency-gmacs", str(args.max_latency_gmacs), "--speed-repeats", str(args.speed_repeats)] + \
+        (["--keep-tp"] if args.keep_tp else [])
     row = {"source": source, "model": name, "exporter": exporter, "tool": kind}
     t0 = time.perf_counter()
     try:
@@ -470,6 +518,66 @@ def sweep(args) -> None:
                     done.add((source, name, exporter, tool))
                     print(f"[{time.time() - t_start:6.0f}s] {exporter:6s} {source}/{name} {tool}: "
                           f"{row.get('status')} {_short(row)}", flush=True)
+
+
+def speed_sweep(args) -> None:
+    """``--speed``: for every model that both graphprune and Torch-Pruning pruned (and whose
+    Torch-Pruning file was kept), one ``speed`` worker; rows go to zoo_speed.csv (resumable)."""
+    rows = read_rows(os.path.join(args.out, "zoo.csv"))
+    speed_csv = os.path.join(args.out, "zoo_speed.csv")
+    done = {(r["source"], r["model"], r["exporter"]) for r in read_rows(speed_csv)}
+    by: Dict[tuple, Dict[str, Dict[str, str]]] = {}
+    for r in rows:
+        by.setdefault((r["source"], r["model"], r["exporter"]), {})[r["tool"]] = r
+    t_start = time.time()
+    for key in sorted(by):
+        d = by[key]
+        if key in done or key[2] not in args.exporter or key[0] not in args.source:
+            continue
+        if args.models and key[1] not in args.models:
+            continue
+        g, t = d.get("graphprune"), d.get("torch_pruning")
+        if not (g and t and succeeded(g) and succeeded(t)):
+            continue
+        if (_f(g["macs_dense"]) or 0) > args.max_latency_gmacs * 1e9:
+            continue
+        if not os.path.exists(cache_path(args, key[0], key[1], key[2], ".tp")):
+            continue
+        if args.deadline and time.time() - t_start > args.deadline:
+            print(f"deadline of {args.deadline} s reached; stopping (rerun to resume)", file=sys.stderr)
+            return
+        row = spawn(args, "speed", key[0], key[1], key[2])
+        new = not os.path.exists(speed_csv)
+        with open(speed_csv, "a", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=SPEED_FIELDS, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow({k: _fmt(row.get(k, "")) for k in SPEED_FIELDS})
+        print(f"[{time.time() - t_start:6.0f}s] speed {key[2]:6s} {key[0]}/{key[1]}: {row.get('status')} "
+              f"gp/tp realization x{_f(row.get('gp_vs_tp')) or float('nan'):.3f}", flush=True)
+
+
+def speed_summary(rows: List[Dict[str, str]]) -> str:
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        return "no speed rows"
+    lines = ["| exporter | models | gp median realization | TP median realization | median gp/TP "
+             "| gp >= 0.95 x TP | gp >= 0.98 realization |", "|---|---|---|---|---|---|---|"]
+    for exporter in sorted({r["exporter"] for r in ok}) + ["all"]:
+        rs = [r for r in ok if exporter in ("all", r["exporter"])]
+        med = lambda k: statistics.median(float(r[k]) for r in rs)
+        within = sum(1 for r in rs if float(r["gp_vs_tp"]) >= 0.95)
+        full = sum(1 for r in rs if float(r["gp_realization"]) >= 0.98)
+        lines.append(f"| {exporter} | {len(rs)} | {med('gp_realization'):.3f} | {med('tp_realization'):.3f} "
+                     f"| {med('gp_vs_tp'):.3f} | {within}/{len(rs)} | {full}/{len(rs)} |")
+    slow = sorted((r for r in ok if float(r["gp_vs_tp"]) < 0.95), key=lambda r: float(r["gp_vs_tp"]))
+    if slow:
+        lines += ["", "graphprune more than 5 % below Torch-Pruning's realization:", "",
+                  "| exporter | model | gp realization | TP realization | gp/TP | MACs gp / TP |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['exporter']} | {r['source']}/{r['model']} | {float(r['gp_realization']):.3f} "
+                  f"| {float(r['tp_realization']):.3f} | {float(r['gp_vs_tp']):.3f} "
+                  f"| {float(r['macs_gp']) / float(r['macs_tp']):.3f} |" for r in slow]
+    return "\n".join(lines)
 
 
 def _short(row) -> str:
@@ -573,6 +681,10 @@ def report(args) -> None:
         print(f"no rows in {csv_path}")
         return
     md = ["## Zoo summary", "", summary(rows), "", "### graphprune failures", "", failures(rows, "graphprune"), ""]
+    speed_rows = read_rows(os.path.join(args.out, "zoo_speed.csv"))
+    if speed_rows:
+        md += ["### Speed: graphprune vs Torch-Pruning, timed in one process (`--speed`)", "",
+               speed_summary(speed_rows), ""]
     with open(os.path.join(args.out, "zoo_summary.md"), "w") as fh:
         fh.write("\n".join(md) + "\n")
     plotted = plot(rows, os.path.join(args.out, "zoo.png"))
@@ -595,6 +707,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--timeout", type=int, default=300, help="seconds per model and tool (default 300)")
     p.add_argument("--deadline", type=int, default=0, help="stop starting models after this many s")
     p.add_argument("--keep-tp", action="store_true", help="keep Torch-Pruning's pruned ONNX files")
+    p.add_argument("--speed", action="store_true",
+                   help="time graphprune's and Torch-Pruning's pruned models in one process (needs --keep-tp files)")
+    p.add_argument("--speed-repeats", type=int, default=20, help="--speed: interleaved rounds (default 20)")
     p.add_argument("--report", action="store_true", help="only rebuild summary and plot from the CSV")
     p.add_argument("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--worker-model", help=argparse.SUPPRESS)
@@ -603,7 +718,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.cache = args.cache or os.path.expanduser("~/.cache/graphprune-zoo")
     if args.worker:
         return worker(args)
-    if not args.report:
+    if args.speed:
+        speed_sweep(args)
+    elif not args.report:
         sweep(args)
     report(args)
     return 0
