@@ -3,8 +3,10 @@
 A consumer is a layer that lost input columns (an ``in`` member of a pruned group): a Conv
 (group 1), a Gemm (alpha = beta = 1, A not transposed) or a MatMul with a constant right
 operand. Its target is the dense model's output of that layer on the calibration data; its
-inputs are what the pruned model (already repaired upstream) feeds it. Consumers are repaired
-in stages, upstream first, so every stage sees the inputs the final model will see.
+inputs are what the pruned model (already repaired upstream) feeds it. Every linear layer below
+a consumer (``downstream``, the default) is refit the same way — its inputs changed too — on its
+kept output rows. Layers are repaired in stages, upstream first, so every stage sees the inputs
+the final model will see.
 
 - ``bias``: shift the bias so the layer's mean output matches the dense one,
   b += E[y_dense] - E[W' x' + b]. With unchanged upstream layers this is exactly folding the
@@ -76,58 +78,86 @@ def _keep_masks(plan_json: dict, name: str, shape: Sequence[int]) -> Dict[int, n
     return masks
 
 
-def find_consumers(an, plan_json: dict) -> Tuple[List[Consumer], List[str]]:
-    """The layers that lost input columns and can be refit; and why others cannot."""
+def _downstream_layers(g, starts: Sequence[int]) -> List[Tuple[int, str, str]]:
+    """(node, input activation, op) of every Conv / Gemm / MatMul-with-constant-weight that
+    reads, directly or not, the output of a node in ``starts``."""
+    seen, stack = set(starts), list(starts)
+    while stack:
+        j = stack.pop()
+        for y in g.nodes[j].output:
+            for i, _ in g.consumers.get(y, []):
+                if i not in seen:
+                    seen.add(i)
+                    stack.append(i)
+    out = []
+    for i in sorted(seen - set(starts)):
+        node = g.nodes[i]
+        if node.domain not in ("", "ai.onnx") or len(node.input) < 2 or g.is_const(node.input[0]) \
+                or not g.is_const(node.input[1]):
+            continue
+        if node.op_type in ("Conv", "Gemm") or (node.op_type == "MatMul" and g.rank(node.input[1]) == 2):
+            out.append((i, node.input[0], node.op_type))
+    return out
+
+
+def find_consumers(an, plan_json: dict, downstream: bool = True) -> Tuple[List[Consumer], List[str]]:
+    """The layers to refit: those that lost input columns (the consumers of pruned groups) and,
+    with ``downstream``, every linear layer (Conv, Gemm, MatMul with a constant weight) below
+    them, whose inputs pruning changed too; and why others cannot be refit."""
     g = an.graph
     removed_groups = {e["id"] for e in plan_json.get("groups", []) if e["channels_after"] < e["channels_before"]}
-    seen = set()
-    out: List[Consumer] = []
-    skipped: List[str] = []
+    cands: Dict[int, Tuple[str, str]] = {}
     for grp in an.groups:
         if grp.id not in removed_groups:
             continue
         for ci in consumer_inputs(grp, g):
-            if ci.node in seen:
-                continue
-            seen.add(ci.node)
-            node = g.nodes[ci.node]
-            wname = node.input[1]
-            W = g.const(wname)
-            if W is None or W.dtype.kind != "f":
-                skipped.append(f"{g.labels[ci.node]}: weight is not a float constant")
-                continue
-            if len(g.consumers.get(wname, [])) != 1:
-                skipped.append(f"{g.labels[ci.node]}: weight {wname} is shared")
-                continue
-            masks = _keep_masks(plan_json, wname, W.shape)
-            conv = None
-            tb = 0
-            if ci.op == "Conv":
-                if int(_attr(node, "group", 1)) != 1:
-                    skipped.append(f"{g.labels[ci.node]}: grouped convolution")
-                    continue
-                try:
-                    conv = ConvSpec.of(node, W.shape, g.shape(ci.tensor))
-                except ValueError as e:
-                    skipped.append(f"{g.labels[ci.node]}: {e}")
-                    continue
-                row_ax, col_ax = 0, 1
-            elif ci.op == "Gemm":
-                if _attr(node, "transA", 0) or float(_attr(node, "alpha", 1.0)) != 1.0 \
-                        or float(_attr(node, "beta", 1.0)) != 1.0:
-                    skipped.append(f"{g.labels[ci.node]}: Gemm with transA/alpha/beta")
-                    continue
-                tb = int(_attr(node, "transB", 0))
-                row_ax, col_ax = (0, 1) if tb else (1, 0)
-            elif ci.op == "MatMul" and W.ndim == 2:
-                row_ax, col_ax = 1, 0
-            else:
-                skipped.append(f"{g.labels[ci.node]}: {ci.op} is not refit")
-                continue
-            rows = np.nonzero(masks.get(row_ax, np.ones(W.shape[row_ax], bool)))[0]
-            cols = np.nonzero(masks.get(col_ax, np.ones(W.shape[col_ax], bool)))[0]
-            out.append(Consumer(ci.node, ci.op, ci.tensor, node.output[0], wname, rows, cols, conv, tb,
-                                _residual_of(g, ci.node)))
+            cands.setdefault(ci.node, (ci.tensor, ci.op))
+    direct = set(cands)
+    if downstream and cands:
+        for i, x, op in _downstream_layers(g, sorted(cands)):
+            cands.setdefault(i, (x, op))
+    out: List[Consumer] = []
+    skipped: List[str] = []
+    for i in sorted(cands):
+        x, op = cands[i]
+        node = g.nodes[i]
+        wname = node.input[1]
+        W = g.const(wname)
+        quiet = i not in direct          # a layer below the cut that cannot be refit stays as it is
+        why = None
+        if W is None or W.dtype.kind != "f":
+            why = "weight is not a float constant"
+        elif len(g.consumers.get(wname, [])) != 1:
+            why = f"weight {wname} is shared"
+        elif op == "Conv" and int(_attr(node, "group", 1)) != 1:
+            why = "grouped convolution"
+        elif op == "Gemm" and (_attr(node, "transA", 0) or float(_attr(node, "alpha", 1.0)) != 1.0
+                               or float(_attr(node, "beta", 1.0)) != 1.0):
+            why = "Gemm with transA/alpha/beta"
+        elif op not in ("Conv", "Gemm") and not (op == "MatMul" and W.ndim == 2):
+            why = f"{op} is not refit"
+        conv = None
+        if why is None and op == "Conv":
+            try:
+                conv = ConvSpec.of(node, W.shape, g.shape(x))
+            except ValueError as e:
+                why = str(e)
+        if why is not None:
+            if not quiet:
+                skipped.append(f"{g.labels[i]}: {why}")
+            continue
+        masks = _keep_masks(plan_json, wname, W.shape)
+        tb = 0
+        if op == "Conv":
+            row_ax, col_ax = 0, 1
+        elif op == "Gemm":
+            tb = int(_attr(node, "transB", 0))
+            row_ax, col_ax = (0, 1) if tb else (1, 0)
+        else:
+            row_ax, col_ax = 1, 0
+        rows = np.nonzero(masks.get(row_ax, np.ones(W.shape[row_ax], bool)))[0]
+        cols = np.nonzero(masks.get(col_ax, np.ones(W.shape[col_ax], bool)))[0]
+        out.append(Consumer(i, op, x, node.output[0], wname, rows, cols, conv, tb, _residual_of(g, i)))
     return out, skipped
 
 
@@ -278,7 +308,8 @@ class _Consts:
 
 
 def _apply(model: onnx.ModelProto, consts: _Consts, c: Consumer, W_new: Optional[np.ndarray],
-           b_delta: np.ndarray) -> None:
+           b_delta: np.ndarray) -> bool:
+    """Write the refit into the model; True when a new node was inserted (after the layer)."""
     node = model.graph.node[c.node]
     dt = consts.get(c.weight).dtype
     if W_new is not None:
@@ -289,40 +320,54 @@ def _apply(model: onnx.ModelProto, consts: _Consts, c: Consumer, W_new: Optional
             users = sum(1 for n in model.graph.node for x in n.input if x == node.input[2])
             if old is not None and old.ndim == 1 and old.shape[0] == len(c.rows) and users == 1:
                 consts.set(node.input[2], (old.astype(np.float64) + b_delta).astype(old.dtype))
-                return
+                return False
             if old is not None and users == 1:
                 new = (np.broadcast_to(old.astype(np.float64), old.shape) + b_delta).astype(old.dtype)
                 consts.set(node.input[2], new)
-                return
+                return False
             if old is not None:
                 node.input[2] = consts.add(node.input[2] + "_repaired",
                                            (old.astype(np.float64) + b_delta).astype(old.dtype))
-                return
+                return False
         else:
             while len(node.input) < 3:
                 node.input.append("")
             node.input[2] = consts.add((node.name or c.weight) + "_bias", b_delta.astype(dt))
-            return
-    # MatMul (or a bias we cannot edit): add the correction after the layer
+            return False
+    # MatMul (or a bias we cannot edit): fold the correction into the constant bias Add that
+    # follows it when there is one (read by nothing else), else add one after the layer
     out = node.output[0]
+    users = [n for n in model.graph.node if out in n.input]
+    if len(users) == 1 and users[0].op_type == "Add" and users[0].domain in ("", "ai.onnx") \
+            and len(users[0].input) == 2 and out not in {o.name for o in model.graph.output}:
+        other = users[0].input[1] if users[0].input[0] == out else users[0].input[0]
+        old = consts.get(other)
+        readers = sum(1 for n in model.graph.node for x in n.input if x == other)
+        if old is not None and readers == 1 and old.dtype.kind == "f" and old.ndim >= 1 \
+                and old.shape[-1] == len(c.rows) and old.size == len(c.rows):
+            consts.set(other, (old.astype(np.float64) + b_delta.reshape(old.shape)).astype(old.dtype))
+            return False
+
     inner = consts.fresh(out + "_unrepaired")
     node.output[0] = inner
     bname = consts.add((node.name or c.weight) + "_repair_bias", b_delta.astype(dt))
     add = helper.make_node("Add", [inner, bname], [out], name=consts.fresh((node.name or out) + "_repair"))
     model.graph.node.insert(c.node + 1, add)
+    return True
 
 
 def repair(dense: onnx.ModelProto, pruned: onnx.ModelProto, an, plan_json: dict,
            feeds: Sequence[Mapping[str, np.ndarray]], mode: str = "lstsq", ridge: float = RIDGE,
-           threads: int = 1, residual: bool = True) -> Tuple[onnx.ModelProto, dict]:
+           threads: int = 1, residual: bool = True, downstream: bool = True) -> Tuple[onnx.ModelProto, dict]:
     """Repair ``pruned`` (rewritten from ``dense``, the analysed model) on calibration ``feeds``.
-    ``residual``: residual-aware targets (module docstring). Returns (repaired model, info)."""
+    ``residual``: residual-aware targets; ``downstream``: refit every linear layer below the
+    cut too (module docstring). Returns (repaired model, info)."""
     if mode not in MODES:
         raise ValueError(f"unknown repair mode {mode!r}")
     info = {"mode": mode, "repaired": [], "skipped": []}
     if mode == "none":
         return pruned, info
-    consumers, skipped = find_consumers(an, plan_json)
+    consumers, skipped = find_consumers(an, plan_json, downstream)
     if not residual:
         for c in consumers:
             c.residual = None
@@ -402,9 +447,7 @@ def repair(dense: onnx.ModelProto, pruned: onnx.ModelProto, an, plan_json: dict,
                 mx, my = sx[:-1] / n, sy / n
                 W_new = None
                 b_delta = my - (mx @ Wm + b)
-            added = c.op == "MatMul" or not (c.op in ("Conv", "Gemm"))
-            _apply(model, consts, cc, W_new, b_delta)
-            if added:
+            if _apply(model, consts, cc, W_new, b_delta):
                 offset[c.node] = offset.get(c.node, 0) + 1
             info["repaired"].append(an.graph.labels[c.node])
     del model.graph.value_info[:]

@@ -322,8 +322,76 @@ def obs_errors(Wm: np.ndarray, Hinv: np.ndarray, cols_of_unit: Sequence[np.ndarr
     return out
 
 
+GREEDY_FLOPS = 3e10   # per group: above this the one-shot OBS errors are used
+
+
+def obs_greedy(layers: Sequence[Tuple[np.ndarray, np.ndarray]], cols_of_unit: Sequence[Sequence[np.ndarray]],
+               steps: int, trace: Optional[list] = None) -> np.ndarray:
+    """Sequential OBS over the consumers of one group, jointly: repeatedly remove the unit whose
+    removal (with every consumer's remaining columns refit) adds the least output error, then
+    update each consumer's weights and inverse Hessian as OBS prescribes, for ``steps`` units.
+    A unit's score is the error its removal added (made non-decreasing along the removal
+    order, so a threshold removes a prefix of that order); units never removed score above
+    all others. ``layers``: (W as [outputs, columns], H^-1) per consumer; ``cols_of_unit[k][u]``:
+    unit u's columns in consumer k (all units the same count per consumer). ``trace`` collects
+    (unit, added error) in removal order."""
+    n = len(cols_of_unit[0])
+    Ws = [W.astype(np.float64).copy() for W, _ in layers]
+    His = [H.astype(np.float64).copy() for _, H in layers]
+    C = [np.stack([np.asarray(c, np.int64) for c in cu]) for cu in cols_of_unit]    # [units, q]
+    alive = np.ones(n, bool)
+    score = np.zeros(n)
+    level = 0.0
+
+    def errors(idx: np.ndarray) -> np.ndarray:
+        err = np.zeros(len(idx))
+        for W, Hi, Ck in zip(Ws, His, C):
+            Q = Ck[idx]                                              # [m, q]
+            if Q.shape[1] == 1:
+                err += (W[:, Q[:, 0]] ** 2).sum(0) / np.maximum(Hi[Q[:, 0], Q[:, 0]], 1e-300)
+                continue
+            blocks = Hi[Q[:, :, None], Q[:, None, :]]                # [m, q, q]
+            try:
+                inv = np.linalg.inv(blocks)
+            except np.linalg.LinAlgError:
+                inv = np.linalg.pinv(blocks)
+            Wq = W[:, Q]                                             # [out, m, q]
+            err += np.einsum("omq,mqr,omr->m", Wq, inv, Wq)
+        return err
+
+    for _ in range(min(steps, n - 1)):
+        idx = np.nonzero(alive)[0]
+        err = errors(idx)
+        j = int(np.argmin(err))
+        u = int(idx[j])
+        level = max(level, float(err[j]))
+        score[u] = level
+        if trace is not None:
+            trace.append((u, float(err[j])))
+        alive[u] = False
+        for W, Hi, Ck in zip(Ws, His, C):
+            q = Ck[u]
+            try:
+                M = np.linalg.inv(Hi[np.ix_(q, q)])
+            except np.linalg.LinAlgError:
+                M = np.linalg.pinv(Hi[np.ix_(q, q)])
+            rows_q = Hi[q, :]                                        # [q, d]
+            W -= (W[:, q] @ M) @ rows_q
+            Hi -= Hi[:, q] @ M @ rows_q
+            W[:, q] = 0.0
+            Hi[q, :] = 0.0
+            Hi[:, q] = 0.0
+            Hi[q, q] = 1.0          # removed columns stay inert (weights 0) in later steps
+    idx = np.nonzero(alive)[0]
+    if idx.size:                    # never removed: above every removed unit, in OBS order
+        top = max(level, 1e-300)
+        rank = np.argsort(np.argsort(errors(idx), kind="stable"), kind="stable")
+        score[idx] = top * (2.0 + rank)
+    return score
+
+
 def obs(group: Group, graph: Graph, reduce: str = "mean", normalize="mean", calib=None,
-        name: str = "obs", **_) -> np.ndarray:
+        name: str = "obs", greedy: bool = True, max_ratio: float = 0.9, **_) -> np.ndarray:
     """Optimal Brain Surgeon per consumer with the layer Hessian H = X·Xᵀ / n (im2col patches for
     a Conv): removing unit u costs tr(W_Q (H^-1_QQ)^-1 W_Q^T) over its columns Q when the kept
     columns are refit (the refit itself is ``--repair lstsq``). Consumers without a Gram matrix
@@ -332,6 +400,7 @@ def obs(group: Group, graph: Graph, reduce: str = "mean", normalize="mean", cali
     n = len(group.units)
     index = _index(group)
     parts = []
+    exact: List[Tuple[np.ndarray, np.ndarray, List[np.ndarray], np.ndarray]] = []
     for ci in consumer_inputs(group, graph):
         gm = ci.member
         W = graph.const(gm.member.tensor)
@@ -360,8 +429,17 @@ def obs(group: Group, graph: Graph, reduce: str = "mean", normalize="mean", cali
             cols.append((pos[:, None] * per + np.arange(per)[None, :]).reshape(-1))
         s = obs_errors(Wm, Hinv, cols)
         parts.append((s, _covered(gm, index, n)))
+        exact.append((Wm, Hinv, cols, _covered(gm, index, n)))
     if not parts:
         return magnitude(group, graph, p=2.0, reduce=reduce, normalize=normalize)
+    steps = int(np.ceil(max_ratio * n))
+    if greedy and len(exact) == len(parts) and n > 1 and all(cov.all() for *_, cov in exact) \
+            and all(len({len(c) for c in cols}) == 1 for _, _, cols, _ in exact):
+        flops = sum(steps * (H.shape[0] ** 2 * len(cols[0]) + W.shape[0] * H.shape[0] * len(cols[0]))
+                    for W, H, cols, _ in exact)
+        if flops <= GREEDY_FLOPS:
+            s = obs_greedy([(W, H) for W, H, _, _ in exact], [cols for _, _, cols, _ in exact], steps)
+            return combine([(s, np.ones(n, bool))], n, reduce, normalize)
     return combine(parts, n, reduce, normalize)
 
 

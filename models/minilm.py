@@ -66,6 +66,22 @@ def tokenize(tok, sentences: List[str], max_length: int = 64) -> dict:
     return {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
 
 
+def tokenize_unpadded(tok, sentences: List[str], max_batch: int = 32, max_length: int = 64) -> List[dict]:
+    """Feeds without padding: sentences grouped by their token count (calibration data whose
+    every position is a real token)."""
+    by_len: dict = {}
+    for s in sentences:
+        one = tokenize(tok, [s], max_length)
+        by_len.setdefault(one["input_ids"].shape[1], []).append(one)
+    feeds = []
+    for n in sorted(by_len):
+        items = by_len[n]
+        for i in range(0, len(items), max_batch):
+            part = items[i:i + max_batch]
+            feeds.append({k: np.concatenate([p[k] for p in part]) for k in ("input_ids", "attention_mask")})
+    return feeds
+
+
 def embed(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Mean pooling over the mask, then L2 normalisation."""
     m = mask[..., None].astype(np.float64)

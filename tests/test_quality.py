@@ -326,3 +326,27 @@ def test_residual_aware_lstsq_targets_absorb_upstream_error():
         errs[res] = agreement(m, fixed, held)["rel_err"]
     e_pruned = agreement(m, pruned, held)["rel_err"]
     assert errs[True] < errs[False] < e_pruned, (errs, e_pruned)
+
+
+@pytest.mark.parametrize("q", [1, 3])
+def test_sequential_obs_adds_up_to_the_joint_obs_error(q):
+    """Greedy OBS: the errors added step by step sum to the OBS error of removing the whole set
+    at once, tr(W_S (H^-1_SS)^-1 W_S^T) (two consumers, units of q columns each); the first
+    removal is the one-shot minimum."""
+    from graphprune.score import damped_inverse, obs_errors, obs_greedy
+    rng = np.random.default_rng(0)
+    n, layers, cols = 6, [], []
+    for k in range(2):
+        X = rng.standard_normal((200, n * q)) @ rng.standard_normal((n * q, n * q))
+        H = damped_inverse(X.T @ X / 200)
+        layers.append((rng.standard_normal((5, n * q)), H))
+        cols.append([np.arange(u * q, (u + 1) * q) for u in range(n)])
+    trace = []
+    s = obs_greedy(layers, cols, steps=4, trace=trace)
+    one_shot = sum(obs_errors(W, H, c) for (W, H), c in zip(layers, cols))
+    assert trace[0][0] == int(np.argmin(one_shot)) and np.isclose(trace[0][1], one_shot.min())
+    removed = [u for u, _ in trace]
+    S = np.concatenate([np.arange(u * q, (u + 1) * q) for u in removed])
+    joint = sum(float(np.sum((W[:, S] @ np.linalg.inv(H[np.ix_(S, S)])) * W[:, S])) for W, H in layers)
+    assert np.isclose(sum(e for _, e in trace), joint, rtol=1e-6)
+    assert set(np.argsort(s, kind="stable")[:4].tolist()) == set(removed)   # a threshold removes this prefix

@@ -393,7 +393,18 @@ WORKERS = {"export": work_export, "graphprune": work_graphprune, "onnxsim": work
            "torch_pruning": work_torch_pruning, "speed": work_speed}
 
 
+def _inherit_niceness() -> None:
+    """A worker starts its own session, hence (Linux) its own scheduler autogroup, where the
+    parent's ``nice`` no longer lowers its share against other sessions: carry it over."""
+    with contextlib.suppress(OSError):
+        level = os.nice(0)
+        if level > 0 and os.path.exists("/proc/self/autogroup"):
+            with open("/proc/self/autogroup", "w") as fh:
+                fh.write(str(level))
+
+
 def worker(args) -> int:
+    _inherit_niceness()
     row = {"source": args.source[0], "model": args.worker_model, "exporter": args.exporter[0],
            "tool": args.worker}
     t0 = time.perf_counter()
