@@ -538,9 +538,9 @@ def main():
         crits = ["l2", "fpgm", "activation", "fluctuation", "obs", "taylor", "random"]
         res["digits"] = run_digits(a.factors, crits, ["none", "bias", "lstsq"], a.threads)
     if "minilm" in a.models:
-        configs = [("l2", "none", "global", "mean"), ("l2", "lstsq", "global", "mean"),
-                   ("fluctuation", "lstsq", "global", "none"), ("obs", "none", "global", "none"),
-                   ("obs", "lstsq", "global", "none"), ("random", "lstsq", "global", "mean")]
+        configs = [("l2", "none", "global", "mean"), ("fluctuation", "lstsq", "global", "none"),
+                   ("obs", "none", "global", "none"), ("obs", "lstsq", "global", "none"),
+                   ("random", "lstsq", "global", "mean")]
         res["minilm"] = run_minilm(a.factors, configs, a.threads)
         res["calibration"] = measure_calibration(threads=a.threads)
     res["seconds"] = time.time() - t0
