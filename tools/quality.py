@@ -448,7 +448,14 @@ path, npz = sys.argv[1], sys.argv[2]
 model = onnx.load(path)
 cal = Calibration.from_npz(npz, batch=32).check(model)
 an = Analyzed(model)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def hwm_kb():
+    # VmHWM: this process's peak RSS; ru_maxrss would carry the forking parent's peak over exec
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = hwm_kb()
 out = {}
 for crit in ("activation", "obs"):
     t = time.perf_counter()
@@ -457,7 +464,7 @@ for crit in ("activation", "obs"):
     out[crit + "_stats_mb"] = sum(s.sum.nbytes * 2 + (s.gram.nbytes if s.gram is not None else 0)
                                   for s in st.values()) / 2**20
     del st
-out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+out["peak_rss_mb"] = hwm_kb() / 1024
 out["rss_before_calib_mb"] = base / 1024
 print(json.dumps(out))
 ''' % (ROOT, threads)

@@ -1,0 +1,81 @@
+"""MiniLM at a MACs target, one graphprune configuration per run: the ablation behind the
+quality section of BENCHMARKS.md (what calibration size, padding, residual-aware targets,
+downstream refits, sequential OBS and the ridge strength each contribute).
+
+    python tools/minilm_ablation.py --calib 512 --target 0.5                 # the defaults
+    python tools/minilm_ablation.py --calib 512 --no-residual --no-downstream --one-shot
+
+Same model, sentences and metrics as tools/quality.py (mean embedding cosine and Spearman of the
+pairwise-similarity matrix vs dense, 256 evaluation sentences); criterion obs, global scope,
+no per-layer normalisation, lstsq repair. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import onnx
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+import quality as Q  # noqa: E402
+import graphprune.score as score_mod  # noqa: E402
+from graphprune import bench  # noqa: E402
+from graphprune.calib import Calibration  # noqa: E402
+from graphprune.plan import global_plan  # noqa: E402
+from graphprune.repair import repair  # noqa: E402
+from graphprune.rewrite import rewrite  # noqa: E402
+from models import minilm  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--calib", type=int, default=512, help="calibration sentences (default 512)")
+    ap.add_argument("--padded", action="store_true", help="calibrate on padded batches of 32")
+    ap.add_argument("--no-residual", action="store_true", help="plain per-layer lstsq targets")
+    ap.add_argument("--no-downstream", action="store_true", help="refit only the layers that lost inputs")
+    ap.add_argument("--one-shot", action="store_true", help="one-shot OBS errors instead of sequential OBS")
+    ap.add_argument("--ridge", type=float, default=1e-3)
+    ap.add_argument("--max-ratio", type=float, default=0.9)
+    ap.add_argument("--target", type=float, default=0.5, help="fraction of the dense MACs (default 0.5)")
+    a = ap.parse_args()
+    if a.one_shot:
+        score_mod.GREEDY_FLOPS = -1
+    tok, _ = minilm.load()
+    cal_s, eval_s = Q.sentences(a.calib, 256)
+    model = onnx.load(minilm.export(os.path.join(tempfile.mkdtemp(), "minilm.onnx"), "legacy"))
+    ev = minilm.tokenize(tok, eval_s)
+    calib = Calibration.from_arrays(minilm.tokenize(tok, cal_s), batch=32) if a.padded \
+        else Calibration(minilm.tokenize_unpadded(tok, cal_s))
+
+    def emb(m):
+        return minilm.embed(next(iter(bench.run_model(m, ev, threads=2).values())), ev["attention_mask"])
+    e0 = emb(model)
+    t = time.time()
+    gp = Q.GP(model, calib, threads=2)
+    s = gp.score("obs", "none")
+    plan = global_plan(gp.an.groups, s, normalize="none", target=("macs", a.target), cost=gp.cost,
+                       max_ratio=a.max_ratio)
+    pruned = rewrite(gp.an.model, gp.an.analysis, gp.an.root, plan.removed_units())
+    pruned, info = repair(gp.an.model, pruned, gp.an, plan.to_json(), list(gp.calib), "lstsq", ridge=a.ridge,
+                          threads=2, residual=not a.no_residual, downstream=not a.no_downstream)
+    e = emb(pruned)
+    macs = bench.count_macs_params(pruned, gp.feed)[0] / bench.count_macs_params(model, gp.feed)[0]
+    kept = " ".join(f"{g['kind'][0]}{g['channels_after']}/{g['channels_before']}"
+                    for g in plan.to_json()["groups"] if g["channels_after"] < g["channels_before"])
+    print(json.dumps({**{k: v for k, v in vars(a).items()}, "macs": round(macs, 4),
+                      "cos": round(float((e * e0).sum(1).mean()), 4),
+                      "spearman": round(Q.spearman(e @ e.T, e0 @ e0.T), 4), "kept": kept,
+                      "repaired": len(info["repaired"]), "s": round(time.time() - t, 1)}))
+
+
+if __name__ == "__main__":
+    main()
