@@ -216,3 +216,99 @@ def _drop_unused(model: onnx.ModelProto) -> None:
     if len(inits) != len(g.initializer):
         del g.initializer[:]
         g.initializer.extend(inits)
+
+
+_WEIGHT_OPS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,)}
+_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                     "Bernoulli"}
+
+
+def fold_weight_subgraphs(model: onnx.ModelProto, max_bytes: int = 1 << 28) -> onnx.ModelProto:
+    """Evaluate, once, every weight (or bias) of a Conv / ConvTranspose / Gemm / MatMul that the
+    graph computes from constants alone (weight standardisation, reparameterisations) and store
+    it as an initializer, so the layer can be analysed and pruned like any other. The nodes of
+    those computations that nothing else reads are removed. Returns a new model, or ``model``
+    itself when there is nothing to fold (or the evaluation fails)."""
+    original = model
+    g = model.graph
+    consts = {t.name for t in g.initializer}
+    consts |= {n.output[0] for n in g.node if n.op_type == "Constant" and n.output}
+    prod = {o: i for i, n in enumerate(g.node) for o in n.output}
+    outputs = {o.name for o in g.output}
+    memo: Dict[str, bool] = {}
+
+    def computed_from_consts(t: str, depth: int = 0) -> bool:
+        if t in consts:
+            return True
+        if t in memo:
+            return memo[t]
+        i = prod.get(t)
+        ok = i is not None and depth < 200
+        if ok:
+            n = g.node[i]
+            ok = n.domain in ("", "ai.onnx") and n.op_type not in _NONDETERMINISTIC and len(n.input) > 0 \
+                and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute) \
+                and all(not x or computed_from_consts(x, depth + 1) for x in n.input)
+        memo[t] = ok
+        return ok
+
+    targets = []
+    for n in g.node:
+        for k in _WEIGHT_OPS.get(n.op_type, ()):
+            if n.domain in ("", "ai.onnx") and k < len(n.input) and n.input[k] and n.input[k] not in consts \
+                    and n.input[k] not in outputs and computed_from_consts(n.input[k]):
+                targets.append(n.input[k])
+    targets = list(dict.fromkeys(targets))
+    if not targets:
+        return model
+    model = copy.deepcopy(model)
+    g = model.graph
+    cone: set = set()
+    stack = [prod[t] for t in targets]
+    while stack:
+        i = stack.pop()
+        if i in cone:
+            continue
+        cone.add(i)
+        stack.extend(prod[x] for x in g.node[i].input if x and x in prod and x not in consts)
+    sub = onnx.helper.make_graph([g.node[i] for i in sorted(cone)], "weights", [],
+                                 [onnx.helper.make_tensor_value_info(t, onnx.TensorProto.UNDEFINED, None)
+                                  for t in targets],
+                                 [t for t in g.initializer if any(t.name in g.node[i].input for i in cone)])
+    mini = onnx.helper.make_model(sub, opset_imports=list(model.opset_import))
+    mini.ir_version = min(model.ir_version, 10)
+    # Constant nodes feeding the cone travel with it
+    cnodes = [n for n in g.node if n.op_type == "Constant" and n.output and
+              any(n.output[0] in g.node[i].input for i in cone)]
+    del mini.graph.node[:]
+    mini.graph.node.extend(cnodes + [g.node[i] for i in sorted(cone)])
+    try:
+        from onnx.reference import ReferenceEvaluator
+        values = ReferenceEvaluator(mini).run(None, {})
+    except Exception:
+        return original
+    values = [np.asarray(v) for v in values]
+    if any(v.nbytes > max_bytes for v in values):
+        return original
+    from onnx import numpy_helper
+    for t, v in zip(targets, values):
+        g.initializer.append(numpy_helper.from_array(v, t))
+    # drop cone nodes whose outputs nobody reads any more
+    keep = list(g.node)
+    changed = True
+    while changed:
+        changed = False
+        read = {x for n in keep for x in n.input} | outputs
+        new = [n for n in keep if not (n.op_type != "Constant" and any(n is g.node[i] for i in cone) and
+                                       not any(o in read for o in n.output if o))]
+        # a folded target's producer goes in any case (its output is now an initializer)
+        new = [n for n in new if not any(o in targets for o in n.output)]
+        if len(new) != len(keep):
+            keep, changed = new, True
+    del g.node[:]
+    g.node.extend(keep)
+    used = {x for n in g.node for x in n.input} | outputs
+    live = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(live)
+    return model

@@ -13,7 +13,7 @@ import onnx
 from . import bench
 from .analyze import analyze, consumer_inputs, groups as find_groups
 from .errors import UsageError, VerifyError
-from .fold import fold_shapes, untie_constants
+from .fold import fold_shapes, fold_weight_subgraphs, untie_constants
 from .graph import Graph
 from .plan import Plan, global_plan, make_plan, uniform_for_target
 from .rewrite import rewrite
@@ -135,7 +135,7 @@ class Analyzed:
 
     def _run(self, model: onnx.ModelProto) -> None:
         self.original = model
-        model = untie_constants(model)
+        model = untie_constants(fold_weight_subgraphs(model))
         g0 = Graph(model)
         folded = fold_shapes(model, g0)
         self.model = folded

@@ -50,9 +50,9 @@ def _mask_array(W: np.ndarray, md: dict) -> np.ndarray:
 
 
 def masked_dense(model: onnx.ModelProto, plan_json: dict) -> onnx.ModelProto:
-    from .fold import untie_constants  # plans name the untied constants (same outputs)
+    from .fold import fold_weight_subgraphs, untie_constants  # plans name these constants (same outputs)
 
-    m = untie_constants(model)
+    m = untie_constants(fold_weight_subgraphs(model))
     m = copy.deepcopy(m) if m is model else m
     inits = {t.name: t for t in m.graph.initializer}
     consts = {n.output[0]: n for n in m.graph.node if n.op_type == "Constant" and n.output}
