@@ -35,9 +35,10 @@ def metrics(e, e0):
     return {"cos": round(float((e * e0).sum(1).mean()), 4), "spearman": round(spearman(e @ e.T, e0 @ e0.T), 4)}
 
 
-def torch_pruning_hf(bert, ids, mask, ratio):
+def torch_pruning_hf(bert, ids, mask, ratio, importance=None):
     """Torch-Pruning's recipe for Hugging Face BERT: heads via num_heads / prune_num_heads,
-    MLP widths, residual width kept; then patch the attention modules' head counts."""
+    MLP widths, residual width kept; then patch the attention modules' head counts.
+    ``importance``: a Torch-Pruning importance (default MagnitudeImportance(p=2))."""
     import torch_pruning as tp
     from transformers.models.bert.modeling_bert import BertSelfAttention
 
@@ -50,7 +51,7 @@ def torch_pruning_hf(bert, ids, mask, ratio):
     for layer in m.encoder.layer:
         ignored += [layer.attention.output.dense, layer.output.dense]
     pr = tp.pruner.MetaPruner(m, {"input_ids": ids, "attention_mask": mask},
-                              importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
+                              importance=importance or tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
                               ignored_layers=ignored, num_heads=num_heads, prune_num_heads=True,
                               prune_head_dims=False, head_pruning_ratio=ratio, global_pruning=False)
     t = time.perf_counter()

@@ -389,28 +389,10 @@ def run_minilm(factors, configs, threads, n_calib=512, n_eval=256, tp_compare=Tr
 
         for imp_name in ("magnitude", "random"):
             def make(ratio):
-                m = copy.deepcopy(bert).eval()
-                from transformers.models.bert.modeling_bert import BertSelfAttention
-                num_heads = {}
-                for mod in m.modules():
-                    if isinstance(mod, BertSelfAttention):
-                        num_heads[mod.query] = num_heads[mod.key] = num_heads[mod.value] = mod.num_attention_heads
-                ignored = [m.pooler, m.embeddings] if m.pooler is not None else [m.embeddings]
-                for layer in m.encoder.layer:   # keep the residual width, as graphprune does
-                    ignored += [layer.attention.output.dense, layer.output.dense]
+                from minilm_baseline import torch_pruning_hf
                 imp = tp.importance.MagnitudeImportance(p=2) if imp_name == "magnitude" \
                     else tp.importance.RandomImportance()
-                pr = tp.pruner.MetaPruner(m, {"input_ids": ids, "attention_mask": mask}, importance=imp,
-                                          pruning_ratio=ratio, ignored_layers=ignored, num_heads=num_heads,
-                                          prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=ratio,
-                                          global_pruning=False)
-                pr.step()
-                for mod in m.modules():
-                    if isinstance(mod, BertSelfAttention):
-                        mod.num_attention_heads = pr.num_heads[mod.query]
-                        mod.all_head_size = mod.query.out_features
-                        mod.attention_head_size = mod.all_head_size // mod.num_attention_heads
-                return m.eval()
+                return torch_pruning_hf(bert, ids, mask, ratio, imp)[0]
 
             lo, hi, best = 0.0, 0.95, None
             for _ in range(12):

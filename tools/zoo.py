@@ -61,7 +61,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import time
 import traceback
 import warnings
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MAX_IR_VERSION = 10
@@ -438,13 +438,13 @@ def read_rows(csv_path: str) -> List[Dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def append_row(csv_path: str, row: Dict[str, Any]) -> None:
+def append_row(csv_path: str, row: Dict[str, Any], fields: Sequence[str] = FIELDS) -> None:
     new = not os.path.exists(csv_path)
     with open(csv_path, "a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(fh, fieldnames=list(fields), extrasaction="ignore")
         if new:
             w.writeheader()
-        w.writerow({k: _fmt(row.get(k, "")) for k in FIELDS})
+        w.writerow({k: _fmt(row.get(k, "")) for k in fields})
 
 
 def _fmt(v: Any) -> Any:
@@ -566,12 +566,7 @@ def speed_sweep(args) -> None:
             print(f"deadline of {args.deadline} s reached; stopping (rerun to resume)", file=sys.stderr)
             return
         row = spawn(args, "speed", key[0], key[1], key[2])
-        new = not os.path.exists(speed_csv)
-        with open(speed_csv, "a", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=SPEED_FIELDS, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow({k: _fmt(row.get(k, "")) for k in SPEED_FIELDS})
+        append_row(speed_csv, row, SPEED_FIELDS)
         print(f"[{time.time() - t_start:6.0f}s] speed {key[2]:6s} {key[0]}/{key[1]}: {row.get('status')} "
               f"gp/tp realization x{_f(row.get('gp_vs_tp')) or float('nan'):.3f}", flush=True)
 
