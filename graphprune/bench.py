@@ -56,13 +56,73 @@ def _as_model(model_or_bytes: onnx.ModelProto | bytes) -> onnx.ModelProto:
     return m
 
 
+# In-memory models whose large initializers add up to this much are handed to onnxruntime
+# as a weight-free graph plus the initializer arrays (see _session_shared).
+SHARE_MIN_TOTAL = 8 << 20
+SHARE_MIN_TENSOR = 4096
+
+
+def _session_shared(model: onnx.ModelProto, so: ort.SessionOptions, suffix: onnx.ModelProto,
+                    big: Sequence[onnx.TensorProto], weights) -> ort.InferenceSession:
+    """Session for ``model`` without serializing its weights: the graph goes over as a
+    skeleton whose large initializers point to external data, and the data come as arrays
+    through ``add_external_initializers`` (onnxruntime copies them once). Serializing the
+    whole model costs two transient copies of the weights (the bytes and onnxruntime's
+    parse of them) on top of onnxruntime's own; this costs at most one, and none when
+    ``weights`` (name -> array, e.g. ``Graph.const``) already holds the arrays."""
+    from onnx import numpy_helper
+
+    skel = onnx.ModelProto()
+    _copy_fields(model, skel, skip="graph")
+    _copy_fields(model.graph, skel.graph, skip="initializer")
+    big_names = {t.name for t in big}
+    names, values = [], []
+    for t in model.graph.initializer:
+        if t.name not in big_names:
+            skel.graph.initializer.append(t)
+            continue
+        a = weights(t.name) if weights is not None else None
+        want = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+        if a is None or a.dtype != want or tuple(a.shape) != tuple(t.dims):
+            a = numpy_helper.to_array(t)
+        a = np.ascontiguousarray(a)
+        stub = skel.graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        for k, v in (("location", "graphprune-in-memory"), ("offset", "0"), ("length", str(a.nbytes))):
+            e = stub.external_data.add()
+            e.key, e.value = k, v
+        names.append(t.name)
+        values.append(ort.OrtValue.ortvalue_from_numpy(a))
+    skel.MergeFrom(suffix)
+    so.add_external_initializers(names, values)
+    return ort.InferenceSession(skel.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def _shareable(model: onnx.ModelProto) -> list:
+    """The large embedded initializers of ``model`` when they are worth sharing, else []."""
+    big = [t for t in model.graph.initializer
+           if t.data_location != onnx.TensorProto.EXTERNAL and len(t.raw_data) >= SHARE_MIN_TENSOR]
+    return big if sum(len(t.raw_data) for t in big) >= SHARE_MIN_TOTAL else []
+
+
 def _session(
     model_or_path: Any,
     threads: int = 1,
     extra_outputs: Sequence[str] = (),
     opt_level: Any = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    weights=None,
+    prepack: bool = True,
 ) -> ort.InferenceSession:
+    """onnxruntime CPU session; ``extra_outputs`` are exposed as graph outputs (the model
+    itself is never touched). ``weights``: optional name -> array lookup of initializers
+    already in memory, reused instead of copied when the model's weights are shared.
+    ``prepack=False``: lean memory for sessions that only collect statistics: no pre-packed
+    copies of MatMul weights and no memory arena, so that fetched activations go back to the
+    system after each run (results may differ from the default in the last bits)."""
     so = _session_options(threads, opt_level)
+    if not prepack:
+        so.add_session_config_entry("session.disable_prepacking", "1")
+        so.enable_cpu_mem_arena = False
     providers = ["CPUExecutionProvider"]
     if isinstance(model_or_path, (str, os.PathLike)):
         path = os.fspath(model_or_path)
@@ -83,6 +143,9 @@ def _session(
     if extra:
         suffix.graph.output.extend(onnx.ValueInfoProto(name=n) for n in extra)
     if model.ByteSize() <= gio.EXTERNAL_DATA_THRESHOLD:
+        big = _shareable(model)
+        if big:
+            return _session_shared(model, so, suffix, big, weights)
         data = model.SerializeToString() + suffix.SerializeToString()
         return ort.InferenceSession(data, sess_options=so, providers=providers)
 

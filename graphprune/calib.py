@@ -362,20 +362,39 @@ class ActStats:
         self.gram: Optional[np.ndarray] = None
         self.gram_n = 0
 
+    # rows converted to float64 at a time, and im2col patches per slice of samples: the
+    # statistics never hold more than a few MB beyond the batch itself
+    ROWS = 2048
+    PATCH_BYTES = 32 << 20
+
     def update(self, a: np.ndarray) -> None:
         r = self.req
-        x = np.moveaxis(a, r.axis, -1).reshape(-1, a.shape[r.axis]).astype(np.float64)
+        x = np.moveaxis(a, r.axis, -1).reshape(-1, a.shape[r.axis])
         if self.sum is None:
             self.sum = np.zeros(x.shape[1])
             self.sumsq = np.zeros(x.shape[1])
         self.n += x.shape[0]
-        self.sum += x.sum(0)
-        self.sumsq += np.einsum("ij,ij->j", x, x)
-        if r.gram:
-            cols = im2col(a.astype(np.float64), r.conv) if r.conv is not None else x
-            g = cols.T @ cols
-            self.gram = g if self.gram is None else self.gram + g
-            self.gram_n += cols.shape[0]
+        for i in range(0, x.shape[0], self.ROWS):
+            xb = x[i:i + self.ROWS].astype(np.float64)
+            self.sum += xb.sum(0)
+            self.sumsq += np.einsum("ij,ij->j", xb, xb)
+            if r.gram and r.conv is None:
+                self._add_gram(xb)
+        if r.gram and r.conv is not None and a.shape[0]:
+            per = max(1, a[:1].size * int(np.prod(r.conv.kernel)) * a.itemsize)
+            step = max(1, self.PATCH_BYTES // per)
+            for j in range(0, a.shape[0], step):
+                cols = im2col(a[j:j + step], r.conv)
+                for i in range(0, cols.shape[0], self.ROWS):
+                    self._add_gram(cols[i:i + self.ROWS].astype(np.float64))
+
+    def _add_gram(self, cols: np.ndarray) -> None:
+        g = cols.T @ cols                   # float64 per block, kept in float32 (half the memory)
+        if self.gram is None:
+            self.gram = g.astype(np.float32)
+        else:
+            self.gram += g
+        self.gram_n += cols.shape[0]
 
     @property
     def mean(self) -> np.ndarray:
@@ -429,7 +448,7 @@ def _estimate_bytes(shape, sizes: Mapping[str, int], batch: int) -> int:
 
 
 def collect(model: onnx.ModelProto, calib: Iterable[Mapping[str, np.ndarray]], requests: Iterable[Request],
-            graph=None, threads: int = 1, max_bytes: int = 256 << 20) -> CalibStats:
+            graph=None, threads: int = 1, max_bytes: int = 64 << 20) -> CalibStats:
     """Stream the calibration batches through the model and accumulate ``requests``."""
     reqs = list(dict.fromkeys(requests))
     stats = CalibStats({r: ActStats(r) for r in reqs})
@@ -458,7 +477,8 @@ def collect(model: onnx.ModelProto, calib: Iterable[Mapping[str, np.ndarray]], r
     graph_inputs = {i.name for i in model.graph.input}
     for chunk in chunks:
         fetch = [t for t in chunk if t not in graph_inputs]
-        sess = bench._session(model, threads, extra_outputs=fetch) if fetch else None
+        sess = bench._session(model, threads, extra_outputs=fetch, prepack=False,
+                              weights=graph.cached_const if graph is not None else None) if fetch else None
         in_names = {i.name for i in sess.get_inputs()} if sess is not None else set()
         for feed in feeds:
             res = dict(zip(fetch, sess.run(fetch, {k: v for k, v in feed.items() if k in in_names}))) if fetch else {}
@@ -470,7 +490,21 @@ def collect(model: onnx.ModelProto, calib: Iterable[Mapping[str, np.ndarray]], r
                     s.update(a)
             del res
         del sess
+        _release_memory()
     return stats
+
+
+def _release_memory() -> None:
+    """Hand freed heap memory back to the system (glibc keeps it otherwise, and the next
+    chunk's session would stack on top of the last one's)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 # --------------------------------------------------------------------------- sensitivity

@@ -238,7 +238,7 @@ class Graph:
         runs = []
         try:
             fetch = names + list(outs)
-            sess = _session(model, 1, extra_outputs=names,
+            sess = _session(model, 1, extra_outputs=names, prepack=False,
                             opt_level=__import__("onnxruntime").GraphOptimizationLevel.ORT_DISABLE_ALL)
             for k, base in enumerate((2, 3)):
                 vals = {sym: base + 6 * i + 8 for i, sym in enumerate(syms)}
@@ -277,6 +277,10 @@ class Graph:
             self._const_cache[name] = v
             self._cached += 0 if v is None else v.nbytes
         return v
+
+    def cached_const(self, name: str) -> Optional[np.ndarray]:
+        """The constant's array when it is already in memory (never reads or caches)."""
+        return self._const_cache.get(name)
 
     CACHE_MAX_BYTES = 1 << 20
     CACHE_BUDGET = 256 << 20

@@ -421,7 +421,7 @@ def obs(group: Group, graph: Graph, reduce: str = "mean", normalize="mean", cali
             v = position_values(W, gm, 2.0) * (st.sumsq / max(st.n, 1))[gm.positions]
             parts.append((unit_sums(v, gm.units, index, n), _covered(gm, index, n)))
             continue
-        Hinv = damped_inverse(st.gram / max(st.gram_n, 1))
+        Hinv = damped_inverse(st.gram.astype(np.float64) / max(st.gram_n, 1))
         per = Wm.shape[1] // len(gm.member.atoms)
         cols = []
         for u in group.units.tolist():

@@ -259,3 +259,30 @@ def test_session_for_models_over_the_inline_limit(monkeypatch):
     out = bench.run_model(m, feed, outputs=["c1", "y"])
     assert out["c1"].shape == (1, 8, 16, 16)
     assert m.SerializeToString() == before
+
+
+def test_session_shares_weights_of_large_models(monkeypatch):
+    """Above SHARE_MIN_TOTAL a session gets a weight-free graph plus the arrays: same outputs
+    as a session from the serialized model, extra outputs work, the model is untouched, and a
+    ``weights`` lookup with the wrong dtype or shape falls back to the model's own data."""
+    monkeypatch.setattr(bench, "SHARE_MIN_TOTAL", 1 << 16)
+    W1, W2 = w("W1", (96, 128)), w("W2", (128, 64))
+    b = w("b", (64,))
+    m = model([helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+               helper.make_node("MatMul", ["r", "W2"], ["y0"]), helper.make_node("Add", ["y0", "b"], ["y"])],
+              [vi("x", [2, 96])], [vi("y", [2, 64])], [W1, W2, b])
+    m.ir_version = 8
+    assert [t.name for t in bench._shareable(m)] == ["W1", "W2"]       # b is below SHARE_MIN_TENSOR
+    before = m.SerializeToString()
+    x = RNG.standard_normal((2, 96)).astype(np.float32)
+    ref = ort.InferenceSession(before, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    arrays = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    lookups = [None, arrays.get, lambda n: arrays[n].astype(np.float64), lambda n: arrays[n].T]
+    for weights in lookups:
+        sess = bench._session(m, extra_outputs=["h"], weights=weights)
+        y, h = sess.run(["y", "h"], {"x": x})
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(h, x @ arrays["W1"], rtol=1e-4, atol=1e-4)
+    lean = bench._session(m, prepack=False)
+    np.testing.assert_allclose(lean.run(None, {"x": x})[0], ref, rtol=1e-5, atol=1e-5)
+    assert m.SerializeToString() == before

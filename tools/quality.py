@@ -430,14 +430,16 @@ path, npz = sys.argv[1], sys.argv[2]
 model = onnx.load(path)
 cal = Calibration.from_npz(npz, batch=32).check(model)
 an = Analyzed(model)
-def hwm_kb():
+def status_kb(key="VmHWM"):
     # VmHWM: this process's peak RSS; ru_maxrss would carry the forking parent's peak over exec
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1])
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+hwm_kb = status_kb
 base = hwm_kb()
+rss0 = status_kb("VmRSS")
 out = {}
 for crit in ("activation", "obs"):
     t = time.perf_counter()
@@ -447,7 +449,8 @@ for crit in ("activation", "obs"):
                                   for s in st.values()) / 2**20
     del st
 out["peak_rss_mb"] = hwm_kb() / 1024
-out["rss_before_calib_mb"] = base / 1024
+out["hwm_before_calib_mb"] = base / 1024          # the analysis' own peak
+out["rss_before_calib_mb"] = rss0 / 1024          # what calibration starts from
 print(json.dumps(out))
 ''' % (ROOT, threads)
     from models import minilm
@@ -495,11 +498,15 @@ def table(res: dict) -> str:
         lines.append("")
     if "calibration" in res:
         c = res["calibration"]
+        own = c["peak_rss_mb"] - c["rss_before_calib_mb"]
+        budget = 2 * c["model_mb"] + c["batch_activations_mb"]
         lines += ["MiniLM calibration, 128 sentences (sequence %d), fresh process: activation statistics %.1f s, "
-                  "with Gram matrices (obs) %.1f s; peak RSS %.0f MB (%.0f MB before calibration; model file %.0f MB, "
-                  "one batch of the activations read %.0f MB; statistics kept %.0f MB)" % (
-                      c["seq"], c["activation_s"], c["obs_s"], c["peak_rss_mb"], c["rss_before_calib_mb"],
-                      c["model_mb"], c["batch_activations_mb"], c["obs_stats_mb"]), ""]
+                  "with Gram matrices (obs) %.1f s; process peak RSS %.0f MB (analysis peak %.0f MB, %.0f MB resident "
+                  "when calibration starts); calibration's own peak %.0f MB vs budget %.0f MB (2 x model file "
+                  "%.0f MB + one batch of the activations read %.0f MB); statistics kept %.0f MB" % (
+                      c["seq"], c["activation_s"], c["obs_s"], c["peak_rss_mb"], c.get("hwm_before_calib_mb", 0),
+                      c["rss_before_calib_mb"], own, budget, c["model_mb"], c["batch_activations_mb"],
+                      c["obs_stats_mb"]), ""]
     return "\n".join(lines)
 
 
@@ -516,7 +523,8 @@ def rows_from_log(path: str) -> list:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", nargs="+", default=["digits", "minilm"])
+    ap.add_argument("--models", nargs="+", default=["digits", "minilm"],
+                    help="digits, minilm (includes the calibration measurement), calibration (only that)")
     ap.add_argument("--factors", nargs="+", type=float, default=[1.5, 2.0, 3.0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="write the results JSON here")
@@ -531,6 +539,7 @@ def main():
                    ("obs", "none", "global", "none"), ("obs", "lstsq", "global", "none"),
                    ("random", "lstsq", "global", "mean")]
         res["minilm"] = run_minilm(a.factors, configs, a.threads)
+    if "minilm" in a.models or "calibration" in a.models:
         res["calibration"] = measure_calibration(threads=a.threads)
     res["seconds"] = time.time() - t0
     if a.out:
