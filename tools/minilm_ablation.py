@@ -1,9 +1,10 @@
 """MiniLM at a MACs target, one graphprune configuration per run: the ablation behind the
 quality section of BENCHMARKS.md (what calibration size, padding, residual-aware targets,
-downstream refits, sequential OBS and the ridge strength each contribute).
+downstream refits, sequential OBS, the ridge strength and pruning in steps each contribute).
 
     python tools/minilm_ablation.py --calib 512 --target 0.5                 # the defaults
     python tools/minilm_ablation.py --calib 512 --no-residual --no-downstream --one-shot
+    python tools/minilm_ablation.py --calib 512 --steps 3     # prune, repair, re-score three times
 
 Same model, sentences and metrics as tools/quality.py (mean embedding cosine and Spearman of the
 pairwise-similarity matrix vs dense, 256 evaluation sentences); criterion obs, global scope,
@@ -46,6 +47,9 @@ def main() -> None:
     ap.add_argument("--ridge", type=float, default=1e-3)
     ap.add_argument("--max-ratio", type=float, default=0.9)
     ap.add_argument("--target", type=float, default=0.5, help="fraction of the dense MACs (default 0.5)")
+    ap.add_argument("--steps", type=int, default=1,
+                    help="prune in this many steps (geometric MACs targets), re-analysing, re-scoring and "
+                         "repairing the previous step's model each time (default 1)")
     a = ap.parse_args()
     if a.one_shot:
         score_mod.GREEDY_FLOPS = -1
@@ -60,13 +64,20 @@ def main() -> None:
         return minilm.embed(next(iter(bench.run_model(m, ev, threads=2).values())), ev["attention_mask"])
     e0 = emb(model)
     t = time.time()
-    gp = Q.GP(model, calib, threads=2)
-    s = gp.score("obs", "none")
-    plan = global_plan(gp.an.groups, s, normalize="none", target=("macs", a.target), cost=gp.cost,
-                       max_ratio=a.max_ratio)
-    pruned = rewrite(gp.an.model, gp.an.analysis, gp.an.root, plan.removed_units())
-    pruned, info = repair(gp.an.model, pruned, gp.an, plan.to_json(), list(gp.calib), "lstsq", ridge=a.ridge,
-                          threads=2, residual=not a.no_residual, downstream=not a.no_downstream)
+    dense_macs = bench.count_macs_params(model, Q.count_feed(model, 64))[0]
+    cur, plan, n_rep = model, None, 0
+    for step in range(1, a.steps + 1):
+        gp = Q.GP(cur, calib, threads=2)
+        want = a.target ** (step / a.steps)                    # of the dense MACs
+        have = bench.count_macs_params(cur, gp.feed)[0] / dense_macs
+        s = gp.score("obs", "none")
+        plan = global_plan(gp.an.groups, s, normalize="none", target=("macs", min(1.0, want / have)),
+                           cost=gp.cost, max_ratio=a.max_ratio)
+        pruned = rewrite(gp.an.model, gp.an.analysis, gp.an.root, plan.removed_units())
+        pruned, info = repair(gp.an.model, pruned, gp.an, plan.to_json(), list(gp.calib), "lstsq", ridge=a.ridge,
+                              threads=2, residual=not a.no_residual, downstream=not a.no_downstream)
+        n_rep += len(info["repaired"])
+        cur = pruned
     e = emb(pruned)
     macs = bench.count_macs_params(pruned, gp.feed)[0] / bench.count_macs_params(model, gp.feed)[0]
     kept = " ".join(f"{g['kind'][0]}{g['channels_after']}/{g['channels_before']}"
@@ -74,7 +85,7 @@ def main() -> None:
     print(json.dumps({**{k: v for k, v in vars(a).items()}, "macs": round(macs, 4),
                       "cos": round(float((e * e0).sum(1).mean()), 4),
                       "spearman": round(Q.spearman(e @ e.T, e0 @ e0.T), 4), "kept": kept,
-                      "repaired": len(info["repaired"]), "s": round(time.time() - t, 1)}))
+                      "repaired": n_rep, "s": round(time.time() - t, 1)}))
 
 
 if __name__ == "__main__":
