@@ -56,6 +56,21 @@ def _as_model(model_or_bytes: onnx.ModelProto | bytes) -> onnx.ModelProto:
     return m
 
 
+def release_memory(collect: bool = True) -> None:
+    """Hand freed heap memory back to the system: glibc keeps what a dropped session freed,
+    and the next session or batch would stack on top of it. ``collect``: run the garbage
+    collector first (skip it where many live objects make that slow and nothing is cyclic)."""
+    import ctypes
+    import gc
+
+    if collect:
+        gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 # In-memory models whose large initializers add up to this much are handed to onnxruntime
 # as a weight-free graph plus the initializer arrays (see _session_shared).
 SHARE_MIN_TOTAL = 8 << 20

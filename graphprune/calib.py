@@ -490,21 +490,8 @@ def collect(model: onnx.ModelProto, calib: Iterable[Mapping[str, np.ndarray]], r
                     s.update(a)
             del res
         del sess
-        _release_memory()
+        bench.release_memory()
     return stats
-
-
-def _release_memory() -> None:
-    """Hand freed heap memory back to the system (glibc keeps it otherwise, and the next
-    chunk's session would stack on top of the last one's)."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 # --------------------------------------------------------------------------- sensitivity

@@ -9,7 +9,7 @@ Only small integer results are folded; float computation is never touched.
 from __future__ import annotations
 
 import copy
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import onnx
@@ -44,6 +44,13 @@ def _eval(node: onnx.NodeProto, values: Dict[str, np.ndarray], opset: int) -> Op
 def fold_shapes(model: onnx.ModelProto, g: Optional[Graph] = None) -> onnx.ModelProto:
     """Return a copy with statically known integer shape computations replaced by constants
     (the model itself when there is nothing to fold)."""
+    return fold_shapes_into(model, g, inplace=False)[0]
+
+
+def fold_shapes_into(model: onnx.ModelProto, g: Optional[Graph] = None,
+                     inplace: bool = False) -> Tuple[onnx.ModelProto, bool]:
+    """``fold_shapes``; with ``inplace`` the folding rewrites ``model`` itself (for a private
+    copy: no second copy of the weights). Returns (model, whether anything was folded)."""
     g = g or Graph(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     values: Dict[str, np.ndarray] = {}
@@ -105,8 +112,8 @@ def fold_shapes(model: onnx.ModelProto, g: Optional[Graph] = None) -> onnx.Model
             values[o] = r
         folded[i] = res
     if not folded:
-        return model
-    out = copy.deepcopy(model)
+        return model, False
+    out = model if inplace else copy.deepcopy(model)
     nodes = list(out.graph.node)
     # keep folded values that are still read by nodes that are not folded, or are graph outputs
     needed = set(g.outputs)
@@ -125,7 +132,7 @@ def fold_shapes(model: onnx.ModelProto, g: Optional[Graph] = None) -> onnx.Model
     del out.graph.node[:]
     out.graph.node.extend(new_nodes)
     _drop_unused(out)
-    return out
+    return out, True
 
 
 # per-channel parameter inputs (op, input index): values a node owns, safe to copy per node
@@ -137,7 +144,7 @@ PARAM_SLOTS = {
 UNTIE_MAX_BYTES = 1 << 20
 
 
-def untie_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+def untie_constants(model: onnx.ModelProto, inplace: bool = False) -> onnx.ModelProto:
     """Undo initializer de-duplication that couples unrelated layers.
 
     Exporters merge equal initializers (torch's legacy exporter feeds 47 of ResNet-50's zero
@@ -169,7 +176,7 @@ def untie_constants(model: onnx.ModelProto) -> onnx.ModelProto:
             shared.append(name)
     if not identity and not shared:
         return model
-    out = copy.deepcopy(model)
+    out = model if inplace else copy.deepcopy(model)
     nodes = list(out.graph.node)
     new_inits = []
     for i in identity:

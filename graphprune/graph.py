@@ -214,7 +214,7 @@ class Graph:
         """Fill dims static inference left unknown by running the model twice with different
         values for the symbolic input dims: a dim equal in both runs is static, one that follows
         a symbol is that symbol, anything else stays unknown."""
-        from .bench import _session, random_inputs  # local: bench imports onnxruntime
+        from .bench import _session, random_inputs, release_memory  # local: bench imports onnxruntime
 
         runnable = self._runnable()
         model = self.model
@@ -247,6 +247,8 @@ class Graph:
                 runs.append(({k2: v.shape for k2, v in zip(fetch, out)}, vals, base))
         except Exception:
             return
+        del sess, out
+        release_memory(collect=False)
         (s1, v1, b1), (s2, v2, b2) = runs
         by_pair = {(v1[s], v2[s]): s for s in syms}
         self._merge_two_runs(s1, s2, by_pair)

@@ -13,7 +13,7 @@ import onnx
 from . import bench
 from .analyze import analyze, consumer_inputs, groups as find_groups
 from .errors import UsageError, VerifyError
-from .fold import fold_shapes, fold_weight_subgraphs, untie_constants
+from .fold import fold_shapes_into, fold_weight_subgraphs, untie_constants
 from .graph import Graph
 from .plan import Plan, global_plan, make_plan, uniform_for_target
 from .rewrite import rewrite
@@ -135,12 +135,15 @@ class Analyzed:
 
     def _run(self, model: onnx.ModelProto) -> None:
         self.original = model
-        model = untie_constants(fold_weight_subgraphs(model))
-        g0 = Graph(model)
-        folded = fold_shapes(model, g0)
+        m = fold_weight_subgraphs(model)
+        m = untie_constants(m, inplace=m is not model)      # the caller's model is never modified
+        g0 = Graph(m)
+        # a private copy is folded in place: one copy of the weights fewer at the peak
+        folded, changed = fold_shapes_into(m, g0, inplace=m is not model)
         self.model = folded
-        self.graph = g0 if folded is model else Graph(folded, known_shapes=g0.shapes, runtime=False)
-        self.analysis = analyze(model, self.graph)
+        self.graph = Graph(folded, known_shapes=g0.shapes, runtime=False) if changed else g0
+        del g0
+        self.analysis = analyze(folded, self.graph)
         self.groups, self.root = find_groups(self.analysis)
 
 

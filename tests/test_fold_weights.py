@@ -48,3 +48,41 @@ def test_nothing_to_fold_returns_the_same_model():
     m = standardised_conv_model()
     plain = fold_weight_subgraphs(m)
     assert fold_weight_subgraphs(plain) is plain
+
+
+def test_analysis_folds_its_private_copy_in_place_and_never_the_callers_model():
+    """Weight folding, untying and shape folding all apply: the analysis works on one private
+    copy (folded in place, no further copy) and the caller's model stays byte-identical."""
+    from graphprune.fold import fold_shapes_into
+    from graphprune.pipeline import Analyzed
+
+    m = standardised_conv_model()
+    g = m.graph
+    # shape arithmetic: y -> Flatten via Reshape(Shape(y)[0], -1), then back to y's shape
+    g.node.extend([helper.make_node("Shape", ["y"], ["ys"]),
+                   helper.make_node("Gather", ["ys", "zero"], ["n"], axis=0),
+                   helper.make_node("Unsqueeze", ["n", "zero1"], ["n1"]),
+                   helper.make_node("Concat", ["n1", "minus1"], ["flat_shape"], axis=0),
+                   helper.make_node("Reshape", ["y", "flat_shape"], ["flat"])])
+    g.initializer.extend([numpy_helper.from_array(np.array(0, np.int64), "zero"),
+                          numpy_helper.from_array(np.array([0], np.int64), "zero1"),
+                          numpy_helper.from_array(np.array([-1], np.int64), "minus1")])
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("flat", TensorProto.FLOAT, [1, 256]))
+    before = m.SerializeToString()
+    an = Analyzed(m)
+    assert m.SerializeToString() == before
+    assert an.model is not m
+    assert "Shape" not in {n.op_type for n in an.model.graph.node}           # folded
+    assert {"w1", "w2"} <= {t.name for t in an.model.graph.initializer}     # weights folded
+    assert an.graph.model is an.model
+    # in place on a private copy: same object back, folded; the copy path leaves its input alone
+    private = fold_weight_subgraphs(m)
+    out, changed = fold_shapes_into(private, inplace=True)
+    assert changed and out is private and "Shape" not in {n.op_type for n in private.graph.node}
+    keep = fold_weight_subgraphs(m)
+    snapshot = keep.SerializeToString()
+    out2, changed2 = fold_shapes_into(keep, inplace=False)
+    assert changed2 and out2 is not keep and keep.SerializeToString() == snapshot
+    res = prune(m, Options(ratio=0.5, bench=False, verify=True))
+    assert res.report["verify"]["passed"] and m.SerializeToString() == before
