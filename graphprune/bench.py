@@ -101,6 +101,8 @@ def _session_shared(model: onnx.ModelProto, so: ort.SessionOptions, suffix: onnx
         if a is None or a.dtype != want or tuple(a.shape) != tuple(t.dims):
             a = numpy_helper.to_array(t)
         a = np.ascontiguousarray(a)
+        if a.nbytes != gio._expected_nbytes(t):
+            raise ValueError(f"initializer {t.name!r}: raw data size does not match its shape")
         stub = skel.graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
         stub.data_location = onnx.TensorProto.EXTERNAL
         for k, v in (("location", "graphprune-in-memory"), ("offset", "0"), ("length", str(a.nbytes))):
@@ -115,9 +117,11 @@ def _session_shared(model: onnx.ModelProto, so: ort.SessionOptions, suffix: onnx
 
 def _shareable(model: onnx.ModelProto) -> list:
     """The large embedded initializers of ``model`` when they are worth sharing, else []."""
-    big = [t for t in model.graph.initializer
-           if t.data_location != onnx.TensorProto.EXTERNAL and len(t.raw_data) >= SHARE_MIN_TENSOR]
-    return big if sum(len(t.raw_data) for t in big) >= SHARE_MIN_TOTAL else []
+    # sizes from dims (reading raw_data would copy every tensor once more)
+    sized = [(t, gio._expected_nbytes(t) or 0) for t in model.graph.initializer
+             if t.data_location != onnx.TensorProto.EXTERNAL and t.HasField("raw_data")]
+    big = [(t, n) for t, n in sized if n >= SHARE_MIN_TENSOR]
+    return [t for t, _ in big] if sum(n for _, n in big) >= SHARE_MIN_TOTAL else []
 
 
 def _session(
@@ -157,7 +161,7 @@ def _session(
     suffix = onnx.ModelProto(ir_version=gio.target_ir_version(model))
     if extra:
         suffix.graph.output.extend(onnx.ValueInfoProto(name=n) for n in extra)
-    if model.ByteSize() <= gio.EXTERNAL_DATA_THRESHOLD:
+    if gio.approx_model_bytes(model) <= gio.EXTERNAL_DATA_THRESHOLD:
         big = _shareable(model)
         if big:
             return _session_shared(model, so, suffix, big, weights)

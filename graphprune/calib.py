@@ -364,7 +364,7 @@ class ActStats:
 
     # rows converted to float64 at a time, and im2col patches per slice of samples: the
     # statistics never hold more than a few MB beyond the batch itself
-    ROWS = 2048
+    ROWS = 512
     PATCH_BYTES = 32 << 20
 
     def update(self, a: np.ndarray) -> None:
@@ -475,20 +475,32 @@ def collect(model: onnx.ModelProto, calib: Iterable[Mapping[str, np.ndarray]], r
     for r in reqs:
         by_tensor.setdefault(r.tensor, []).append(stats[r])
     graph_inputs = {i.name for i in model.graph.input}
+    import onnxruntime as ort
+
     for chunk in chunks:
         fetch = [t for t in chunk if t not in graph_inputs]
         sess = bench._session(model, threads, extra_outputs=fetch, prepack=False,
                               weights=graph.cached_const if graph is not None else None) if fetch else None
         in_names = {i.name for i in sess.get_inputs()} if sess is not None else set()
         for feed in feeds:
-            res = dict(zip(fetch, sess.run(fetch, {k: v for k, v in feed.items() if k in in_names}))) if fetch else {}
+            # onnxruntime's own output buffers, turned into arrays one at a time and dropped
+            # after use: the batch's activations are held once, not twice
+            ovs = list(sess.run_with_ort_values(
+                fetch, {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v))
+                        for k, v in feed.items() if k in in_names})) if fetch else []
+            pos = {t: i for i, t in enumerate(fetch)}
             for t in chunk:
-                a = res[t] if t in res else feed.get(t)
+                if t in pos:
+                    a = ovs[pos[t]].numpy()
+                    ovs[pos[t]] = None
+                else:
+                    a = feed.get(t)
                 if a is None:
                     continue
                 for s in by_tensor[t]:
                     s.update(a)
-            del res
+                del a
+            del ovs
         del sess
         bench.release_memory()
     return stats

@@ -114,6 +114,20 @@ def iter_model_tensors(model: onnx.ModelProto, sparse: bool = True) -> Iterator[
             yield from _iter_node_tensors(node, sparse)
 
 
+def approx_model_bytes(model: onnx.ModelProto) -> int:
+    """Serialized size of ``model`` estimated without serializing it (upb's ``ByteSize``
+    encodes the whole message, a transient copy of every weight): inline tensor data from
+    their dims, plus a generous allowance for the graph structure."""
+    total = 0
+    for t in iter_model_tensors(model):
+        if _uses_external(t):
+            continue
+        n = _expected_nbytes(t)
+        total += (n if n is not None else t.ByteSize()) + 64 + 16 * len(t.dims)
+    nodes = len(model.graph.node) + sum(len(f.node) for f in model.functions)
+    return total + 512 * nodes + 4096
+
+
 def _uses_external(t: onnx.TensorProto) -> bool:
     return t.HasField("data_location") and t.data_location == onnx.TensorProto.EXTERNAL
 
@@ -361,11 +375,14 @@ def pin_ir_version(model: onnx.ModelProto) -> int:
 def model_to_bytes(model: onnx.ModelProto) -> bytes:
     """Deterministic serialization (same model -> same bytes).  Raises OutputError
     for models too large for one protobuf (save them with external data)."""
-    if model.ByteSize() > MAX_PROTOBUF_BYTES:
-        raise OutputError(
-            "model is larger than 2 GiB and cannot be serialized into one buffer; save it with external data"
-        )
-    return model.SerializeToString(deterministic=True)
+    err = OutputError(
+        "model is larger than 2 GiB and cannot be serialized into one buffer; save it with external data")
+    if approx_model_bytes(model) > MAX_PROTOBUF_BYTES:
+        raise err
+    try:
+        return model.SerializeToString(deterministic=True)
+    except ValueError as e:                           # the estimate was low: protobuf's own limit
+        raise err from e
 
 
 def _default_mode(target: str) -> int:
@@ -514,7 +531,7 @@ def save_model(
                     path, f"tensor {t.name!r} still refers to external data that was not loaded"
                 )
             lazy_bytes += tensor_nbytes(t)
-    size = model.ByteSize() + lazy_bytes
+    size = approx_model_bytes(model) + lazy_bytes
     if lazy_bytes and external_data is False:
         raise _out_error(path, "model data is on disk (lazy load); it must be saved with external data")
     use_external = size > EXTERNAL_DATA_THRESHOLD if external_data is None else bool(external_data)
