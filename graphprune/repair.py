@@ -271,6 +271,26 @@ class _Consts:
         self.cnodes = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant" and n.output}
         self.names = set(self.inits) | {o for n in model.graph.node for o in n.output} | \
             {i.name for i in model.graph.input}
+        self.graph_outputs = {o.name for o in model.graph.output}
+        # tensor -> the nodes reading it, once per read (kept current by read()/unread())
+        self._readers: Dict[str, List[onnx.NodeProto]] = {}
+        for n in model.graph.node:
+            self.read(n)
+
+    def read(self, node: onnx.NodeProto, names: Optional[Sequence[str]] = None) -> None:
+        for x in (node.input if names is None else names):
+            if x:
+                self._readers.setdefault(x, []).append(node)
+
+    def unread(self, node: onnx.NodeProto, name: str) -> None:
+        lst = self._readers.get(name, [])
+        for k, n in enumerate(lst):
+            if n is node:
+                del lst[k]
+                return
+
+    def readers(self, name: str) -> List[onnx.NodeProto]:
+        return self._readers.get(name, [])
 
     def get(self, name: str) -> Optional[np.ndarray]:
         if name in self.inits:
@@ -317,7 +337,7 @@ def _apply(model: onnx.ModelProto, consts: _Consts, c: Consumer, W_new: Optional
     if c.op in ("Conv", "Gemm"):
         if len(node.input) > 2 and node.input[2]:
             old = consts.get(node.input[2])
-            users = sum(1 for n in model.graph.node for x in n.input if x == node.input[2])
+            users = len(consts.readers(node.input[2]))
             if old is not None and old.ndim == 1 and old.shape[0] == len(c.rows) and users == 1:
                 consts.set(node.input[2], (old.astype(np.float64) + b_delta).astype(old.dtype))
                 return False
@@ -326,23 +346,26 @@ def _apply(model: onnx.ModelProto, consts: _Consts, c: Consumer, W_new: Optional
                 consts.set(node.input[2], new)
                 return False
             if old is not None:
+                consts.unread(node, node.input[2])
                 node.input[2] = consts.add(node.input[2] + "_repaired",
                                            (old.astype(np.float64) + b_delta).astype(old.dtype))
+                consts.read(node, [node.input[2]])
                 return False
         else:
             while len(node.input) < 3:
                 node.input.append("")
             node.input[2] = consts.add((node.name or c.weight) + "_bias", b_delta.astype(dt))
+            consts.read(node, [node.input[2]])
             return False
     # MatMul (or a bias we cannot edit): fold the correction into the constant bias Add that
     # follows it when there is one (read by nothing else), else add one after the layer
     out = node.output[0]
-    users = [n for n in model.graph.node if out in n.input]
+    users = consts.readers(out)
     if len(users) == 1 and users[0].op_type == "Add" and users[0].domain in ("", "ai.onnx") \
-            and len(users[0].input) == 2 and out not in {o.name for o in model.graph.output}:
+            and len(users[0].input) == 2 and out not in consts.graph_outputs:
         other = users[0].input[1] if users[0].input[0] == out else users[0].input[0]
         old = consts.get(other)
-        readers = sum(1 for n in model.graph.node for x in n.input if x == other)
+        readers = len(consts.readers(other))
         if old is not None and readers == 1 and old.dtype.kind == "f" and old.ndim >= 1 \
                 and old.shape[-1] == len(c.rows) and old.size == len(c.rows):
             consts.set(other, (old.astype(np.float64) + b_delta.reshape(old.shape)).astype(old.dtype))
@@ -353,6 +376,7 @@ def _apply(model: onnx.ModelProto, consts: _Consts, c: Consumer, W_new: Optional
     bname = consts.add((node.name or c.weight) + "_repair_bias", b_delta.astype(dt))
     add = helper.make_node("Add", [inner, bname], [out], name=consts.fresh((node.name or out) + "_repair"))
     model.graph.node.insert(c.node + 1, add)
+    consts.read(model.graph.node[c.node + 1])
     return True
 
 

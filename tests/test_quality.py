@@ -374,3 +374,52 @@ def test_sequential_obs_adds_up_to_the_joint_obs_error(q):
     joint = sum(float(np.sum((W[:, S] @ np.linalg.inv(H[np.ix_(S, S)])) * W[:, S])) for W, H in layers)
     assert np.isclose(sum(e for _, e in trace), joint, rtol=1e-6)
     assert set(np.argsort(s, kind="stable")[:4].tolist()) == set(removed)   # a threshold removes this prefix
+
+
+def test_repair_writes_corrections_where_they_belong():
+    """_apply with its readers index: a MatMul's correction goes into the constant bias Add it
+    alone feeds, a MatMul without one gets an Add inserted after it, and a bias two Gemms share
+    is copied for the first and edited in place for the second (then read once)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from graphprune.repair import Consumer, _apply, _Consts
+
+    f = lambda *s: np.ones(s, np.float32)
+    inits = [numpy_helper.from_array(f(4, 3), "Wa"), numpy_helper.from_array(f(3), "ba"),
+             numpy_helper.from_array(f(4, 3), "Wb"), numpy_helper.from_array(f(3, 4), "Wg1"),
+             numpy_helper.from_array(f(3, 4), "Wg2"), numpy_helper.from_array(f(3), "bg")]
+    nodes = [helper.make_node("MatMul", ["x", "Wa"], ["a0"], name="ma"),
+             helper.make_node("Add", ["a0", "ba"], ["a"]),
+             helper.make_node("MatMul", ["x", "Wb"], ["b"], name="mb"),
+             helper.make_node("Gemm", ["x", "Wg1", "bg"], ["g1"], transB=1, name="g1"),
+             helper.make_node("Gemm", ["x", "Wg2", "bg"], ["g2"], transB=1, name="g2")]
+    vi = lambda n, s: helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+    m = helper.make_model(helper.make_graph(nodes, "g", [vi("x", [2, 4])],
+                                            [vi(n, [2, 3]) for n in ("a", "b", "g1", "g2")], inits),
+                          opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    consts = _Consts(m)
+    rows, cols = np.arange(3), np.arange(4)
+    delta = np.array([1.0, 2.0, 3.0])
+
+    def cons(i, op, w, y):
+        return Consumer(node=i, op=op, x="x", y=y, weight=w, rows=rows, cols=cols, transB=int(op == "Gemm"))
+    assert not _apply(m, consts, cons(0, "MatMul", "Wa", "a"), None, delta)           # into ba
+    np.testing.assert_allclose(numpy_helper.to_array(consts.inits["ba"]), 1 + delta)
+    # last nodes first, as repair does: the inserted Add shifts the indices after it
+    assert not _apply(m, consts, cons(4, "Gemm", "Wg2", "g2"), None, delta)            # bg shared: copy
+    assert m.graph.node[4].input[2] != "bg"
+    np.testing.assert_allclose(numpy_helper.to_array(consts.inits["bg"]), 1)
+    assert not _apply(m, consts, cons(3, "Gemm", "Wg1", "g1"), 2 * np.ones((3, 4)), delta)  # now alone
+    assert m.graph.node[3].input[2] == "bg"
+    np.testing.assert_allclose(numpy_helper.to_array(consts.inits["bg"]), 1 + delta)
+    np.testing.assert_allclose(numpy_helper.to_array(consts.inits["Wg1"]), 2)
+    assert _apply(m, consts, cons(2, "MatMul", "Wb", "b"), None, delta)                # Add inserted
+    assert [n.op_type for n in m.graph.node] == ["MatMul", "Add", "MatMul", "Add", "Gemm", "Gemm"]
+    assert m.graph.node[3].output[0] == "b" and m.graph.node[2].output[0] != "b"
+    onnx.checker.check_model(m, full_check=True)
+    import onnxruntime as ort
+    x = np.ones((2, 4), np.float32)
+    out = dict(zip(["a", "b", "g1", "g2"], ort.InferenceSession(
+        m.SerializeToString(), providers=["CPUExecutionProvider"]).run(["a", "b", "g1", "g2"], {"x": x})))
+    for k, base in (("a", 5), ("b", 4), ("g1", 9), ("g2", 5)):
+        np.testing.assert_allclose(out[k], base + np.broadcast_to(delta, (2, 3)), err_msg=k)
