@@ -297,7 +297,8 @@ def fluctuation(group: Group, graph: Graph, reduce: str = "mean", normalize="mea
 DAMP = 1e-2
 
 
-def damped_inverse(H: np.ndarray, damp: float = DAMP) -> np.ndarray:
+def damped_inverse(H: np.ndarray, damp: Optional[float] = None) -> np.ndarray:
+    damp = DAMP if damp is None else damp
     d = np.diag(H)
     lam = damp * (float(d.mean()) if d.size and d.mean() > 0 else 1.0)
     return np.linalg.inv(H + lam * np.eye(H.shape[0]))

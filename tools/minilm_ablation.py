@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--no-downstream", action="store_true", help="refit only the layers that lost inputs")
     ap.add_argument("--one-shot", action="store_true", help="one-shot OBS errors instead of sequential OBS")
     ap.add_argument("--ridge", type=float, default=1e-3)
+    ap.add_argument("--damp", type=float, default=None, help="OBS Hessian damping (default score.DAMP)")
     ap.add_argument("--max-ratio", type=float, default=0.9)
     ap.add_argument("--target", type=float, default=0.5, help="fraction of the dense MACs (default 0.5)")
     ap.add_argument("--steps", type=int, default=1,
@@ -53,6 +54,8 @@ def main() -> None:
     a = ap.parse_args()
     if a.one_shot:
         score_mod.GREEDY_FLOPS = -1
+    if a.damp is not None:
+        score_mod.DAMP = a.damp
     tok, _ = minilm.load()
     cal_s, eval_s = Q.sentences(a.calib, 256)
     model = onnx.load(minilm.export(os.path.join(tempfile.mkdtemp(), "minilm.onnx"), "legacy"))

@@ -160,6 +160,8 @@ def export(model, example, exporter: str, path: str) -> None:
     """Export to ``path`` (IR <= 10; external data when large)."""
     import onnx
     import torch
+
+    from graphprune.io import approx_model_bytes
     tmp = path + ".tmp.onnx"
     fast = torch.backends.mha.get_fastpath_enabled()
     # nn.MultiheadAttention's inference fast path (aten::_native_multi_head_attention) has no
@@ -177,7 +179,8 @@ def export(model, example, exporter: str, path: str) -> None:
     torch.backends.mha.set_fastpath_enabled(fast)
     proto = onnx.load(tmp)
     proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
-    big = proto.ByteSize() > EXTERNAL_BYTES if _no_external(proto) else True
+    # sized from tensor dims: upb's ByteSize() serializes the model and fails above 2 GiB
+    big = approx_model_bytes(proto) > EXTERNAL_BYTES if _no_external(proto) else True
     base = os.path.basename(path)
     if big:
         onnx.save_model(proto, path, save_as_external_data=True, all_tensors_to_one_file=True,
