@@ -213,6 +213,23 @@ def run_model(
     return dict(zip(names, res))
 
 
+class Runner:
+    """One session of ``model`` for several feeds: ``Runner(model)(feed)`` -> {output: array},
+    like :func:`run_model` without building a session (for large models: writing and loading
+    the weights) per call. The session is created on the first call."""
+
+    def __init__(self, model: Any, threads: int = 1):
+        self.model, self.threads, self.sess = model, threads, None
+
+    def __call__(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.sess is None:
+            self.sess = _session(self.model, self.threads)
+            self.names = [o.name for o in self.sess.get_outputs()]
+            self.inputs = {i.name for i in self.sess.get_inputs()}
+        res = self.sess.run(self.names, {k: v for k, v in feed.items() if k in self.inputs})
+        return dict(zip(self.names, res))
+
+
 def measure_latency(
     dense_model: Any, pruned_model: Any, feed: Mapping[str, np.ndarray],
     threads: int = 1, warmup: int = 5, repeats: int = 30,

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .bench import random_inputs, run_model
+from .bench import Runner, random_inputs
 from .errors import InputError
 
 
@@ -100,16 +100,22 @@ def verify(dense: onnx.ModelProto, pruned: onnx.ModelProto, plan_json: dict, see
         feeds = [random_inputs(dense, seed=s, dims=dims) for s in seeds]
     worst = {"max_abs_diff": 0.0, "max_rel_diff": 0.0}
     compared = 0
+    # one session per model for every feed, and one model in onnxruntime at a time
+    run_oracle = Runner(oracle)
+    refs = []
     for feed in feeds:
         try:
-            ref = run_model(oracle, feed)
+            refs.append(run_oracle(feed))
         except Exception as e:  # onnxruntime cannot run the input model itself
             why = _first_line(e)
             if any(n.domain not in ("", "ai.onnx", "com.microsoft") for n in dense.graph.node):
                 return {"skipped": f"onnxruntime cannot run the model (custom ops): {why}"}
             raise InputError(f"onnxruntime cannot run the input model: {why}")
+    del run_oracle, oracle
+    run_pruned = Runner(pruned)
+    for feed, ref in zip(feeds, refs):
         try:
-            got = run_model(pruned, feed)
+            got = run_pruned(feed)
         except Exception as e:
             return {"max_abs_diff": None, "max_rel_diff": None, "passed": False,
                     "reason": f"the pruned model does not run: {_first_line(e)}"}
@@ -136,9 +142,12 @@ def agreement(dense: onnx.ModelProto, model: onnx.ModelProto, feeds: List[Dict[s
     similarity of every sample's float outputs (flattened), the relative error
     ||y - y_dense|| / ||y_dense|| over everything, and the largest absolute difference."""
     cos, num, den, worst = [], 0.0, 0.0, 0.0
-    for feed in feeds:
-        ref = run_model(dense, feed)
-        got = run_model(model, feed)
+    run_dense = Runner(dense)
+    refs = [run_dense(feed) for feed in feeds]
+    del run_dense
+    run = Runner(model)
+    for feed, ref in zip(feeds, refs):
+        got = run(feed)
         r = [v.astype(np.float64) for k, v in sorted(ref.items()) if v.dtype.kind == "f"]
         o = [got[k].astype(np.float64) for k, v in sorted(ref.items()) if v.dtype.kind == "f"]
         if not r:

@@ -286,3 +286,18 @@ def test_session_shares_weights_of_large_models(monkeypatch):
     lean = bench._session(m, prepack=False)
     np.testing.assert_allclose(lean.run(None, {"x": x})[0], ref, rtol=1e-5, atol=1e-5)
     assert m.SerializeToString() == before
+
+
+def test_runner_builds_one_session_for_many_feeds(monkeypatch):
+    m = model([helper.make_node("MatMul", ["x", "W"], ["y"])], [vi("x", [2, 4])], [vi("y", [2, 3])],
+              [w("W", (4, 3))])
+    m.ir_version = 8
+    made = []
+    real = bench._session
+    monkeypatch.setattr(bench, "_session", lambda *a, **k: made.append(1) or real(*a, **k))
+    run = bench.Runner(m)
+    for s in range(3):
+        x = np.random.default_rng(s).standard_normal((2, 4)).astype(np.float32)
+        got = run({"x": x, "unused": x})
+        np.testing.assert_allclose(got["y"], x @ numpy_helper.to_array(m.graph.initializer[0]), rtol=1e-5)
+    assert len(made) == 1
