@@ -71,6 +71,32 @@ def release_memory(collect: bool = True) -> None:
         pass
 
 
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+LEAN_MMAP_THRESHOLD = 1 << 16
+_lean = False
+
+
+def lean_heap() -> None:
+    """Make glibc serve every allocation of 1 MB or more with its own mapping, returned to the
+    system as soon as it is freed. By default glibc raises that threshold each time a large
+    block is freed, after which activation-sized arrays come from the heap and stay resident
+    when freed (fragmented): on MiniLM calibration that was 50-70 MB of the peak. Process-wide
+    and permanent (it also turns off glibc's threshold adjustment); a no-op without glibc."""
+    global _lean
+    if _lean:
+        return
+    _lean = True
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, LEAN_MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 # In-memory models whose large initializers add up to this much are handed to onnxruntime
 # as a weight-free graph plus the initializer arrays (see _session_shared).
 SHARE_MIN_TOTAL = 8 << 20

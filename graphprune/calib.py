@@ -454,6 +454,7 @@ def collect(model: onnx.ModelProto, calib: Iterable[Mapping[str, np.ndarray]], r
     stats = CalibStats({r: ActStats(r) for r in reqs})
     if not reqs:
         return stats
+    bench.lean_heap()
     feeds = list(calib) if not isinstance(calib, (list, Calibration)) else calib
     first = next(iter(feeds))
     tensors = list(dict.fromkeys(r.tensor for r in reqs))

@@ -125,6 +125,7 @@ class Analyzed:
     """A model with its analysis and groups, reusable by several plans."""
 
     def __init__(self, model: onnx.ModelProto):
+        bench.lean_heap()      # before the analysis' own large temporaries (see lean_heap)
         gc_was = gc.isenabled()
         gc.disable()  # the analysis allocates many small objects and frees none: no cycles
         try:
