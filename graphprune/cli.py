@@ -164,6 +164,8 @@ def _quality_options(f):
 
 
 def _repair_options(f):
+    f = click.option("--ridge-prior", type=click.Choice(["zero", "weights"]), default="zero", show_default=True,
+                     help="lstsq repair: the ridge term pulls the refit toward zero or the layer's kept weights")(f)
     f = click.option("--ridge", type=float, default=1e-3, show_default=True,
                      help="lstsq repair: ridge strength relative to the mean input energy")(f)
     f = click.option("--repair", type=click.Choice(["none", "bias", "lstsq"]), default="none", show_default=True,
@@ -172,7 +174,7 @@ def _repair_options(f):
 
 
 QUALITY_KEYS = ("calib", "calib_dir", "calib_batch", "reduce", "normalize", "scope", "target_macs", "target_params",
-                "min_ratio", "max_ratio", "repair", "ridge")
+                "min_ratio", "max_ratio", "repair", "ridge", "ridge_prior")
 
 
 def _quality(kw: dict) -> dict:

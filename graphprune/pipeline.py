@@ -54,6 +54,7 @@ class Options:
     calib_batch: int = 16
     repair: str = "none"                    # none | bias | lstsq
     ridge: float = 1e-3                     # lstsq repair: ridge strength relative to mean diag(X·Xᵀ)
+    ridge_prior: str = "zero"               # lstsq repair: ridge pulls toward zero (or the kept weights)
     taylor_samples: int = 8
     taylor_eps: float = 1e-2
 
@@ -71,9 +72,11 @@ class Options:
             raise UsageError(f"unknown criterion {self.criterion!r}; choose from {', '.join(sorted(CRITERIA))}")
         if self.threads < 1:
             raise UsageError("--threads must be >= 1")
-        for name, allowed in (("scope", SCOPES), ("normalize", NORMALIZE), ("reduce", REDUCE), ("repair", REPAIR)):
+        for name, allowed in (("scope", SCOPES), ("normalize", NORMALIZE), ("reduce", REDUCE), ("repair", REPAIR),
+                              ("ridge_prior", ("weights", "zero"))):
             if getattr(self, name) not in allowed:
-                raise UsageError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+                raise UsageError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                                 f"got {getattr(self, name)!r}")
         for name in ("target_macs", "target_params"):
             v = getattr(self, name)
             if v is not None and not (0.0 < v <= 1.0):
@@ -288,7 +291,8 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
         t1 = time.perf_counter()
         progress("repair")
         feeds = list(calib)
-        repaired, info = repair(an.model, pruned, an, pj, feeds, opts.repair, opts.ridge, opts.threads)
+        repaired, info = repair(an.model, pruned, an, pj, feeds, opts.repair, opts.ridge, opts.threads,
+                                prior=opts.ridge_prior)
         probe = feeds[:8]
         info["agreement"] = {"pruned": agreement(model, pruned, probe), "repaired": agreement(model, repaired, probe)}
         if "verify" in report:

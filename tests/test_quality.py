@@ -423,3 +423,32 @@ def test_repair_writes_corrections_where_they_belong():
         m.SerializeToString(), providers=["CPUExecutionProvider"]).run(["a", "b", "g1", "g2"], {"x": x})))
     for k, base in (("a", 5), ("b", 4), ("g1", 9), ("g2", 5)):
         np.testing.assert_allclose(out[k], base + np.broadcast_to(delta, (2, 3)), err_msg=k)
+
+
+def test_ridge_prior_pulls_the_refit_toward_the_kept_weights_or_zero():
+    """lstsq's ridge term: with prior "weights" a huge ridge leaves every refit weight at the
+    rewrite's kept weights (the trained ones); with prior "zero" it shrinks them to ~0; with a
+    tiny ridge both priors give the same refit."""
+    from onnx import numpy_helper
+
+    m = small_model(weak=False)
+    cal = Calibration.from_arrays({"x": calib_data(96)}, batch=32)
+    base = prune(m, Options(ratio=0.5, bench=False)).model
+    W0 = {t.name: numpy_helper.to_array(t) for t in base.graph.initializer if len(t.dims) >= 2}
+
+    def weights(ridge, prior):
+        res = prune(m, Options(ratio=0.5, bench=False, calib=cal, repair="lstsq", ridge=ridge, ridge_prior=prior))
+        assert res.report["repair"]["repaired"]
+        return {t.name: numpy_helper.to_array(t) for t in res.model.graph.initializer if t.name in W0}
+
+    refit = [k for k, v in weights(1e-6, "zero").items() if not np.allclose(v, W0[k], atol=1e-4)]
+    assert refit                                               # some layers really were refit
+    strong_w, strong_z = weights(1e6, "weights"), weights(1e6, "zero")
+    for k in refit:
+        np.testing.assert_allclose(strong_w[k], W0[k], atol=1e-3 * np.abs(W0[k]).max())
+        assert np.abs(strong_z[k]).max() < 1e-2 * np.abs(W0[k]).max()
+    weak_w, weak_z = weights(1e-9, "weights"), weights(1e-9, "zero")
+    for k in refit:
+        np.testing.assert_allclose(weak_w[k], weak_z[k], rtol=1e-3, atol=1e-4 * np.abs(W0[k]).max())
+    with pytest.raises(UsageError, match="--ridge-prior"):
+        Options(ratio=0.5, ridge_prior="ones").check()

@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--no-downstream", action="store_true", help="refit only the layers that lost inputs")
     ap.add_argument("--one-shot", action="store_true", help="one-shot OBS errors instead of sequential OBS")
     ap.add_argument("--ridge", type=float, default=1e-3)
+    ap.add_argument("--prior", choices=("zero", "weights"), default="zero",
+                    help="what the lstsq ridge pulls toward (default zero)")
     ap.add_argument("--damp", type=float, default=None, help="OBS Hessian damping (default score.DAMP)")
     ap.add_argument("--max-ratio", type=float, default=0.9)
     ap.add_argument("--target", type=float, default=0.5, help="fraction of the dense MACs (default 0.5)")
@@ -78,7 +80,8 @@ def main() -> None:
                            cost=gp.cost, max_ratio=a.max_ratio)
         pruned = rewrite(gp.an.model, gp.an.analysis, gp.an.root, plan.removed_units())
         pruned, info = repair(gp.an.model, pruned, gp.an, plan.to_json(), list(gp.calib), "lstsq", ridge=a.ridge,
-                              threads=2, residual=not a.no_residual, downstream=not a.no_downstream)
+                              threads=2, residual=not a.no_residual, downstream=not a.no_downstream,
+                              prior=a.prior)
         n_rep += len(info["repaired"])
         cur = pruned
     e = emb(pruned)

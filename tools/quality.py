@@ -318,7 +318,8 @@ def sentences(n_calib=128, n_eval=256, seed=0) -> (List[str], List[str]):
     rng = np.random.default_rng(seed)
     rng.shuffle(out)
     assert len(out) >= n_calib + n_eval, len(out)
-    return out[:n_calib], out[n_calib:n_calib + n_eval]
+    # evaluation sentences from the end: the same set whatever the calibration size
+    return out[:n_calib], out[len(out) - n_eval:]
 
 
 def bert_macs(bert, seq=64) -> int:

@@ -258,7 +258,7 @@ def work_graphprune(args, row) -> None:
     import onnx
     work = onnx.ModelProto()
     work.CopyFrom(dense)
-    res = prune(work, Options(ratio=args.ratio, bench=False, verify=True))
+    res = prune(work, Options(ratio=args.ratio, round_to=args.round_to, bench=False, verify=True))
     rep = res.report
     t = rep.get("timings_s", {})
     row["prune_s"] = sum(t.get(k, 0.0) for k in ("analyze_s", "score_s", "plan_s", "rewrite_s"))
@@ -372,7 +372,7 @@ def work_speed(args, row) -> None:
         return
     work = onnx.ModelProto()
     work.CopyFrom(dense)
-    gp = prune(work, Options(ratio=args.ratio, bench=False, verify=False)).model
+    gp = prune(work, Options(ratio=args.ratio, round_to=args.round_to, bench=False, verify=False)).model
     tp = onnx.load(tp_path)
     feed = gb.random_inputs(dense, seed=0)
     md = gb.count_macs_params(dense, feed)[0]
@@ -463,7 +463,7 @@ def spawn(args, kind: str, source: str, name: str, exporter: str) -> Dict[str, A
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--worker-model", name,
            "--worker-out", out, "--source", source, "--exporter", exporter, "--out", args.out,
            "--cache", args.cache, "--ratio", str(args.ratio), "--repeats", str(args.repeats),
-           "--max-latency-gmacs", str(args.max_latency_gmacs), "--speed-repeats", str(args.speed_repeats)] + \
+           "--max-latency-gmacs", str(args.max_latency_gmacs), "--speed-repeats", str(args.speed_repeats), "--round-to", str(args.round_to)] + \
         (["--keep-tp"] if args.keep_tp else [])
     row = {"source": source, "model": name, "exporter": exporter, "tool": kind}
     t0 = time.perf_counter()
@@ -722,6 +722,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", default="docs/zoo", help="CSV, summary and plot folder (default docs/zoo)")
     p.add_argument("--cache", default=None, help="exported ONNX cache (default ~/.cache/graphprune-zoo)")
     p.add_argument("--ratio", type=float, default=0.5)
+    p.add_argument("--round-to", default=1, type=lambda v: v if v == "auto" else int(v),
+                   help="graphprune's --round-to (an integer or auto; default 1)")
     p.add_argument("--repeats", type=int, default=5, help="latency pairs (0: no latency); default 5")
     p.add_argument("--max-latency-gmacs", type=float, default=20.0,
                    help="skip latency for dense models above this many GMACs (default 20)")
