@@ -46,6 +46,8 @@ from .calib import ConvSpec, im2col
 
 MODES = ("none", "bias", "lstsq")
 RIDGE = 1e-3
+# dense targets above this size (all calibration feeds) are recomputed per stage, not kept
+TARGET_CACHE_BYTES = 512 << 20
 PRIORS = ("weights", "zero")
 
 
@@ -413,28 +415,40 @@ def repair(dense: onnx.ModelProto, pruned: onnx.ModelProto, an, plan_json: dict,
     model = copy.deepcopy(pruned)
     # inserted Add nodes shift node indices: apply stage by stage from the back of each stage
     offset: Dict[int, int] = {}
-    # the dense targets of every consumer, one dense pass over the calibration data (kept only
-    # for the kept output rows: what the refits read)
+    # the dense targets of the consumers (kept output rows only: what the refits read): one
+    # dense pass over the calibration data, kept for every stage when they fit in
+    # TARGET_CACHE_BYTES, else recomputed stage by stage (one dense pass per stage)
     all_y = list(dict.fromkeys([c.y for c in consumers] + [c.residual for c in consumers if c.residual]))
     dense_sess = bench._session(dense, threads, extra_outputs=all_y)
     in_dense = {i.name for i in dense_sess.get_inputs()}
-    targets: List[Dict[int, np.ndarray]] = []
-    for feed in feeds:
-        yv = dict(zip(all_y, dense_sess.run(all_y, {k: v for k, v in feed.items() if k in in_dense})))
+
+    def dense_targets(feed, cons) -> Dict[int, np.ndarray]:
+        names = list(dict.fromkeys([c.y for c in cons] + [c.residual for c in cons if c.residual]))
+        yv = dict(zip(names, dense_sess.run(names, {k: v for k, v in feed.items() if k in in_dense})))
         tv = {}
-        for c in consumers:
+        for c in cons:
             t = _targets(yv[c.y], c)
             if c.residual is not None:          # y_dense + r_dense; r_pruned is subtracted per stage
                 t = t + _targets(yv[c.residual], c)
             tv[id(c)] = t.astype(np.float32)
-        targets.append(tv)
-    del dense_sess
+        return tv
+
+    feeds = list(feeds)
+    targets: Optional[List[Dict[int, np.ndarray]]] = None
+    if feeds:
+        first = dense_targets(feeds[0], consumers)
+        if sum(v.nbytes for v in first.values()) * len(feeds) <= TARGET_CACHE_BYTES:
+            targets = [first] + [dense_targets(f, consumers) for f in feeds[1:]]
+            dense_sess = None
+        del first
+    info["targets"] = "cached" if targets is not None else "per stage"
     for stage in _stages(an, consumers):
         xs = list(dict.fromkeys([c.x for c in stage] + [c.residual for c in stage if c.residual]))
         psess = bench._session(model, threads, extra_outputs=xs)
         in_pruned = {i.name for i in psess.get_inputs()}
         acc = {id(c): None for c in stage}
-        for feed, tv in zip(feeds, targets):
+        for fi, feed in enumerate(feeds):
+            tv = targets[fi] if targets is not None else dense_targets(feed, stage)
             xv = dict(zip(xs, psess.run(xs, {k: v for k, v in feed.items() if k in in_pruned})))
             for c in stage:
                 X = _rows_of(xv[c.x], c)

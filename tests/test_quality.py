@@ -452,3 +452,22 @@ def test_ridge_prior_pulls_the_refit_toward_the_kept_weights_or_zero():
         np.testing.assert_allclose(weak_w[k], weak_z[k], rtol=1e-3, atol=1e-4 * np.abs(W0[k]).max())
     with pytest.raises(UsageError, match="--ridge-prior"):
         Options(ratio=0.5, ridge_prior="ones").check()
+
+
+def test_repair_recomputes_dense_targets_per_stage_when_they_do_not_fit(monkeypatch):
+    """Above TARGET_CACHE_BYTES the dense targets are recomputed stage by stage instead of kept
+    for the whole calibration set: same refit."""
+    import graphprune.repair as R
+
+    m = small_model(weak=False)
+    cal = Calibration.from_arrays({"x": calib_data(96)}, batch=32)
+    opts = dict(ratio=0.5, bench=False, calib=cal, repair="lstsq")
+    kept = prune(m, Options(**opts))
+    monkeypatch.setattr(R, "TARGET_CACHE_BYTES", 0)
+    streamed = prune(m, Options(**opts))
+    assert kept.report["repair"]["targets"] == "cached" and streamed.report["repair"]["targets"] == "per stage"
+    a = {t.name: numpy_helper.to_array(t) for t in kept.model.graph.initializer}
+    b = {t.name: numpy_helper.to_array(t) for t in streamed.model.graph.initializer}
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)

@@ -40,6 +40,8 @@ from models import minilm  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--calib", type=int, default=512, help="calibration sentences (default 512)")
+    ap.add_argument("--calib-pool", choices=("base", "large"), default="base",
+                    help="large: calibration sentences also from more packages' docstrings (quality.sentences)")
     ap.add_argument("--padded", action="store_true", help="calibrate on padded batches of 32")
     ap.add_argument("--no-residual", action="store_true", help="plain per-layer lstsq targets")
     ap.add_argument("--no-downstream", action="store_true", help="refit only the layers that lost inputs")
@@ -59,7 +61,7 @@ def main() -> None:
     if a.damp is not None:
         score_mod.DAMP = a.damp
     tok, _ = minilm.load()
-    cal_s, eval_s = Q.sentences(a.calib, 256)
+    cal_s, eval_s = Q.sentences(a.calib, 256, pool=a.calib_pool)
     model = onnx.load(minilm.export(os.path.join(tempfile.mkdtemp(), "minilm.onnx"), "legacy"))
     ev = minilm.tokenize(tok, eval_s)
     calib = Calibration.from_arrays(minilm.tokenize(tok, cal_s), batch=32) if a.padded \

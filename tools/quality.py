@@ -273,34 +273,41 @@ def run_digits(factors, criteria, repairs, threads, finetune_epochs=1):
 # ----------------------------------------------------------------------------- MiniLM
 
 
-def sentences(n_calib=128, n_eval=256, seed=0) -> (List[str], List[str]):
-    """English sentences from the docstrings of Python's standard library."""
-    import importlib
+STDLIB_DOC_MODULES = [
+    "json", "os", "re", "collections", "itertools", "functools", "string", "textwrap", "argparse",
+    "logging", "email", "http.client", "urllib.request", "unittest", "pathlib", "subprocess", "threading",
+    "asyncio", "decimal", "fractions", "statistics", "random", "datetime", "calendar", "csv", "sqlite3",
+    "zipfile", "tarfile", "shutil", "tempfile", "glob", "fnmatch", "inspect", "typing", "dataclasses",
+    "enum", "abc", "contextlib", "heapq", "bisect", "struct", "codecs", "locale", "gettext", "pprint",
+    "difflib", "html", "configparser", "hashlib", "hmac", "secrets", "socket", "ssl", "selectors", "queue",
+    "sched", "weakref", "copy", "pickle", "gzip", "bz2", "lzma", "traceback", "warnings", "pdb", "timeit",
+    "tracemalloc", "operator", "numbers", "imaplib", "smtplib", "ftplib", "mailbox", "optparse",
+    "getopt", "shlex", "cmd", "wave", "colorsys", "uuid", "ipaddress", "xml.dom.minidom", "zoneinfo"]
+
+# packages whose submodules' docstrings extend the calibration pool (--calib-pool large)
+EXTRA_DOC_PACKAGES = ["email", "xml", "http", "urllib", "json", "logging", "unittest", "asyncio", "concurrent",
+                      "multiprocessing", "importlib", "sqlite3", "ctypes", "wsgiref", "xmlrpc", "numpy", "click",
+                      "onnx"]
+_SKIP_SUBMODULES = ("test", "_C", "cuda", "distributed", "f2py", "__main__", "distutils", "_pyinstaller")
+
+
+def _docstrings(modules) -> List[str]:
     import inspect
 
-    mods = ["json", "os", "re", "collections", "itertools", "functools", "string", "textwrap", "argparse",
-            "logging", "email", "http.client", "urllib.request", "unittest", "pathlib", "subprocess", "threading",
-            "asyncio", "decimal", "fractions", "statistics", "random", "datetime", "calendar", "csv", "sqlite3",
-            "zipfile", "tarfile", "shutil", "tempfile", "glob", "fnmatch", "inspect", "typing", "dataclasses",
-            "enum", "abc", "contextlib", "heapq", "bisect", "struct", "codecs", "locale", "gettext", "pprint",
-            "difflib", "html", "configparser", "hashlib", "hmac", "secrets", "socket", "ssl", "selectors", "queue",
-            "sched", "weakref", "copy", "pickle", "gzip", "bz2", "lzma", "traceback", "warnings", "pdb", "timeit",
-            "tracemalloc", "operator", "numbers", "imaplib", "smtplib", "ftplib", "mailbox", "optparse",
-            "getopt", "shlex", "cmd", "wave", "colorsys", "uuid", "ipaddress", "xml.dom.minidom", "zoneinfo"]
     docs = []
-    for name in mods:
-        try:
-            mod = importlib.import_module(name)
-        except Exception:
-            continue
+    for mod in modules:
         docs.append(mod.__doc__ or "")
-        for _, obj in sorted(vars(mod).items()):
+        for _, obj in sorted(vars(mod).items(), key=lambda kv: kv[0]):
             if (inspect.isfunction(obj) or inspect.isclass(obj)) and getattr(obj, "__module__", "") == mod.__name__:
                 docs.append(obj.__doc__ or "")
                 if inspect.isclass(obj):
-                    for _, meth in sorted(vars(obj).items()):
+                    for _, meth in sorted(vars(obj).items(), key=lambda kv: kv[0]):
                         if inspect.isfunction(meth):
                             docs.append(meth.__doc__ or "")
+    return docs
+
+
+def _split_sentences(docs) -> List[str]:
     out, seen = [], set()
     for d in docs:
         if not isinstance(d, str):
@@ -315,11 +322,58 @@ def sentences(n_calib=128, n_eval=256, seed=0) -> (List[str], List[str]):
                 continue
             seen.add(s)
             out.append(s)
+    return out
+
+
+def _import_quietly(name: str):
+    import contextlib
+    import importlib
+    import io
+    import warnings
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            return importlib.import_module(name)
+        except BaseException:
+            return None
+
+
+def sentences(n_calib=128, n_eval=256, seed=0, pool: str = "base") -> (List[str], List[str]):
+    """English sentences from the docstrings of Python's standard library. The evaluation set
+    is the same whatever ``n_calib`` and ``pool``: the last ``n_eval`` of the shuffled base pool.
+    ``pool="large"`` draws calibration sentences also from the submodules of
+    ``EXTRA_DOC_PACKAGES`` (more of the standard library, numpy, click, onnx), never one of the
+    evaluation sentences."""
+    import pkgutil
+
+    mods = [m for m in (_import_quietly(n) for n in STDLIB_DOC_MODULES) if m is not None]
+    out = _split_sentences(_docstrings(mods))
     rng = np.random.default_rng(seed)
     rng.shuffle(out)
-    assert len(out) >= n_calib + n_eval, len(out)
-    # evaluation sentences from the end: the same set whatever the calibration size
-    return out[:n_calib], out[len(out) - n_eval:]
+    ev = out[len(out) - n_eval:] if n_eval else []
+    cal = out[:len(out) - n_eval]
+    if pool == "large":
+        extra_mods = []
+        for name in EXTRA_DOC_PACKAGES:
+            mod = _import_quietly(name)
+            if mod is None:
+                continue
+            extra_mods.append(mod)
+            for info in sorted(pkgutil.walk_packages(getattr(mod, "__path__", []), name + ".",
+                                                     onerror=lambda n: None), key=lambda i: i.name):
+                if not any(x in info.name for x in _SKIP_SUBMODULES):
+                    sub = _import_quietly(info.name)
+                    if sub is not None:
+                        extra_mods.append(sub)
+        have = set(cal) | set(ev)
+        extra = [x for x in _split_sentences(_docstrings(extra_mods)) if x not in have]
+        extra.sort()
+        np.random.default_rng(seed + 1).shuffle(extra)
+        cal = cal + extra
+    assert len(cal) >= n_calib, (len(cal), n_calib)
+    return cal[:n_calib], ev
 
 
 def bert_macs(bert, seq=64) -> int:
