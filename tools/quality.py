@@ -397,7 +397,7 @@ def spearman(a, b) -> float:
     return float(spearmanr(a[iu], b[iu]).correlation)
 
 
-def run_minilm(factors, configs, threads, n_calib=512, n_eval=256, tp_compare=True):
+def run_minilm(factors, configs, threads, n_calib=512, n_eval=256, tp_compare=True, pool="base"):
     import torch
     import torch_pruning as tp
 
@@ -405,7 +405,7 @@ def run_minilm(factors, configs, threads, n_calib=512, n_eval=256, tp_compare=Tr
 
     torch.set_num_threads(threads)
     tok, bert = minilm.load()
-    cal_s, eval_s = sentences(n_calib, n_eval)
+    cal_s, eval_s = sentences(n_calib, n_eval, pool=pool)
     tmp = tempfile.mkdtemp()
     path = minilm.export(os.path.join(tmp, "minilm.onnx"), "legacy")
     model = onnx.load(path)
@@ -469,7 +469,7 @@ def run_minilm(factors, configs, threads, n_calib=512, n_eval=256, tp_compare=Tr
                          "repair": "none", "macs": fr, **metrics(minilm.embed(h, ev["attention_mask"]), e0)})
             log(rows[-1])
     return {"dense_macs": dense_macs, "formula_macs": formula, "rows": rows, "calib_s": gp.calib_s,
-            "n_calib": n_calib, "n_eval": n_eval}
+            "n_calib": n_calib, "n_eval": n_eval, "pool": pool}
 
 
 def measure_calibration(n_calib=128, threads=2) -> dict:
@@ -583,6 +583,11 @@ def main():
     ap.add_argument("--factors", nargs="+", type=float, default=[1.5, 2.0, 3.0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="write the results JSON here")
+    ap.add_argument("--minilm-calib", type=int, default=512, help="MiniLM calibration sentences (default 512)")
+    ap.add_argument("--calib-pool", choices=("base", "large"), default="base",
+                    help="large: MiniLM calibration sentences also from more packages' docstrings (see sentences)")
+    ap.add_argument("--minilm-configs", nargs="+", default=None, metavar="CRIT/REPAIR/SCOPE/NORM",
+                    help="graphprune configurations for MiniLM (default: the five of the published table)")
     a = ap.parse_args()
     res = {}
     t0 = time.time()
@@ -593,7 +598,9 @@ def main():
         configs = [("l2", "none", "global", "mean"), ("fluctuation", "lstsq", "global", "none"),
                    ("obs", "none", "global", "none"), ("obs", "lstsq", "global", "none"),
                    ("random", "lstsq", "global", "mean")]
-        res["minilm"] = run_minilm(a.factors, configs, a.threads)
+        if a.minilm_configs:
+            configs = [tuple(c.split("/")) for c in a.minilm_configs]
+        res["minilm"] = run_minilm(a.factors, configs, a.threads, n_calib=a.minilm_calib, pool=a.calib_pool)
     if "minilm" in a.models or "calibration" in a.models:
         res["calibration"] = measure_calibration(threads=a.threads)
     res["seconds"] = time.time() - t0
