@@ -71,6 +71,26 @@ def release_memory(collect: bool = True) -> None:
         pass
 
 
+def simd_block() -> int:
+    """Channel multiple that onnxruntime's blocked CPU kernels want on this machine: its NCHWc
+    convolutions use blocks of 16 floats with AVX-512 and 8 with AVX2 (channel counts off the
+    block fall back to slower kernels); 4 elsewhere (128-bit SIMD). From /proc/cpuinfo; 8 where
+    that cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = set()
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    flags.update(line.split(":", 1)[1].split())
+    except OSError:
+        return 8
+    if "avx512f" in flags:
+        return 16
+    if "avx2" in flags:
+        return 8
+    return 4 if flags else 8
+
+
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 LEAN_MMAP_THRESHOLD = 1 << 16
@@ -82,9 +102,10 @@ def lean_heap() -> None:
     system as soon as it is freed. By default glibc raises that threshold each time a large
     block is freed, after which activation-sized arrays come from the heap and stay resident
     when freed (fragmented): on MiniLM calibration that was 50-70 MB of the peak. Process-wide
-    and permanent (it also turns off glibc's threshold adjustment); a no-op without glibc."""
+    and permanent (it also turns off glibc's threshold adjustment); a no-op without glibc or
+    with the environment variable GRAPHPRUNE_LEAN_HEAP=0."""
     global _lean
-    if _lean:
+    if _lean or os.environ.get("GRAPHPRUNE_LEAN_HEAP", "1") == "0":
         return
     _lean = True
     import ctypes

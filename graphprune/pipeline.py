@@ -4,6 +4,7 @@ load -> analyze -> [calibrate] -> score -> plan -> rewrite -> verify -> [repair]
 from __future__ import annotations
 
 import gc
+import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
@@ -32,7 +33,7 @@ class Options:
     head_ratio: Optional[float] = None      # attention heads (default: ratio)
     mlp_ratio: Optional[float] = None       # MLP widths and CNN channels (default: ratio)
     prune_hidden: bool = False              # also prune the residual (hidden) width: not exact
-    round_to: int = 1
+    round_to: Any = 1                       # int >= 1, or "auto": bench.simd_block() of this machine
     protect: Sequence[str] = ()
     criterion: str = "l2"
     reduce: str = "mean"
@@ -61,13 +62,18 @@ class Options:
     def kind_ratios(self) -> Dict[str, Optional[float]]:
         return {"heads": self.head_ratio, "channels": self.mlp_ratio}
 
+    def rounding(self) -> int:
+        """``round_to`` as a number (``"auto"``: this machine's SIMD block, bench.simd_block)."""
+        return bench.simd_block() if self.round_to == "auto" else int(self.round_to)
+
     def check(self) -> None:
         for name in ("ratio", "head_ratio", "mlp_ratio"):
             v = getattr(self, name)
             if v is not None and not (0.0 <= v < 1.0):
                 raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1), got {v}")
-        if self.round_to < 1:
-            raise UsageError(f"--round-to must be >= 1, got {self.round_to}")
+        if self.round_to != "auto" and (not isinstance(self.round_to, numbers.Integral) or isinstance(self.round_to, bool)
+                                        or self.round_to < 1):
+            raise UsageError(f"--round-to must be an integer >= 1 or auto, got {self.round_to!r}")
         if self.criterion not in CRITERIA:
             raise UsageError(f"unknown criterion {self.criterion!r}; choose from {', '.join(sorted(CRITERIA))}")
         if self.threads < 1:
@@ -223,14 +229,14 @@ def plan_for(an: Analyzed, model: onnx.ModelProto, opts: Options, calib=None,
         from .cost import CostModel
         cost = CostModel(an.model, an.analysis, an.root, count_feed(an.model, opts.seq_len))
     if opts.scope == "global":
-        plan = global_plan(an.groups, scores, opts.ratio, opts.round_to, opts.protect, allow,
+        plan = global_plan(an.groups, scores, opts.ratio, opts.rounding(), opts.protect, allow,
                            min_ratio=opts.min_ratio, max_ratio=0.9 if opts.max_ratio is None else opts.max_ratio,
                            normalize=opts.normalize, target=target, cost=cost, per_cost=opts.per_cost)
     elif target is not None:
-        plan = uniform_for_target(an.groups, scores, target, cost, opts.round_to, opts.protect, allow,
+        plan = uniform_for_target(an.groups, scores, target, cost, opts.rounding(), opts.protect, allow,
                                   min_ratio=opts.min_ratio, max_ratio=opts.max_ratio)
     else:
-        plan = make_plan(an.groups, scores, opts.ratio, opts.round_to, opts.protect, allow,
+        plan = make_plan(an.groups, scores, opts.ratio, opts.rounding(), opts.protect, allow,
                          kind_ratios=opts.kind_ratios(), min_ratio=opts.min_ratio, max_ratio=opts.max_ratio)
     t["plan_s"] = time.perf_counter() - t1
     return plan
@@ -264,7 +270,7 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
         "prunable_groups": sum(1 for g in an.groups if g.prunable),
         "pruned_groups": plan.n_pruned_groups(),
         "options": {"ratio": opts.ratio, "head_ratio": opts.head_ratio, "mlp_ratio": opts.mlp_ratio,
-                    "prune_hidden": opts.prune_hidden, "round_to": opts.round_to, "criterion": opts.criterion,
+                    "prune_hidden": opts.prune_hidden, "round_to": opts.rounding(), "criterion": opts.criterion,
                     "protect": list(opts.protect), "seed": opts.seed},
     }
     if opts.scope != "uniform" or opts.target() is not None or opts.repair != "none" \

@@ -227,3 +227,25 @@ def test_external_data_model(tmp_path, demo):
     r = gp("run", str(ext / "m.onnx"), "-o", str(tmp_path / "out2.onnx"))
     assert_one_line_error(r, 3)
     assert not (tmp_path / "out2.onnx").exists()
+
+
+def test_round_to_auto_uses_this_machines_simd_block(tmp_path, demo):
+    """--round-to auto resolves to bench.simd_block() (16 with AVX-512, 8 with AVX2): the run
+    line says so, the report records the number and every pruned group keeps a multiple of it
+    (or all of its channels)."""
+    from graphprune import bench
+    from graphprune.pipeline import Options
+
+    block = bench.simd_block()
+    assert block in (4, 8, 16)
+    assert Options(round_to="auto").rounding() == block
+    out = tmp_path / "auto.onnx"
+    r = gp("run", str(demo), "-o", str(out), "--ratio", "0.5", "--round-to", "auto")
+    assert r.returncode == 0, r.stderr
+    assert f"round-to auto = {block}" in r.stderr
+    rep = json.loads((tmp_path / "auto.report.json").read_text())
+    assert rep["summary"]["options"]["round_to"] == block
+    pruned = [g for g in rep["groups"] if g["channels_after"] < g["channels_before"]]
+    assert pruned
+    for g in pruned:
+        assert g["channels_after"] % block == 0, g

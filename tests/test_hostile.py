@@ -603,7 +603,8 @@ def test_output_file_immutable(tmp_path):
 
 @pytest.mark.parametrize("args", [
     ["--ratio", "nan"], ["--ratio", "inf"], ["--ratio", "abc"], ["--ratio", "1.5"],
-    ["--round-to", "-3"], ["--round-to", "2.5"], ["--threads", "0"], ["--criterion", "L2"],
+    ["--round-to", "-3"], ["--round-to", "2.5"], ["--round-to", "automatic"], ["--threads", "0"],
+    ["--criterion", "L2"],
 ], ids=lambda a: " ".join(a))
 def test_options_out_of_range(tmp_path, args):
     c = Case(tmp_path, chain())
