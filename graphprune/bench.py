@@ -8,6 +8,7 @@ model on ``input_feed`` when one is given (and counts as 1 otherwise).
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import tempfile
@@ -71,6 +72,7 @@ def release_memory(collect: bool = True) -> None:
         pass
 
 
+@functools.lru_cache(maxsize=None)
 def simd_block() -> int:
     """Channel multiple that onnxruntime's blocked CPU kernels want on this machine: its NCHWc
     convolutions use blocks of 16 floats with AVX-512 and 8 with AVX2 (channel counts off the
@@ -98,7 +100,7 @@ _lean = False
 
 
 def lean_heap() -> None:
-    """Make glibc serve every allocation of 1 MB or more with its own mapping, returned to the
+    """Make glibc serve every allocation of LEAN_MMAP_THRESHOLD (64 KB) or more with its own mapping, returned to the
     system as soon as it is freed. By default glibc raises that threshold each time a large
     block is freed, after which activation-sized arrays come from the heap and stay resident
     when freed (fragmented): on MiniLM calibration that was 50-70 MB of the peak. Process-wide

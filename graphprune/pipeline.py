@@ -14,6 +14,7 @@ import onnx
 from . import bench
 from .analyze import analyze, consumer_inputs, groups as find_groups
 from .errors import UsageError, VerifyError
+from .repair import PRIORS
 from .fold import fold_shapes_into, fold_weight_subgraphs, untie_constants
 from .graph import Graph
 from .plan import Plan, global_plan, make_plan, uniform_for_target
@@ -79,7 +80,7 @@ class Options:
         if self.threads < 1:
             raise UsageError("--threads must be >= 1")
         for name, allowed in (("scope", SCOPES), ("normalize", NORMALIZE), ("reduce", REDUCE), ("repair", REPAIR),
-                              ("ridge_prior", ("weights", "zero"))):
+                              ("ridge_prior", PRIORS)):
             if getattr(self, name) not in allowed:
                 raise UsageError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
                                  f"got {getattr(self, name)!r}")
