@@ -5,6 +5,7 @@ downstream refits, sequential OBS, the ridge strength and pruning in steps each 
     python tools/minilm_ablation.py --calib 512 --target 0.5                 # the defaults
     python tools/minilm_ablation.py --calib 512 --no-residual --no-downstream --one-shot
     python tools/minilm_ablation.py --calib 512 --steps 3     # prune, repair, re-score three times
+    python tools/minilm_ablation.py --calib 512 --allocation measured  # per-group curves + DP
 
 Same model, sentences and metrics as tools/quality.py (mean embedding cosine and Spearman of the
 pairwise-similarity matrix vs dense, 256 evaluation sentences); criterion obs, global scope,
@@ -19,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import onnx
@@ -31,10 +33,65 @@ import quality as Q  # noqa: E402
 import graphprune.score as score_mod  # noqa: E402
 from graphprune import bench  # noqa: E402
 from graphprune.calib import Calibration  # noqa: E402
-from graphprune.plan import global_plan  # noqa: E402
+from graphprune.plan import Plan, _eligible, _select, global_plan  # noqa: E402
 from graphprune.repair import repair  # noqa: E402
 from graphprune.rewrite import rewrite  # noqa: E402
 from models import minilm  # noqa: E402
+
+
+def _sentence_embeddings(m, feeds) -> np.ndarray:
+    return np.concatenate([minilm.embed(next(iter(bench.run_model(m, f, threads=2).values())), f["attention_mask"])
+                           for f in feeds])
+
+
+def measured_plan(gp, s, target: float, a) -> Plan:
+    """Per-group error curves and a dynamic-programming allocation (SPDY-style): each eligible
+    group is pruned alone to every level of ``a.levels`` (its OBS order), its consumers refit
+    (lstsq, residual-aware), and the mean embedding cosine loss on the first ``a.sens``
+    calibration sentences recorded; then one level per group is chosen so that the summed loss
+    is least while the MACs saved add up to the target (errors and savings taken as additive)."""
+    feeds = list(gp.calib)
+    few, n_s = [], 0
+    for f in feeds:
+        if n_s >= a.sens:
+            break
+        few.append(f)
+        n_s += f["input_ids"].shape[0]
+    ref = _sentence_embeddings(gp.an.model, few)
+    elig = [g for g in gp.an.groups if _eligible(g, s, (), False)]
+    full = {g.id: np.ones(len(g.units), bool) for g in gp.an.groups}
+    options: Dict[int, List[Tuple[float, float, Optional[np.ndarray]]]] = {}
+    for g in elig:
+        n, opts = len(g.units), [(0.0, 0.0, None)]
+        for r in sorted({min(float(x), a.max_ratio) for x in a.levels.split(",")}):
+            mask = _select(g, np.asarray(s[g.id], float), max(1, n - int(np.floor(n * r + 1e-9))), 1)
+            if mask is None:
+                continue
+            plan = Plan(gp.an.groups, {**full, g.id: mask}, {})
+            pruned = rewrite(gp.an.model, gp.an.analysis, gp.an.root, plan.removed_units())
+            pruned, _ = repair(gp.an.model, pruned, gp.an, plan.to_json(), few, "lstsq", ridge=a.ridge, threads=2,
+                               residual=not a.no_residual, downstream=False, prior=a.prior)
+            loss = float(1.0 - (_sentence_embeddings(pruned, few) * ref).sum(1).mean())
+            opts.append((1.0 - gp.cost.fraction(plan.removed_units(), "macs"), loss, mask))
+        options[g.id] = opts
+        print(f"group {g.id} {g.kind} {n}: " + " ".join(f"{int(m.sum()) if m is not None else n}:{l:.5f}"
+                                                         for _, l, m in opts), file=sys.stderr, flush=True)
+    need, scale = 1.0 - target, 4000                      # MACs to save, in 1/scale of the dense MACs
+    best: Dict[int, Tuple[float, List[int]]] = {0: (0.0, [])}
+    for g in elig:
+        nxt: Dict[int, Tuple[float, List[int]]] = {}
+        for c, (loss, picks) in best.items():
+            for j, (saved, l, _) in enumerate(options[g.id]):
+                c2 = min(int(round(need * scale)), c + int(round(saved * scale)))
+                if c2 not in nxt or nxt[c2][0] > loss + l:
+                    nxt[c2] = (loss + l, picks + [j])
+        best = nxt
+    _, picks = best[max(best)]                            # the target, or the most that can be saved
+    keep = dict(full)
+    for g, j in zip(elig, picks):
+        if options[g.id][j][2] is not None:
+            keep[g.id] = options[g.id][j][2]
+    return Plan(gp.an.groups, keep, {"scope": "measured", "levels": a.levels})
 
 
 def main() -> None:
@@ -55,6 +112,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1,
                     help="prune in this many steps (geometric MACs targets), re-analysing, re-scoring and "
                          "repairing the previous step's model each time (default 1)")
+    ap.add_argument("--allocation", choices=("global", "measured"), default="global",
+                    help="global: one OBS threshold over all groups (default); measured: prune each group "
+                         "alone at --levels, repair it, measure the embedding error on --sens calibration "
+                         "sentences, then pick one level per group by dynamic programming (least summed error "
+                         "reaching the MACs target)")
+    ap.add_argument("--levels", default="0.2,0.35,0.5,0.65,0.8,0.9", help="--allocation measured: fractions removed")
+    ap.add_argument("--sens", type=int, default=128, help="--allocation measured: sentences for the curves")
     a = ap.parse_args()
     if a.one_shot:
         score_mod.GREEDY_FLOPS = -1
@@ -78,8 +142,11 @@ def main() -> None:
         want = a.target ** (step / a.steps)                    # of the dense MACs
         have = bench.count_macs_params(cur, gp.feed)[0] / dense_macs
         s = gp.score("obs", "none")
-        plan = global_plan(gp.an.groups, s, normalize="none", target=("macs", min(1.0, want / have)),
-                           cost=gp.cost, max_ratio=a.max_ratio)
+        if a.allocation == "measured":
+            plan = measured_plan(gp, s, min(1.0, want / have), a)
+        else:
+            plan = global_plan(gp.an.groups, s, normalize="none", target=("macs", min(1.0, want / have)),
+                               cost=gp.cost, max_ratio=a.max_ratio)
         pruned = rewrite(gp.an.model, gp.an.analysis, gp.an.root, plan.removed_units())
         pruned, info = repair(gp.an.model, pruned, gp.an, plan.to_json(), list(gp.calib), "lstsq", ridge=a.ridge,
                               threads=2, residual=not a.no_residual, downstream=not a.no_downstream,
