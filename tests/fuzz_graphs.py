@@ -538,8 +538,10 @@ def _img_block(b: FuzzBuilder, ch, t: T, pool: List[T], recipe: List[str], taps:
 
 
 def _seq_block(b: FuzzBuilder, ch, t: T, pool: List[T], recipe: List[str], taps: List[str]) -> List[T]:
-    op = ch.choice(["mlp", "mlp", "linear", "act", "residual", "attention", "layernorm", "tap"])
+    op = ch.choice(["mlp", "mlp", "linear", "act", "residual", "attention", "layernorm", "tap", "einsum"])
     C = t.c
+    if op == "einsum":
+        return _einsum_block(b, ch, t, recipe)
     if op == "mlp":
         hid = ch.integer(1, 2 * MAX_C)
         cout = C if ch.chance(0.5) else ch.integer(1, MAX_C)
@@ -594,6 +596,38 @@ def _seq_block(b: FuzzBuilder, ch, t: T, pool: List[T], recipe: List[str], taps:
     n = ch.integer(1, MAX_C)
     recipe.append(f"linear[{C}->{n}]")
     return [T(b.linear(t.name, C, n), "seq", n, s=t.s)]
+
+
+def _einsum_block(b: FuzzBuilder, ch, t: T, recipe: List[str]) -> List[T]:
+    """TF/Keras-style Einsum: an EinsumDense MLP (kernel [C, D] or [D, C], ellipsis or not) or
+    multi-head attention with [C, heads, dh] kernels and Einsum scores/values."""
+    C = t.c
+    if ch.chance(0.5):
+        hid = ch.integer(1, 2 * MAX_C)
+        eq1, k1 = ch.choice([("btc,cd->btd", (C, hid)), ("...c,cd->...d", (C, hid)), ("btc,dc->btd", (hid, C))])
+        h = b.node("Einsum", [t.name, b.const(b.fresh("ein.kernel"), b.randn(*k1, scale=C ** -0.5))], equation=eq1)
+        if ch.chance(0.5):
+            h = b.node("Einsum", [h, b.const(b.fresh("ein.gamma"), b.randn(hid))], equation="btd,d->btd")
+        h = b.act(h, ch.choice(["Relu", "Gelu"]), ch)
+        h = b.node("Einsum", [h, b.const(b.fresh("ein.kernel"), b.randn(hid, C, scale=hid ** -0.5))],
+                   equation="btd,dc->btc")
+        recipe.append(f"einsum_mlp[{C}->{hid} {eq1}]")
+        return [T(b.node("Add", [t.name, h]) if ch.chance(0.6) else h, "seq", C, s=t.s)]
+    heads, dh = ch.choice([1, 2, 4]), ch.integer(1, 6)
+
+    def dense(tag):
+        y = b.node("Einsum", [t.name, b.const(b.fresh(f"ein.{tag}"), b.randn(C, heads, dh, scale=C ** -0.5))],
+                   equation="btc,cnh->btnh")
+        return b.node("Add", [y, b.const(b.fresh(f"ein.{tag}.bias"), b.randn(heads, dh, scale=0.1))]) \
+            if ch.chance(0.7) else y
+    q, k, v = dense("q"), dense("k"), dense("v")
+    s = b.node("Einsum", [q, k], equation="bqnh,bknh->bnqk")
+    p = b.node("Softmax", [b.node("Mul", [s, b.const(b.fresh("scale"), np.array(dh ** -0.5, np.float32))])], axis=-1)
+    a = b.node("Einsum", [p, v], equation="bnqk,bknh->bqnh")
+    h = b.node("Einsum", [a, b.const(b.fresh("ein.o"), b.randn(heads, dh, C, scale=(heads * dh) ** -0.5))],
+               equation="bqnh,nhc->bqc")
+    recipe.append(f"einsum_attention[{C} h{heads} dh{dh}]")
+    return [T(b.node("Add", [t.name, h]) if ch.chance(0.7) else h, "seq", C, s=t.s)]
 
 
 def _flat_block(b: FuzzBuilder, ch, t: T, recipe: List[str]) -> List[T]:

@@ -28,4 +28,4 @@ def norm_axis(axis: int, rank: int) -> int:
     return axis + rank if axis < 0 else axis
 
 
-from . import conv, gemm, norm, elementwise, pool, tensor, reshape, shape, contrib  # noqa: E402,F401
+from . import conv, gemm, einsum, norm, elementwise, pool, tensor, reshape, shape, contrib  # noqa: E402,F401

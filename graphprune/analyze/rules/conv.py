@@ -6,6 +6,14 @@ from ..engine import AnalysisError
 from . import register
 
 
+def _batch_through(ctx, x, y):
+    """Every sample of the batch axis is convolved on its own: channels carried on axis 0 (heads
+    folded into the batch, as MViTv2's pooled attention does) pass through unchanged."""
+    atoms = ctx.atoms(x, 0)
+    if atoms is not None:
+        ctx.set_desc(y, 0, atoms)
+
+
 def _channels(ctx, name, axis=1):
     shp = ctx.shape(name)
     if shp is None or len(shp) <= axis or not isinstance(shp[axis], int):
@@ -14,13 +22,15 @@ def _channels(ctx, name, axis=1):
 
 
 @register("Conv", doc="output channels are new (W axis 0, bias); input channels consumed by W axis 1; "
-                      "grouped: uniform counts per group; depthwise: input and output are one space")
+                      "grouped: uniform counts per group; depthwise: input and output are one space; "
+                      "the batch axis passes through")
 def conv(ctx):
     """Conv: new output space; input consumed by W axis 1; grouped/depthwise handled."""
     x, w = ctx.input(0), ctx.input(1)
     b = ctx.input(2)
     y = ctx.outputs[0]
     xin = ctx.atoms(x, 1)
+    _batch_through(ctx, x, y)
     if not ctx.is_const(w) or (b and not ctx.is_const(b)):
         ctx.block(xin, f"Conv {ctx.label} has non-constant weights")
         return
@@ -39,8 +49,7 @@ def conv(ctx):
         # depthwise (channel multiplier m = cout / cin): output o belongs to input o // m
         m = cout // cin
         if xin is None:
-            ctx.set_desc(y, 1, ctx.fixed(cout, f"depthwise Conv {ctx.label} on an unprunable input"))
-            return
+            return      # output channels follow an input that carries none: no channel space either
         out = np.repeat(xin, m)
         node_index = ctx.index
 
@@ -68,6 +77,7 @@ def conv_transpose(ctx):
     b = ctx.input(2)
     y = ctx.outputs[0]
     xin = ctx.atoms(x, 1)
+    _batch_through(ctx, x, y)
     g = int(ctx.attr("group", 1))
     if not ctx.is_const(w) or (b and not ctx.is_const(b)) or g != 1:
         ctx.block(xin, f"ConvTranspose {ctx.label} is grouped or has non-constant weights")

@@ -7,16 +7,16 @@ from . import norm_axis, register
 
 
 @register("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool",
-          "MaxRoiPool", doc="channel axis 1 passes through; spatial axes carry no channels")
+          "MaxRoiPool", doc="channel axis 1 and the batch axis pass through; spatial axes carry no channels")
 def pool(ctx):
-    """Pooling works per channel."""
+    """Pooling works per sample and channel."""
     x = ctx.input(0)
     for ax, atoms in ctx.desc(x).items():
-        if ax != 1:
+        if ax not in (0, 1) or (ax == 0 and ctx.op == "MaxRoiPool"):
             raise AnalysisError(f"channels on pooled axis {ax}")
         for o in ctx.outputs:
             if o:
-                ctx.set_desc(o, 1, atoms)
+                ctx.set_desc(o, ax, atoms)
 
 
 @register("Pad", doc="pass-through where the pads of the channel axis are zero")
