@@ -18,6 +18,8 @@ UNARY = (
 @register(*UNARY, "Dropout", "Clip", doc="pass-through (elementwise); extra scalar inputs ignored")
 def unary(ctx):
     """Elementwise op of one tensor; Clip bounds and Dropout ratio are scalars."""
+    if ctx.op in ("Cast", "Identity") and shape_calculus(ctx):
+        return              # a shape value cast to int32 and back (tf2onnx) keeps its items
     x = ctx.input(0)
     for extra in ctx.inputs[1:]:
         if extra:

@@ -15,8 +15,9 @@ from . import norm_axis, register
 from .shape import const_items, shape_calculus
 
 
-def _runs(ishape, oshape):
-    """Pair contiguous axis runs of equal size product. Returns [(in_axes, out_axes)]."""
+def _runs_from_left(ishape, oshape):
+    """Pair contiguous axis runs of equal size product from the left until the shapes end or a
+    symbolic dimension cannot be paired. Returns (runs, next input axis, next output axis)."""
     runs = []
     i = j = 0
     ni, no = len(ishape), len(oshape)
@@ -38,26 +39,44 @@ def _runs(ishape, oshape):
                 i += 1
                 j += 1
                 continue
-            raise AnalysisError("cannot align symbolic dimensions")
+            return runs, i, j
         ia, ja = [i], [j]
         pa, pb = a, b
-        i += 1
-        j += 1
+        i2, j2 = i + 1, j + 1
         while pa != pb:
             if pa < pb:
-                if i >= ni or not isinstance(ishape[i], int):
-                    raise AnalysisError("cannot align dimensions")
-                pa *= ishape[i]
-                ia.append(i)
-                i += 1
+                if i2 >= ni or not isinstance(ishape[i2], int):
+                    return runs, i, j
+                pa *= ishape[i2]
+                ia.append(i2)
+                i2 += 1
             else:
-                if j >= no or not isinstance(oshape[j], int):
-                    raise AnalysisError("cannot align dimensions")
-                pb *= oshape[j]
-                ja.append(j)
-                j += 1
+                if j2 >= no or not isinstance(oshape[j2], int):
+                    return runs, i, j
+                pb *= oshape[j2]
+                ja.append(j2)
+                j2 += 1
         runs.append((ia, ja))
-    return runs
+        i, j = i2, j2
+    return runs, i, j
+
+
+def _runs(ishape, oshape):
+    """Pair contiguous axis runs of equal size product. Returns [(in_axes, out_axes)].
+
+    Runs are paired from the left, then from the right; symbolic dimensions that pair with
+    nothing ([N*T, C] -> [N, T, C], a batch flattened by TF's Tensordot) form one middle run,
+    which may not carry channels (``map_reshape`` refuses to broadcast over it)."""
+    ni, no = len(ishape), len(oshape)
+    left, i, j = _runs_from_left(ishape, oshape)
+    if i == ni and j == no:
+        return left
+    right, ri, rj = _runs_from_left(list(ishape[i:])[::-1], list(oshape[j:])[::-1])
+    right = [([ni - 1 - a for a in ia][::-1], [no - 1 - b for b in ja][::-1]) for ia, ja in right][::-1]
+    mid_i, mid_j = list(range(i, ni - ri)), list(range(j, no - rj))
+    if not mid_i or not mid_j:
+        raise AnalysisError("cannot align symbolic dimensions")
+    return left + [(mid_i, mid_j)] + right
 
 
 def _is_shuffle(ctx, y, out_axes):
@@ -99,6 +118,9 @@ def map_reshape(ctx, x, y, ishape, oshape):
             continue
         idims = [ishape[k] for k in ia]
         odims = [oshape[k] for k in ja]
+        if not all(isinstance(d, int) for d in idims + odims) and not (len(ia) == 1 and len(ja) == 1):
+            ctx.block(atoms, f"{ctx.op} {ctx.label}: cannot align symbolic dimensions")
+            continue
         if len(ia) == 1 and len(ja) == 1:
             out[ja[0]] = atoms
             continue

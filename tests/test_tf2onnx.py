@@ -1,0 +1,84 @@
+"""TensorFlow graphs as tf2onnx writes them.
+
+models/keras_encoder.onnx is a real tf2onnx export of a small Keras encoder (models/keras_export.py
+made it; the file is committed so these tests need no TensorFlow). The hand-built cases isolate
+the two patterns it contains: Keras Dense on a 3-D input (a Tensordot: Reshape to [-1, C] with a
+symbolic batch, MatMul, Reshape back to a shape computed at run time through int32 Casts).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+from graphprune.analyze.engine import AnalysisError
+from graphprune.analyze.rules.reshape import _runs
+from graphprune.pipeline import Analyzed
+from helpers_graphs import GraphBuilder
+from test_rules import group_of, member, pruned, run_case
+
+KERAS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "keras_encoder.onnx")
+
+
+def test_runs_pair_from_both_ends_around_symbolic_dims():
+    assert _runs(["n*t", 64], ["n", 16, 64]) == [([0], [0, 1]), ([1], [2])]
+    assert _runs([8, "n*t", 4, 6], [8, "n", "t", 24]) == [([0], [0]), ([1], [1, 2]), ([2, 3], [3])]
+    assert _runs(["b", 12, 64], ["b", 768]) == [([0], [0]), ([1, 2], [1])]
+    # what cannot be paired is one run; map_reshape blocks any channel axis inside it
+    assert _runs(["a", 4], ["b", 5]) == [([0, 1], [0, 1])]
+    with pytest.raises(AnalysisError):
+        _runs([4, 3], [4])
+
+
+def _tensordot(b: GraphBuilder, x: str, cin: int, cout: int, name: str) -> str:
+    """tf2onnx's Keras Dense on [N, T, C]: shape arithmetic in int32, a shared [cout] constant."""
+    shp = b.node("Cast", [b.node("Shape", [x])], to=onnx.TensorProto.INT32)
+    free = b.node("Gather", [shp, b.const(f"{name}.free", np.array([0, 1], np.int32), as_node=False)], axis=0)
+    tgt = b.node("Concat", [free, b.const(f"{name}.width", np.array([cout], np.int32), as_node=False)], axis=0)
+    tgt = b.node("Cast", [tgt], to=onnx.TensorProto.INT64)
+    flat = b.node("Reshape", [x, b.ints(f"{name}.flat", [-1, cin])])
+    W = b.const(f"{name}.kernel", b.randn(cin, cout, scale=cin ** -0.5))
+    y = b.node("Reshape", [b.node("MatMul", [flat, W], name=f"{name}/MatMul"), tgt])
+    return b.node("Add", [y, b.const(f"{name}.bias", b.randn(cout, scale=0.1))])
+
+
+def test_keras_dense_tensordot_mlp_prunes():
+    b = GraphBuilder(seed=4)
+    x = b.input("x", ["n", 6, 16])
+    h = b.relu(_tensordot(b, x, 16, 40, "fc1"))
+    h = _tensordot(b, h, 40, 16, "fc2")
+    m = b.model(b.node("Add", [x, h], outputs=["y"]))
+    res = run_case(m, batch=3)
+    g = group_of(res, "fc1.kernel", "out")
+    assert g["channels_before"] == 40 and pruned(g)
+    assert member(g, "fc2.kernel", "in")["axis"] == 0
+
+
+def test_keras_encoder_from_tf2onnx():
+    m = onnx.load(KERAS)
+    an = Analyzed(m)
+    mlp = [g for g in an.groups if g.prunable and g.kind == "channels"]
+    assert len(mlp) == 2 and all(len(g.units) == 64 for g in mlp)
+    res = run_case(m, batch=2)
+    for name in ("functional_1/ff0a_1/Cast/ReadVariableOp:0", "functional_1/ff1a_1/Cast/ReadVariableOp:0"):
+        g = group_of(res, name, "out")
+        assert g["channels_after"] == 32, g
+    # the first Dense of each block and the next one's input shrink; the output is unchanged
+    W = {i.name: i for i in res.model.graph.initializer}
+    assert list(W["functional_1/ff0a_1/Cast/ReadVariableOp:0"].dims) == [32, 32]
+    assert list(W["functional_1/ff0b_1/Cast/ReadVariableOp:0"].dims) == [32, 32]
+
+
+def test_channels_merged_into_a_symbolic_dim_block():
+    b = GraphBuilder(seed=6)
+    x = b.input("x", ["n", 16])
+    h = b.relu(b.node("MatMul", [x, b.const("fc.weight", b.randn(16, 24))], name="fc"))
+    flat = b.node("Reshape", [h, b.ints("flat", [-1])], name="flatten_all")
+    m = b.model(b.node("ReduceSum", [b.node("Unsqueeze", [flat, b.ints("ax0", [0])]), b.ints("ax1", [1])],
+                       outputs=["y"]))
+    an = Analyzed(m)
+    g = [g for g in an.groups if any(gm.member.tensor == "fc.weight" for gm in g.members)][0]
+    assert not g.prunable and "flatten_all" in g.describe_block()
