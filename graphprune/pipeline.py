@@ -344,10 +344,15 @@ def count_feed(model: onnx.ModelProto, seq_len: int) -> Optional[dict]:
     # with a feed, dims static inference cannot resolve (Swin's window partition) are measured
     # in onnxruntime; never for models whose data stays on disk
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
-        return None if not syms else bench.random_inputs(
-            model, seed=0, batch=1, dims={s: seq_len for s in syms if not bench._is_batch_symbol(s)})
-    return bench.random_inputs(model, seed=0, batch=1,
-                               dims={s: seq_len for s in syms if not bench._is_batch_symbol(s)})
+        return None if not syms else bench.random_inputs(model, seed=0, batch=1, dims=_seq_dims(model, syms, seq_len))
+    return bench.random_inputs(model, seed=0, batch=1, dims=_seq_dims(model, syms, seq_len))
+
+
+def _seq_dims(model: onnx.ModelProto, syms, seq_len: int) -> dict:
+    """Every symbol but the batch takes seq_len; the batch is a symbol named like one, or one on
+    the first axis of inputs only (tf2onnx names it ``unk__N``)."""
+    batch = bench._batch_symbols(model)
+    return {s: seq_len for s in syms if not bench._is_batch_symbol(s) and s not in batch}
 
 
 def _unchanged(model: onnx.ModelProto) -> onnx.ModelProto:

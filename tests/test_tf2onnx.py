@@ -82,3 +82,16 @@ def test_channels_merged_into_a_symbolic_dim_block():
     an = Analyzed(m)
     g = [g for g in an.groups if any(gm.member.tensor == "fc.weight" for gm in g.members)][0]
     assert not g.prunable and "flatten_all" in g.describe_block()
+
+
+def test_tf2onnx_batch_symbol_counts_as_batch_one():
+    """tf2onnx names the batch ``unk__N``: MACs are counted at batch 1, not at the sequence length."""
+    from graphprune.bench import count_macs_params, random_inputs
+    from graphprune.pipeline import count_feed
+
+    m = onnx.load(KERAS)
+    sym = m.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    assert sym.startswith("unk__")
+    feed = count_feed(m, 64)
+    assert feed["x"].shape == (1, 16, 32)
+    assert count_macs_params(m, feed)[0] == count_macs_params(m, random_inputs(m, batch=1))[0]
