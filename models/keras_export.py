@@ -13,7 +13,32 @@ TensorFlow nor tf2onnx. To re-create it (TensorFlow 2.21 CPU, Keras 3.15, tf2onn
     /tmp/venv-tf/bin/python models/keras_export.py models/keras_encoder.onnx
 """
 
+import os
 import sys
+
+
+def _convert(model, shape, path: str, opset: int = 17, ir_version: int = 8) -> None:
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+
+    spec = (tf.TensorSpec((None,) + tuple(shape), tf.float32, name="input"),)
+    fn = tf.function(lambda x: model(x, training=False), input_signature=spec)
+    proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset)
+    proto.ir_version = min(proto.ir_version, ir_version)   # onnxruntime reads at most IR 13
+    tmp = path + ".tmp"
+    onnx.save(proto, tmp)
+    os.replace(tmp, path)
+
+
+def export_application(name: str, path: str, opset: int = 17, ir_version: int = 10) -> None:
+    """A keras.applications model (random weights, 224x224x3, NHWC) exported by tf2onnx
+    (tools/zoo.py --source keras)."""
+    import tensorflow as tf
+
+    tf.random.set_seed(0)
+    model = getattr(tf.keras.applications, name)(weights=None, input_shape=(224, 224, 3))
+    _convert(model, (224, 224, 3), path, opset, ir_version)
 
 
 def build_and_export(path: str) -> None:

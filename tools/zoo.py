@@ -7,6 +7,11 @@ otherwise), exported with torch's legacy exporter (``dynamo=False``, opset 17) a
 exporter (``dynamo=True``, opset 18), IR version pinned to <= 10 so onnxruntime 1.31 loads them.
 Exports are cached (``--cache``) and reused; models over ~1.8 GB are stored with external data.
 
+``--source keras --exporter tf2onnx`` adds TensorFlow: ``KERAS_MODELS`` from keras.applications
+(random weights, 224x224x3 NHWC) exported by tf2onnx (opset 17) in a TensorFlow venv named by
+``--keras-python`` (``python -m venv /work/venv-tf && /work/venv-tf/bin/pip install tensorflow-cpu
+tf2onnx``); graphprune and onnxsim run on those files, Torch-Pruning does not apply (PyTorch only).
+
 Each model is pruned at ``--ratio`` (0.5) by
 
 * ``graphprune``: ``prune(model, Options(ratio=0.5, bench=False, verify=True))`` on the ONNX export;
@@ -65,7 +70,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MAX_IR_VERSION = 10
-OPSET = {"legacy": 17, "dynamo": 18}
+OPSET = {"legacy": 17, "dynamo": 18, "tf2onnx": 17}
+EXPORTERS = {"torchvision": ("legacy", "dynamo"), "timm": ("legacy", "dynamo"), "keras": ("tf2onnx",)}
+# keras.applications (random weights, 224x224x3, NHWC) exported by tf2onnx in a TensorFlow venv
+# (--keras-python); Torch-Pruning does not apply (PyTorch only); onnxsim and graphprune run on the ONNX.
+KERAS_MODELS = ("MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large", "ResNet50", "ResNet50V2",
+                "ResNet101", "EfficientNetB0", "EfficientNetV2B0", "DenseNet121", "InceptionV3", "Xception",
+                "NASNetMobile", "VGG16", "ConvNeXtTiny", "InceptionResNetV2", "EfficientNetV2S", "ResNet101V2")
 TOOLS = ("graphprune", "torch_pruning", "onnxsim")
 EXTERNAL_BYTES = 1_800_000_000
 
@@ -120,6 +131,8 @@ def _line(e: BaseException) -> str:
 def model_list(source: str) -> List[str]:
     if source == "timm":
         return list(TIMM_MODELS)
+    if source == "keras":
+        return list(KERAS_MODELS)
     import torchvision
     names = sorted(torchvision.models.list_models(module=torchvision.models))
 
@@ -247,6 +260,14 @@ def load_dense(path: str):
 def work_export(args, row) -> None:
     path = cache_path(args, args.source[0], row["model"], row["exporter"])
     if os.path.exists(path):
+        return
+    if args.source[0] == "keras":
+        import importlib.util       # by path: models/__init__ imports torch, which a TF venv lacks
+        spec = importlib.util.spec_from_file_location(
+            "keras_export", os.path.join(os.path.dirname(HERE), "models", "keras_export.py"))
+        keras_export = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(keras_export)
+        keras_export.export_application(row["model"], path, opset=OPSET["tf2onnx"], ir_version=MAX_IR_VERSION)
         return
     model, example, _ = build(args.source[0], row["model"])
     export(model, example, row["exporter"], path)
@@ -460,9 +481,10 @@ def spawn(args, kind: str, source: str, name: str, exporter: str) -> Dict[str, A
     out = os.path.join(args.out, f".worker_{os.getpid()}.json")
     if os.path.exists(out):
         os.remove(out)
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--worker-model", name,
+    python = args.keras_python if (kind == "export" and source == "keras") else sys.executable
+    cmd = [python, os.path.abspath(__file__), "--worker", kind, "--worker-model", name,
            "--worker-out", out, "--source", source, "--exporter", exporter, "--out", args.out,
-           "--cache", args.cache, "--ratio", str(args.ratio), "--repeats", str(args.repeats),
+           "--cache", args.cache, "--keras-python", args.keras_python, "--ratio", str(args.ratio), "--repeats", str(args.repeats),
            "--max-latency-gmacs", str(args.max_latency_gmacs), "--speed-repeats", str(args.speed_repeats), "--round-to", str(args.round_to)] + \
         (["--keep-tp"] if args.keep_tp else [])
     row = {"source": source, "model": name, "exporter": exporter, "tool": kind}
@@ -512,13 +534,16 @@ def sweep(args) -> None:
     t_start = time.time()
     for exporter in args.exporter:
         for source in args.source:
+            if exporter not in EXPORTERS[source]:
+                continue
             names = model_list(source)
             if args.models:
                 names = [n for n in names if n in args.models]
             for name in names:
                 # re-read: another sweep (other sources / exporters) may append to the same CSV
                 done |= {(r["source"], r["model"], r["exporter"], r["tool"]) for r in read_rows(csv_path)}
-                todo = [t for t in tools if (source, name, exporter, t) not in done]
+                todo = [t for t in tools if (source, name, exporter, t) not in done
+                        and not (source == "keras" and t == "torch_pruning")]   # PyTorch only
                 if not todo:
                     continue
                 if args.deadline and time.time() - t_start > args.deadline:
@@ -715,8 +740,11 @@ def report(args) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--source", nargs="+", choices=("torchvision", "timm"), default=["torchvision", "timm"])
-    p.add_argument("--exporter", nargs="+", choices=("legacy", "dynamo"), default=["legacy", "dynamo"])
+    p.add_argument("--source", nargs="+", choices=("torchvision", "timm", "keras"), default=["torchvision", "timm"])
+    p.add_argument("--exporter", nargs="+", choices=("legacy", "dynamo", "tf2onnx"), default=["legacy", "dynamo"],
+                   help="torch exporters for torchvision/timm; tf2onnx for keras")
+    p.add_argument("--keras-python", default=sys.executable,
+                   help="python of a venv with tensorflow-cpu and tf2onnx, for exporting the keras source")
     p.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
     p.add_argument("--models", nargs="+", help="only these model names")
     p.add_argument("--out", default="docs/zoo", help="CSV, summary and plot folder (default docs/zoo)")
