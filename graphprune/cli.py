@@ -89,9 +89,16 @@ def print_summary(report: dict) -> None:
                    if v.get("max_abs_diff") is not None else f"verify       {state}")
 
 
-def _load(path: str):
-    from .io import load_model
-    return load_model(path)
+def _load(path: str, static_batch: Optional[int] = None):
+    from .io import load_model, with_static_batch
+    m = load_model(path)
+    return with_static_batch(m, static_batch) if static_batch is not None else m
+
+
+def _static_batch_option(f):
+    return click.option("--static-batch", "static_batch", type=int, default=None, metavar="N",
+                        help="fix the symbolic batch of the inputs to N first (the output keeps it): lets "
+                             "channels that an exporter merges into the batch (tf2onnx's batched Einsum) prune")(f)
 
 
 def _load_json(path: str, what: str) -> dict:
@@ -193,7 +200,7 @@ QUALITY_KEYS = ("calib", "calib_dir", "calib_batch", "reduce", "normalize", "sco
                 "min_ratio", "max_ratio", "repair", "ridge", "ridge_prior")
 
 
-def _quality(kw: dict) -> dict:
+def _quality(kw: dict, static_batch: Optional[int] = None) -> dict:
     """Options fields from the quality flags; calibration files are read here (checked against
     the model later)."""
     from .calib import Calibration
@@ -206,6 +213,13 @@ def _quality(kw: dict) -> dict:
     batch = q.pop("calib_batch", 16)
     if batch < 1:
         raise _UE("--calib-batch must be >= 1")
+    if static_batch is not None:
+        if static_batch < 1:
+            raise _UE(f"--static-batch must be an integer >= 1, got {static_batch}")
+        src = click.get_current_context().get_parameter_source("calib_batch")
+        if src is not None and src.name != "DEFAULT" and batch != static_batch:
+            raise _UE(f"--calib-batch {batch} does not fit --static-batch {static_batch}")
+        batch = static_batch
     if calib:
         q["calib"] = Calibration.from_npz(calib, batch)
     elif calib_dir:
@@ -225,17 +239,19 @@ def _quality(kw: dict) -> dict:
 @click.option("--verify/--no-verify", "verify", default=None,
               help="masked-dense oracle check [default: on, off for models over 1 GiB]")
 @click.option("--demo", is_flag=True, help="prune the built-in demo CNN (also used when MODEL is omitted)")
+@_static_batch_option
 @_repair_options
 @click.option("-q", "--quiet", is_flag=True)
 def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_inexact, head_ratio, mlp_ratio,
-        prune_hidden, threads, bench, verify, demo, quiet, **quality):
+        prune_hidden, threads, bench, verify, demo, static_batch, quiet, **quality):
     """Prune MODEL end to end: load, analyze, score, plan, rewrite, verify, bench, save."""
     from .io import check_output_path, save_json_atomic, save_model
     from .pipeline import Options, check_verified, prune
 
     opts = Options(ratio=ratio, round_to=round_to, protect=protect, criterion=criterion, seed=seed,
                    allow_inexact=allow_inexact, head_ratio=head_ratio, mlp_ratio=mlp_ratio,
-                   prune_hidden=prune_hidden, threads=threads, bench=bench, verify=verify, **_quality(quality))
+                   prune_hidden=prune_hidden, threads=threads, bench=bench, verify=verify,
+                   **_quality(quality, static_batch))
     opts.check()
     if model is None or demo:
         from .demo import write_demo_model
@@ -248,7 +264,7 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
     report_path = report or _default_report(out)
     check_output_path(out, model)
     check_output_path(report_path, model)
-    m = _load(model)
+    m = _load(model, static_batch)
     progress = _Progress(quiet)
     if not quiet:
         rt = f"auto = {opts.rounding()}" if round_to == "auto" else round_to
@@ -256,6 +272,8 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
     res = prune(m, opts, progress)
     progress.done()
     rep = res.report
+    if static_batch is not None:
+        rep["summary"]["options"]["static_batch"] = static_batch
     if rep["summary"]["pruned_groups"] == 0:
         click.echo("nothing was pruned (no prunable group at these settings; `graphprune analyze` says why); "
                    "writing an unchanged copy", err=True)
@@ -271,9 +289,10 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
 @click.argument("model")
 @click.option("--plan", "plan_out", default=None, help="write the plan JSON (groups, members, kept) here")
 @_common_prune_options
+@_static_batch_option
 @click.option("-v", "--verbose", is_flag=True, help="list every blocked reason")
 def analyze_cmd(model, plan_out, ratio, round_to, protect, criterion, seed, allow_inexact, head_ratio, mlp_ratio,
-                prune_hidden, verbose, **quality):
+                prune_hidden, static_batch, verbose, **quality):
     """Print the coupled channel groups of MODEL, what is blocked and why; optionally write a plan
     (at --ratio, default 0 here: every channel kept) to edit and apply with `prune --plan`."""
     from .io import save_json_atomic
@@ -284,13 +303,13 @@ def analyze_cmd(model, plan_out, ratio, round_to, protect, criterion, seed, allo
         ratio = 0.0
     opts = Options(ratio=ratio, round_to=round_to, protect=protect, criterion=criterion, seed=seed,
                    allow_inexact=allow_inexact, head_ratio=head_ratio, mlp_ratio=mlp_ratio, prune_hidden=prune_hidden,
-                   **_quality(quality))
+                   **_quality(quality, static_batch))
     opts.check()
     allow_inexact = allow_inexact or prune_hidden
     if plan_out:
         from .io import check_output_path
         check_output_path(plan_out, model)
-    m = _load(model)
+    m = _load(model, static_batch)
     an = Analyzed(m)
     plan = plan_for(an, m, opts, calibration(m, opts))
     pj = plan.to_json()
@@ -313,9 +332,29 @@ def analyze_cmd(model, plan_out, ratio, round_to, protect, criterion, seed, allo
             click.echo(f"{'':39s}  - ... {len(reasons) - 1} more (use -v)")
     n_prunable = sum(1 for g in an.groups if g.prunable)
     click.echo(f"{len(an.groups)} groups, {n_prunable} prunable")
+    if static_batch is None and n_prunable < len(an.groups):
+        _static_batch_hint(m, n_prunable)
     if plan_out:
         save_json_atomic(pj, plan_out)
         click.echo(f"wrote {plan_out}")
+
+
+def _static_batch_hint(m, n_prunable: int) -> None:
+    """If fixing a symbolic batch would let more groups prune, say so (analysed again at batch 1;
+    skipped for models over 1 GiB)."""
+    from .bench import _batch_symbols
+    from .io import approx_model_bytes, with_static_batch
+    from .pipeline import AUTO_SKIP_BYTES, Analyzed
+
+    if not _batch_symbols(m) or approx_model_bytes(m) > AUTO_SKIP_BYTES:
+        return
+    try:
+        n1 = sum(1 for g in Analyzed(with_static_batch(m, 1)).groups if g.prunable)
+    except Exception:       # a hint only: the analysis above stands
+        return
+    if n1 > n_prunable:
+        click.echo(f"hint: with --static-batch 1, {n1} groups are prunable (channels the exporter merges into "
+                   "the symbolic batch can then be followed)")
 
 
 @cli.command("prune")
@@ -324,8 +363,9 @@ def analyze_cmd(model, plan_out, ratio, round_to, protect, criterion, seed, allo
 @click.option("-o", "--output", "out", default=None, help="pruned model path [default: IN.pruned.onnx]")
 @click.option("--report", default=None, help="report JSON path [default: OUT.report.json]")
 @click.option("--no-bench", is_flag=True, help="skip the latency benchmark")
+@_static_batch_option
 @click.option("-q", "--quiet", is_flag=True)
-def prune_cmd(model, plan_in, out, report, no_bench, quiet):
+def prune_cmd(model, plan_in, out, report, no_bench, static_batch, quiet):
     """Apply an (edited) plan to MODEL."""
     from .io import check_output_path, save_json_atomic, save_model
     from .pipeline import Options, check_verified, prune
@@ -335,7 +375,7 @@ def prune_cmd(model, plan_in, out, report, no_bench, quiet):
     check_output_path(out, model)
     check_output_path(report_path, model)
     pj = _load_json(plan_in, "plan")
-    m = _load(model)
+    m = _load(model, static_batch)
     progress = _Progress(quiet)
     res = prune(m, Options(ratio=0.0, bench=not no_bench), progress, plan_json=pj)
     progress.done()

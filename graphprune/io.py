@@ -304,6 +304,32 @@ def load_model(path: str | os.PathLike, lazy: bool | None = None) -> onnx.ModelP
     return model
 
 
+def with_static_batch(model: onnx.ModelProto, n: int) -> onnx.ModelProto:
+    """A copy of ``model`` whose symbolic batch dimension is ``n`` on every graph input and output
+    (``--static-batch``). The batch is the symbol the inputs name like one or use only on their
+    first axis (tf2onnx: ``unk__N``). Channels merged into a symbolic batch (tf2onnx's batched
+    Einsum: Reshape [B, heads, T, D] -> [B*heads, T, D]) cannot be followed; with a static batch
+    they can. Intermediate shapes (``value_info``) are dropped and inferred again."""
+    from .bench import _batch_symbols
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise UsageError(f"--static-batch must be an integer >= 1, got {n!r}")
+    syms = _batch_symbols(model)
+    if not syms:
+        raise UsageError("--static-batch: the graph inputs have no symbolic batch dimension")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for vi in list(out.graph.input) + list(out.graph.output):
+        if not vi.type.HasField("tensor_type"):
+            continue
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param in syms:
+                d.Clear()
+                d.dim_value = n
+    del out.graph.value_info[:]
+    return out
+
+
 def _ext_info(t: onnx.TensorProto) -> dict:
     return {e.key: e.value for e in t.external_data}
 

@@ -95,3 +95,55 @@ def test_tf2onnx_batch_symbol_counts_as_batch_one():
     feed = count_feed(m, 64)
     assert feed["x"].shape == (1, 16, 32)
     assert count_macs_params(m, feed)[0] == count_macs_params(m, random_inputs(m, batch=1))[0]
+
+
+# ----------------------------------------------------------------------------- --static-batch
+
+def _gp(*args, cwd=None):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "graphprune", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _one_line_error(r, code=2):
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    assert len([ln for ln in r.stderr.splitlines() if ln.startswith("graphprune: error")]) == 1, r.stderr
+
+
+def test_static_batch_lets_heads_merged_into_the_batch_prune(tmp_path):
+    """tf2onnx flattens [batch, heads] into one symbolic axis for its batched MatMuls: with a
+    symbolic batch the heads cannot be followed (analyze says how to fix it); --static-batch 1
+    fixes the batch and the heads prune, oracle passed."""
+    import json
+
+    r = _gp("analyze", KERAS)
+    assert r.returncode == 0, r.stderr
+    assert "10 groups, 2 prunable" in r.stdout and "with --static-batch 1, 4 groups are prunable" in r.stdout
+    r = _gp("analyze", KERAS, "--static-batch", "1")
+    assert "6 groups, 4 prunable" in r.stdout and "hint" not in r.stdout
+    out = tmp_path / "k.onnx"
+    r = _gp("run", KERAS, "--static-batch", "1", "-o", str(out), "--no-bench")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "k.report.json").read_text())
+    assert rep["verify"]["passed"] and rep["summary"]["options"]["static_batch"] == 1
+    heads = [g for g in rep["groups"] if g["channels_before"] == 4 and g["channels_after"] == 2]
+    assert len(heads) == 2, [(g["channels_before"], g["channels_after"]) for g in rep["groups"]]
+    m = onnx.load(str(out))
+    assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    original = onnx.load(KERAS)
+    assert original.graph.input[0].type.tensor_type.shape.dim[0].dim_param    # input file untouched
+
+
+def test_static_batch_bad_values(tmp_path):
+    from graphprune.demo import build_demo_model
+
+    _one_line_error(_gp("run", KERAS, "--static-batch", "0", "-o", str(tmp_path / "a.onnx")))
+    _one_line_error(_gp("run", KERAS, "--static-batch", "2", "--calib-batch", "3", "-o", str(tmp_path / "a.onnx")))
+    demo = tmp_path / "demo.onnx"
+    onnx.save(build_demo_model(seed=0), str(demo))              # static batch 1: nothing to fix
+    r = _gp("analyze", str(demo), "--static-batch", "1")
+    _one_line_error(r)
+    assert "no symbolic batch" in r.stderr
+    assert not (tmp_path / "a.onnx").exists()
