@@ -346,9 +346,30 @@ def _batch_symbols(model: onnx.ModelProto) -> set[str]:
     return {s for s in every if _is_batch_symbol(s)} | (first_axis - other_axis)
 
 
+FREE_SIZES = (8, 32, 64, 224)   # sizes tried for free symbolic dims until the model runs (see free_dims)
+
+
+def free_dims(model: onnx.ModelProto) -> bool:
+    """Whether a graph input has a symbolic or unknown dim that is not the batch (random inputs
+    then pick its size: 8 first; an FPN/UNet that needs multiples of 32 runs at a larger one)."""
+    batch_syms = _batch_symbols(model)
+    for vi in _graph_inputs(model):
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
+            continue
+        rank = len(tt.shape.dim)
+        for ax, d in enumerate(tt.shape.dim):
+            if d.HasField("dim_value") and d.dim_value >= 0:
+                continue
+            sym = d.dim_param if d.HasField("dim_param") else ""
+            if not (sym and sym in batch_syms) and not (not sym and ax == 0 and rank >= 2):
+                return True
+    return False
+
+
 def random_inputs(
     model: onnx.ModelProto, seed: int = 0, batch: int = 1,
-    dims: Mapping[str, int] | None = None,
+    dims: Mapping[str, int] | None = None, other: int = 8,
 ) -> dict[str, np.ndarray]:
     """A random feed for the graph inputs that are not initializers.
 
@@ -356,7 +377,7 @@ def random_inputs(
     Inputs whose name contains "mask": ones.  Symbolic dimensions: a symbol in
     ``dims`` takes that value; a batch symbol (named like "batch", or on the
     first axis of a rank >= 2 input and on no other axis) takes ``batch``; any
-    other symbol or unknown dim takes 8."""
+    other symbol or unknown dim takes ``other`` (8)."""
     dims = dict(dims or {})
     rng = np.random.default_rng(seed)
     graph_inputs = _graph_inputs(model)
@@ -369,7 +390,7 @@ def random_inputs(
             return batch
         if not sym and ax == 0 and rank >= 2:
             return batch
-        return 8
+        return other
 
     feed: dict[str, np.ndarray] = {}
     for vi in graph_inputs:

@@ -225,14 +225,19 @@ def _drop_unused(model: onnx.ModelProto) -> None:
         g.initializer.extend(inits)
 
 
-_WEIGHT_OPS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,)}
+_WEIGHT_OPS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,),
+               # per-channel parameters: a bias kept 1-D and Reshape'd to [1, C, 1, 1] in the graph
+               # (paddle2onnx), scales and shifts computed from constants
+               "Add": (0, 1), "Sub": (0, 1), "Mul": (0, 1), "Div": (0, 1), "PRelu": (1,),
+               "BatchNormalization": (1, 2, 3, 4), "InstanceNormalization": (1, 2), "LayerNormalization": (1, 2)}
 _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
                      "Bernoulli"}
 
 
 def fold_weight_subgraphs(model: onnx.ModelProto, max_bytes: int = 1 << 28) -> onnx.ModelProto:
-    """Evaluate, once, every weight (or bias) of a Conv / ConvTranspose / Gemm / MatMul that the
-    graph computes from constants alone (weight standardisation, reparameterisations) and store
+    """Evaluate, once, every weight (or bias) of a Conv / ConvTranspose / Gemm / MatMul, and every
+    per-channel parameter of an elementwise op or a normalisation, that the graph computes from
+    constants alone (weight standardisation, reparameterisations, reshaped biases) and store
     it as an initializer, so the layer can be analysed and pruned like any other. The nodes of
     those computations that nothing else reads are removed. Returns a new model, or ``model``
     itself when there is nothing to fold (or the evaluation fails)."""

@@ -315,14 +315,19 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
     report["params"] = {"before": int(pb), "after": int(pa)}
     if do_bench:
         progress("bench")
-        feed = bench.random_inputs(model, seed=opts.seed)
-        try:
-            lat = bench.measure_latency(model, pruned, feed, threads=opts.threads, repeats=opts.bench_repeats)
-            report["latency_ms"] = {"before": lat["before_ms"], "after": lat["after_ms"],
-                                    "speedup": lat["speedup"], "threads": opts.threads}
-        except Exception as e:  # e.g. custom ops onnxruntime lacks
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-            report["latency_ms"] = {"skipped": f"onnxruntime cannot run the model: {first}"}
+        sizes = bench.FREE_SIZES if bench.free_dims(model) else bench.FREE_SIZES[:1]
+        for k, size in enumerate(sizes):      # free dims: the first size the model runs at (see verify)
+            feed = bench.random_inputs(model, seed=opts.seed, other=size)
+            try:
+                lat = bench.measure_latency(model, pruned, feed, threads=opts.threads, repeats=opts.bench_repeats)
+                report["latency_ms"] = {"before": lat["before_ms"], "after": lat["after_ms"],
+                                        "speedup": lat["speedup"], "threads": opts.threads}
+                if len(sizes) > 1:
+                    report["latency_ms"]["free_dims"] = size
+                break
+            except Exception as e:  # e.g. custom ops onnxruntime lacks
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                report["latency_ms"] = {"skipped": f"onnxruntime cannot run the model: {first}"}
     report["timings_s"] = t
     return Result(pruned, plan, report, t)
 

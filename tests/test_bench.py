@@ -326,3 +326,27 @@ def test_lean_heap_returns_freed_activation_sized_blocks():
         del small
     assert grown - base > 15                           # the blocks were resident ...
     assert _rss_mb() - base < 8                        # ... and are returned when freed
+
+
+def test_free_dims_are_tried_until_the_model_runs():
+    """An FPN-like model with symbolic height and width needs multiples of 16: random inputs at
+    8x8 cannot run it, so verify and the benchmark try the next size (32) instead of failing."""
+    from graphprune.bench import free_dims
+    from graphprune.pipeline import Options, prune
+    from helpers_graphs import GraphBuilder
+
+    b = GraphBuilder(seed=2)
+    x = b.input("x", [1, 3, "h", "w"])
+    a = b.relu(b.conv(x, 3, 8, k=3, name="stem"))
+    d = a
+    for i in range(4):
+        d = b.relu(b.conv(d, 8, 8, k=3, stride=2, name=f"down{i}"))
+    u = b.node("Resize", [d, "", b.const("scales", np.array([1, 1, 16, 16], np.float32), as_node=False)],
+               mode="nearest")
+    y = b.conv(b.node("Add", [a, u]), 8, 2, k=1, name="head")
+    m = b.model(b.node("Identity", [y], outputs=["y"]))
+    assert free_dims(m)
+    res = prune(m, Options(ratio=0.5, bench=True, bench_repeats=2, verify=True))
+    assert res.report["verify"]["passed"], res.report["verify"]
+    assert res.report["latency_ms"]["free_dims"] == 32, res.report["latency_ms"]
+    assert res.report["summary"]["pruned_groups"] >= 1

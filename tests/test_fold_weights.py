@@ -86,3 +86,32 @@ def test_analysis_folds_its_private_copy_in_place_and_never_the_callers_model():
     assert changed2 and out2 is not keep and keep.SerializeToString() == snapshot
     res = prune(m, Options(ratio=0.5, bench=False, verify=True))
     assert res.report["verify"]["passed"] and m.SerializeToString() == before
+
+
+def test_paddle_style_reshaped_bias_is_folded_and_prunes():
+    """paddle2onnx keeps a Conv bias 1-D and adds Reshape(Constant bias, Constant [1, C, 1, 1]) to
+    a bias-free Conv (PP-OCR's squeeze-excite): folded into a [1, C, 1, 1] initializer, the Add is
+    a per-channel parameter and the channels prune."""
+    rng = np.random.default_rng(3)
+
+    def const(name, arr):
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(arr), name))
+    nodes = [const("w1", rng.standard_normal((8, 3, 3, 3)).astype(np.float32)),
+             const("b1", rng.standard_normal(8).astype(np.float32)),
+             const("s1", np.array([1, 8, 1, 1], np.int64)),
+             const("w2", rng.standard_normal((4, 8, 3, 3)).astype(np.float32)),
+             helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Reshape", ["b1", "s1"], ["b1r"]),
+             helper.make_node("Add", ["a", "b1r"], ["ab"]),
+             helper.make_node("Relu", ["ab"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1])]
+    g = helper.make_graph(nodes, "pp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    folded = fold_weight_subgraphs(m)
+    assert "Reshape" not in [n.op_type for n in folded.graph.node]
+    res = prune(m, Options(ratio=0.5, bench=False, verify=True))
+    assert res.report["verify"]["passed"] and res.report["summary"]["pruned_groups"] == 1
+    b = next(t for t in res.model.graph.initializer if t.name == "b1r")
+    assert list(b.dims) == [1, 4, 1, 1]
