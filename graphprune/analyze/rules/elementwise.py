@@ -4,7 +4,7 @@ import numpy as np
 
 from ..engine import AnalysisError
 from . import register
-from .shape import shape_calculus
+from .shape import const_items, shape_calculus
 
 UNARY = (
     "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
@@ -21,6 +21,13 @@ def unary(ctx):
     if ctx.op in ("Cast", "Identity") and shape_calculus(ctx):
         return              # a shape value cast to int32 and back (tf2onnx) keeps its items
     x = ctx.input(0)
+    if ctx.op in ("Cast", "Identity") and ctx.is_const(x):
+        shp = ctx.const_shape(x)
+        if shp is not None and len(shp) <= 1 and int(np.prod(shp)) <= 16:
+            items = const_items(ctx, x, 0)     # a small integer constant cast into a shape (paddle2onnx)
+            if items is not None:
+                ctx.set_shapeval(ctx.outputs[0], items)
+                return
     for extra in ctx.inputs[1:]:
         if extra:
             v = ctx.const_shape(extra)
