@@ -55,10 +55,22 @@ class RewriteCtx:
                 del node.attribute[i]
                 return
 
+    def input_const(self, node_index: int, k: int) -> Optional[np.ndarray]:
+        """The constant value input k of the node has now (after earlier rewrites of that slot)."""
+        node = self.nodes[node_index]
+        name = node.input[k] if k < len(node.input) else ""
+        if name in self._new_names:
+            return numpy_helper.to_array(self._inits[name])
+        return self.an.graph.const(name) if name else None
+
     def set_input_const(self, node_index: int, k: int, value: np.ndarray) -> None:
         """Give input k of the node a constant value (a private copy if the constant is shared)."""
         node = self.nodes[node_index]
         old = node.input[k] if k < len(node.input) else ""
+        if old and old in self._new_names:         # this slot's own copy from an earlier rewrite
+            old_val = numpy_helper.to_array(self._inits[old])
+            self._inits[old].CopyFrom(numpy_helper.from_array(np.asarray(value).astype(old_val.dtype), old))
+            return
         old_val = self.an.graph.const(old) if old else None
         if old_val is not None:
             value = np.asarray(value).astype(old_val.dtype)
@@ -130,9 +142,33 @@ def rewrite(model: onnx.ModelProto, an: Analysis, root: np.ndarray, removed: Set
     rw = RewriteCtx(m, an, root, rem)
     for fn in an.rewrites:
         fn(rw)
+    if rw._new_names:
+        _drop_orphans(model, m)
     del m.graph.value_info[:]
     pin_ir_version(m)
     return m
+
+
+def _read_names(graph: onnx.GraphProto, out: Set[str]) -> Set[str]:
+    for n in graph.node:
+        out.update(n.input)
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                _read_names(sub, out)
+    out.update(o.name for o in graph.output)
+    return out
+
+
+def _drop_orphans(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
+    """Remove the initializers (small shape constants) that every reader now reads a private
+    rewritten copy of instead: read in the input model, read by nothing now."""
+    was = _read_names(before.graph, set())
+    now = _read_names(after.graph, set())
+    graph_inputs = {i.name for i in after.graph.input}
+    dead = [i for i, t in enumerate(after.graph.initializer)
+            if t.name in was and t.name not in now and t.name not in graph_inputs]
+    for i in reversed(dead):            # in place: no copy of the (possibly large) others
+        del after.graph.initializer[i]
 
 
 def _repeated(fd) -> bool:

