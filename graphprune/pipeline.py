@@ -354,10 +354,11 @@ def count_feed(model: onnx.ModelProto, seq_len: int) -> Optional[dict]:
 
 
 def _seq_dims(model: onnx.ModelProto, syms, seq_len: int) -> dict:
-    """Every symbol but the batch takes seq_len; the batch is a symbol named like one, or one on
-    the first axis of inputs only (tf2onnx names it ``unk__N``)."""
-    batch = bench._batch_symbols(model)
-    return {s: seq_len for s in syms if not bench._is_batch_symbol(s) and s not in batch}
+    """Every symbol but the batch takes seq_len; the batch is a symbol named like one, or, when no
+    symbol is, one on the first axis of inputs only (tf2onnx names it ``unk__N``)."""
+    named = {s for s in syms if bench._is_batch_symbol(s)}
+    batch = named or bench._batch_symbols(model)       # [seq, batch, d] inputs name their batch
+    return {s: seq_len for s in syms if s not in batch}
 
 
 def _unchanged(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -175,3 +175,13 @@ def test_shared_int32_shape_constant_rewritten_twice_keeps_its_type():
     widths = [i for i in res.model.graph.initializer if i.data_type == onnx.TensorProto.INT32 and i.name in read]
     assert len(widths) == 2 and all(list(numpy_helper.to_array(w)) == [g["channels_after"]] for w in widths)
     assert "width" not in {i.name for i in res.model.graph.initializer}     # the orphaned original is dropped
+
+
+def test_sequence_first_inputs_keep_their_sequence_length():
+    """[seq, batch, d] with a named batch: the first-axis symbol is the sequence, counted at 64."""
+    from graphprune.pipeline import count_feed
+
+    b = GraphBuilder(seed=1)
+    x = b.input("x", ["seq", "batch", 8])
+    m = b.model(b.node("MatMul", [x, b.const("w", b.randn(8, 4))], outputs=["y"]))
+    assert count_feed(m, 64)["x"].shape == (64, 1, 8)
