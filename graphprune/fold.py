@@ -225,6 +225,7 @@ def _drop_unused(model: onnx.ModelProto) -> None:
         g.initializer.extend(inits)
 
 
+_LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _WEIGHT_OPS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,),
                # per-channel parameters: a bias kept 1-D and Reshape'd to [1, C, 1, 1] in the graph
                # (paddle2onnx), scales and shifts computed from constants
@@ -264,12 +265,14 @@ def fold_weight_subgraphs(model: onnx.ModelProto, max_bytes: int = 1 << 28) -> o
         memo[t] = ok
         return ok
 
-    targets = []
+    targets, weights = [], set()
     for n in g.node:
         for k in _WEIGHT_OPS.get(n.op_type, ()):
             if n.domain in ("", "ai.onnx") and k < len(n.input) and n.input[k] and n.input[k] not in consts \
                     and n.input[k] not in outputs and computed_from_consts(n.input[k]):
                 targets.append(n.input[k])
+                if n.op_type in _LAYER_OPS:
+                    weights.add(n.input[k])
     targets = list(dict.fromkeys(targets))
     if not targets:
         return model
@@ -302,8 +305,14 @@ def fold_weight_subgraphs(model: onnx.ModelProto, max_bytes: int = 1 << 28) -> o
     values = [np.asarray(v) for v in values]
     if any(v.nbytes > max_bytes for v in values):
         return original
+    # parameters of elementwise ops and norms are folded only when per-channel (one axis over 1):
+    # a relative-position bias gathered from its table into [heads, N, N] would grow the file
+    folded = [(t, v) for t, v in zip(targets, values) if t in weights or sum(d > 1 for d in v.shape) <= 1]
+    if not folded:
+        return original
+    targets = [t for t, _ in folded]
     from onnx import numpy_helper
-    for t, v in zip(targets, values):
+    for t, v in folded:
         g.initializer.append(numpy_helper.from_array(v, t))
     # drop cone nodes whose outputs nobody reads any more
     keep = list(g.node)

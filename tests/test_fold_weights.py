@@ -115,3 +115,19 @@ def test_paddle_style_reshaped_bias_is_folded_and_prunes():
     assert res.report["verify"]["passed"] and res.report["summary"]["pruned_groups"] == 1
     b = next(t for t in res.model.graph.initializer if t.name == "b1r")
     assert list(b.dims) == [1, 4, 1, 1]
+
+
+def test_computed_bias_tables_are_not_expanded_into_initializers():
+    """A relative-position bias gathered from its small table into [heads, N, N] and added to the
+    logits is computed from constants too, but folding it would grow the file: left as it is."""
+    rng = np.random.default_rng(4)
+    table = numpy_helper.from_array(rng.standard_normal((7, 2)).astype(np.float32), "table")
+    index = numpy_helper.from_array(rng.integers(0, 7, (2, 4, 4)).astype(np.int64), "index")
+    nodes = [helper.make_node("Gather", ["table", "index"], ["g"], axis=0),          # [2, 4, 4, 2]
+             helper.make_node("Transpose", ["g"], ["bias"], perm=[3, 0, 1, 2]),      # [2, 2, 4, 4]
+             helper.make_node("Add", ["x", "bias"], ["y"])]
+    g = helper.make_graph(nodes, "rp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2, 4, 4])], [table, index])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    assert fold_weight_subgraphs(m) is m
