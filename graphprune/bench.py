@@ -334,16 +334,22 @@ def _batch_symbols(model: onnx.ModelProto) -> set[str]:
     first_axis: set[str] = set()
     other_axis: set[str] = set()
     every: set[str] = set()
+    for ax, d, rank in _input_dims(model):
+        if d.HasField("dim_param"):
+            every.add(d.dim_param)
+            (first_axis if ax == 0 and rank >= 2 else other_axis).add(d.dim_param)
+    return {s for s in every if _is_batch_symbol(s)} | (first_axis - other_axis)
+
+
+def _input_dims(model: onnx.ModelProto):
+    """(axis, dim, rank) of every dim of every graph input with a shape."""
     for vi in _graph_inputs(model):
         tt = vi.type.tensor_type
         if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
             continue
         rank = len(tt.shape.dim)
         for ax, d in enumerate(tt.shape.dim):
-            if d.HasField("dim_param"):
-                every.add(d.dim_param)
-                (first_axis if ax == 0 and rank >= 2 else other_axis).add(d.dim_param)
-    return {s for s in every if _is_batch_symbol(s)} | (first_axis - other_axis)
+            yield ax, d, rank
 
 
 FREE_SIZES = (8, 32, 64, 224)   # sizes tried for free symbolic dims until the model runs (see free_dims)
@@ -353,17 +359,12 @@ def free_dims(model: onnx.ModelProto) -> bool:
     """Whether a graph input has a symbolic or unknown dim that is not the batch (random inputs
     then pick its size: 8 first; an FPN/UNet that needs multiples of 32 runs at a larger one)."""
     batch_syms = _batch_symbols(model)
-    for vi in _graph_inputs(model):
-        tt = vi.type.tensor_type
-        if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
+    for ax, d, rank in _input_dims(model):
+        if d.HasField("dim_value") and d.dim_value >= 0:
             continue
-        rank = len(tt.shape.dim)
-        for ax, d in enumerate(tt.shape.dim):
-            if d.HasField("dim_value") and d.dim_value >= 0:
-                continue
-            sym = d.dim_param if d.HasField("dim_param") else ""
-            if not (sym and sym in batch_syms) and not (not sym and ax == 0 and rank >= 2):
-                return True
+        sym = d.dim_param if d.HasField("dim_param") else ""
+        if not (sym and sym in batch_syms) and not (not sym and ax == 0 and rank >= 2):
+            return True
     return False
 
 
