@@ -275,6 +275,9 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
     if static_batch is not None:
         rep["summary"]["options"]["static_batch"] = static_batch
     if rep["summary"]["pruned_groups"] == 0:
+        why = _whole_model_reason(m)
+        if why:
+            click.echo(f"nothing was pruned: {why}", err=True)
         click.echo("nothing was pruned (no prunable group at these settings; `graphprune analyze` says why); "
                    "writing an unchanged copy", err=True)
     check_verified(rep)
@@ -334,9 +337,35 @@ def analyze_cmd(model, plan_out, ratio, round_to, protect, criterion, seed, allo
     click.echo(f"{len(an.groups)} groups, {n_prunable} prunable")
     if static_batch is None and n_prunable < len(an.groups):
         _static_batch_hint(m, n_prunable)
+    why = _whole_model_reason(m) if n_prunable == 0 else None
+    if why:
+        click.echo(f"why: {why}")
     if plan_out:
         save_json_atomic(pj, plan_out)
         click.echo(f"wrote {plan_out}")
+
+
+QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
+                 "QLinearConv", "QLinearMatMul", "DynamicQuantizeLSTM", "QGemm", "QAttention", "DynamicQuantizeMatMul")
+CONTROL_FLOW_OPS = ("If", "Loop", "Scan")
+
+
+def _whole_model_reason(m) -> Optional[str]:
+    """Why a model has nothing prunable, when the reason is the model's kind (quantized, or its
+    layers inside control flow), not one op."""
+    ops = {}
+    for n in m.graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    quant = {k: v for k, v in ops.items() if k in QUANTIZED_OPS}
+    if quant:
+        what = ", ".join(f"{v} {k}" for k, v in sorted(quant.items()))
+        return (f"the model is quantized ({what}); quantized weights and run-time scales are not pruned: "
+                "prune the float model, then quantize it")
+    flow = {k: v for k, v in ops.items() if k in CONTROL_FLOW_OPS}
+    if flow:
+        what = ", ".join(f"{v} {k}" for k, v in sorted(flow.items()))
+        return f"its layers run inside control flow ({what}), whose subgraphs are not analysed"
+    return None
 
 
 def _static_batch_hint(m, n_prunable: int) -> None:

@@ -249,3 +249,60 @@ def test_round_to_auto_uses_this_machines_simd_block(tmp_path, demo):
     assert pruned
     for g in pruned:
         assert g["channels_after"] % block == 0, g
+
+
+def _qdq_conv_model():
+    """x -> Q -> DQ -> Conv(DequantizeLinear(int8 W, per-channel scale)) -> Relu -> same -> y."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "xs"),
+             numpy_helper.from_array(np.array(128, np.uint8), "xz")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"])]
+    h, cin = "xd", 3
+    for i, cout in enumerate((8, 4)):
+        inits += [numpy_helper.from_array(rng.integers(-100, 100, (cout, cin, 3, 3)).astype(np.int8), f"w{i}q"),
+                  numpy_helper.from_array((rng.random(cout) * 0.01 + 0.001).astype(np.float32), f"w{i}s")]
+        nodes += [helper.make_node("DequantizeLinear", [f"w{i}q", f"w{i}s"], [f"w{i}"], axis=0),
+                  helper.make_node("Conv", [h, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        h, cin = f"r{i}", cout
+    g = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info(h, TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_quantized_model_is_left_whole_and_says_why(tmp_path):
+    path = tmp_path / "qdq.onnx"
+    onnx.save(_qdq_conv_model(), str(path))
+    r = gp("analyze", str(path))
+    assert r.returncode == 0, r.stderr
+    assert "why: the model is quantized (3 DequantizeLinear, 1 QuantizeLinear)" in r.stdout, r.stdout
+    assert "prune the float model, then quantize it" in r.stdout
+    out = tmp_path / "qdq.pruned.onnx"
+    r = gp("run", str(path), "-o", str(out), "--no-bench")
+    assert r.returncode == 0, r.stderr
+    assert "nothing was pruned: the model is quantized" in r.stderr
+    w = next(t for t in onnx.load(str(out)).graph.initializer if t.name == "w0q")
+    assert w.data_type == TensorProto.INT8 and list(w.dims) == [8, 3, 3, 3]         # unchanged, still int8
+
+
+def test_layers_inside_control_flow_say_why(tmp_path):
+    rng = np.random.default_rng(6)
+    branch = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["b"], pads=[1, 1, 1, 1])], "branch", [],
+        [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 4, 8, 8])])
+    g = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch)], "flow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
+         helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = tmp_path / "flow.onnx"
+    onnx.save(m, str(path))
+    r = gp("analyze", str(path))
+    assert r.returncode == 0, r.stderr
+    assert "why: its layers run inside control flow (1 If)" in r.stdout, r.stdout
