@@ -318,7 +318,7 @@ def measure_latency(
 # --------------------------------------------------------------------------- inputs
 
 
-def _is_batch_symbol(sym: str) -> bool:
+def is_batch_symbol(sym: str) -> bool:
     return "batch" in sym.lower() or sym in ("N", "B", "n", "b")
 
 
@@ -328,7 +328,7 @@ def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in inits]
 
 
-def _batch_symbols(model: onnx.ModelProto) -> set[str]:
+def batch_symbols(model: onnx.ModelProto) -> set[str]:
     """Symbols of the graph inputs that denote the batch: named like "batch", or
     on the first axis of a rank >= 2 input and on no other axis."""
     first_axis: set[str] = set()
@@ -338,7 +338,7 @@ def _batch_symbols(model: onnx.ModelProto) -> set[str]:
         if d.HasField("dim_param"):
             every.add(d.dim_param)
             (first_axis if ax == 0 and rank >= 2 else other_axis).add(d.dim_param)
-    return {s for s in every if _is_batch_symbol(s)} | (first_axis - other_axis)
+    return {s for s in every if is_batch_symbol(s)} | (first_axis - other_axis)
 
 
 def _input_dims(model: onnx.ModelProto):
@@ -358,7 +358,7 @@ FREE_SIZES = (8, 32, 64, 224)   # sizes tried for free symbolic dims until the m
 def free_dims(model: onnx.ModelProto) -> bool:
     """Whether a graph input has a symbolic or unknown dim that is not the batch (random inputs
     then pick its size: 8 first; an FPN/UNet that needs multiples of 32 runs at a larger one)."""
-    batch_syms = _batch_symbols(model)
+    batch_syms = batch_symbols(model)
     for ax, d, rank in _input_dims(model):
         if d.HasField("dim_value") and d.dim_value >= 0:
             continue
@@ -366,6 +366,19 @@ def free_dims(model: onnx.ModelProto) -> bool:
         if not (sym and sym in batch_syms) and not (not sym and ax == 0 and rank >= 2):
             return True
     return False
+
+
+def at_free_sizes(model: onnx.ModelProto, attempt):
+    """``attempt(size)`` with free symbolic dims at each of FREE_SIZES in turn (only the first
+    when the inputs have none), until one returns; the last failure is raised. Returns
+    (size, result)."""
+    sizes = FREE_SIZES if free_dims(model) else FREE_SIZES[:1]
+    for k, size in enumerate(sizes):
+        try:
+            return size, attempt(size)
+        except Exception:
+            if k == len(sizes) - 1:
+                raise
 
 
 def random_inputs(
@@ -382,7 +395,7 @@ def random_inputs(
     dims = dict(dims or {})
     rng = np.random.default_rng(seed)
     graph_inputs = _graph_inputs(model)
-    batch_syms = _batch_symbols(model)
+    batch_syms = batch_symbols(model)
 
     def size(sym: str, ax: int, rank: int) -> int:
         if sym and sym in dims:
@@ -694,7 +707,7 @@ def count_macs_params(
     shapes: dict[str, list] = {}
     _collect_shapes(inferred.graph, shapes)
     inits = {t.name for t in work.graph.initializer}
-    batch_syms = _batch_symbols(work)
+    batch_syms = batch_symbols(work)
 
     def resolve(name: str, runtime: Mapping[str, tuple]) -> tuple[list | None, bool]:
         """(dims with None where unknown, every dim known?)"""

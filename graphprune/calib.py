@@ -260,7 +260,7 @@ def synthetic(model: onnx.ModelProto, graph=None, batches: int = 4, batch: int =
                 if t is not None:
                     rows[name] = min(rows.get(name, t.shape[0]), t.shape[0])
     feeds = []
-    batch_syms = bench._batch_symbols(model)
+    batch_syms = bench.batch_symbols(model)
     for _ in range(batches):
         f = {}
         for name, (dt, dims) in specs.items():

@@ -6,6 +6,7 @@ no traceback unless GRAPHPRUNE_DEBUG=1.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import sys
@@ -353,9 +354,7 @@ CONTROL_FLOW_OPS = ("If", "Loop", "Scan")
 def _whole_model_reason(m) -> Optional[str]:
     """Why a model has nothing prunable, when the reason is the model's kind (quantized, or its
     layers inside control flow), not one op."""
-    ops = {}
-    for n in m.graph.node:
-        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    ops = collections.Counter(n.op_type for n in m.graph.node)
     quant = {k: v for k, v in ops.items() if k in QUANTIZED_OPS}
     if quant:
         what = ", ".join(f"{v} {k}" for k, v in sorted(quant.items()))
@@ -371,11 +370,11 @@ def _whole_model_reason(m) -> Optional[str]:
 def _static_batch_hint(m, n_prunable: int) -> None:
     """If fixing a symbolic batch would let more groups prune, say so (analysed again at batch 1;
     skipped for models over 1 GiB)."""
-    from .bench import _batch_symbols
+    from .bench import batch_symbols
     from .io import approx_model_bytes, with_static_batch
     from .pipeline import AUTO_SKIP_BYTES, Analyzed
 
-    if not _batch_symbols(m) or approx_model_bytes(m) > AUTO_SKIP_BYTES:
+    if not batch_symbols(m) or approx_model_bytes(m) > AUTO_SKIP_BYTES:
         return
     try:
         n1 = sum(1 for g in Analyzed(with_static_batch(m, 1)).groups if g.prunable)

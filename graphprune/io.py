@@ -310,11 +310,11 @@ def with_static_batch(model: onnx.ModelProto, n: int) -> onnx.ModelProto:
     first axis (tf2onnx: ``unk__N``). Channels merged into a symbolic batch (tf2onnx's batched
     Einsum: Reshape [B, heads, T, D] -> [B*heads, T, D]) cannot be followed; with a static batch
     they can. Intermediate shapes (``value_info``) are dropped and inferred again."""
-    from .bench import _batch_symbols
+    from .bench import batch_symbols
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UsageError(f"--static-batch must be an integer >= 1, got {n!r}")
-    syms = _batch_symbols(model)
+    syms = batch_symbols(model)
     if not syms:
         raise UsageError("--static-batch: the graph inputs have no symbolic batch dimension")
     out = onnx.ModelProto()

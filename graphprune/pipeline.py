@@ -315,19 +315,18 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
     report["params"] = {"before": int(pb), "after": int(pa)}
     if do_bench:
         progress("bench")
-        sizes = bench.FREE_SIZES if bench.free_dims(model) else bench.FREE_SIZES[:1]
-        for k, size in enumerate(sizes):      # free dims: the first size the model runs at (see verify)
+        def timed(size):                      # free dims: the first size the model runs at (see verify)
             feed = bench.random_inputs(model, seed=opts.seed, other=size)
-            try:
-                lat = bench.measure_latency(model, pruned, feed, threads=opts.threads, repeats=opts.bench_repeats)
-                report["latency_ms"] = {"before": lat["before_ms"], "after": lat["after_ms"],
-                                        "speedup": lat["speedup"], "threads": opts.threads}
-                if len(sizes) > 1:
-                    report["latency_ms"]["free_dims"] = size
-                break
-            except Exception as e:  # e.g. custom ops onnxruntime lacks
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-                report["latency_ms"] = {"skipped": f"onnxruntime cannot run the model: {first}"}
+            return bench.measure_latency(model, pruned, feed, threads=opts.threads, repeats=opts.bench_repeats)
+        try:
+            size, lat = bench.at_free_sizes(model, timed)
+            report["latency_ms"] = {"before": lat["before_ms"], "after": lat["after_ms"],
+                                    "speedup": lat["speedup"], "threads": opts.threads}
+            if bench.free_dims(model):
+                report["latency_ms"]["free_dims"] = size
+        except Exception as e:  # e.g. custom ops onnxruntime lacks
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            report["latency_ms"] = {"skipped": f"onnxruntime cannot run the model: {first}"}
     report["timings_s"] = t
     return Result(pruned, plan, report, t)
 
@@ -356,8 +355,8 @@ def count_feed(model: onnx.ModelProto, seq_len: int) -> Optional[dict]:
 def _seq_dims(model: onnx.ModelProto, syms, seq_len: int) -> dict:
     """Every symbol but the batch takes seq_len; the batch is a symbol named like one, or, when no
     symbol is, one on the first axis of inputs only (tf2onnx names it ``unk__N``)."""
-    named = {s for s in syms if bench._is_batch_symbol(s)}
-    batch = named or bench._batch_symbols(model)       # [seq, batch, d] inputs name their batch
+    named = {s for s in syms if bench.is_batch_symbol(s)}
+    batch = named or bench.batch_symbols(model)       # [seq, batch, d] inputs name their batch
     return {s: seq_len for s in syms if s not in batch}
 
 

@@ -68,8 +68,8 @@ class RewriteCtx:
         node = self.nodes[node_index]
         old = node.input[k] if k < len(node.input) else ""
         if old and old in self._new_names:         # this slot's own copy from an earlier rewrite
-            old_val = numpy_helper.to_array(self._inits[old])
-            self._inits[old].CopyFrom(numpy_helper.from_array(np.asarray(value).astype(old_val.dtype), old))
+            dtype = helper.tensor_dtype_to_np_dtype(self._inits[old].data_type)
+            self._inits[old].CopyFrom(numpy_helper.from_array(np.asarray(value).astype(dtype), old))
             return
         old_val = self.an.graph.const(old) if old else None
         if old_val is not None:

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .bench import FREE_SIZES, Runner, free_dims, random_inputs
+from .bench import FREE_SIZES, Runner, at_free_sizes, free_dims, random_inputs
 from .errors import InputError
 
 
@@ -96,29 +96,28 @@ def verify(dense: onnx.ModelProto, pruned: onnx.ModelProto, plan_json: dict, see
            feeds: Optional[List[Dict[str, np.ndarray]]] = None, dims=None) -> dict:
     """Masked-dense oracle on random inputs. Returns {max_abs_diff, max_rel_diff, passed, ...}."""
     oracle = masked_dense(dense, plan_json)
-    # free symbolic dims (image height/width, sequence) start at 8; a model that cannot run
-    # there (an FPN needing multiples of 32) is tried at the next of FREE_SIZES
-    sizes = FREE_SIZES if feeds is None and free_dims(dense) else FREE_SIZES[:1]
     worst = {"max_abs_diff": 0.0, "max_rel_diff": 0.0}
     compared = 0
     # one session per model for every feed, and one model in onnxruntime at a time
     run_oracle = Runner(oracle)
-    for k, size in enumerate(sizes):
-        if k or feeds is None:
-            feeds = [random_inputs(dense, seed=s, dims=dims, other=size) for s in seeds]
-        refs = []
-        try:
-            for feed in feeds:
-                refs.append(run_oracle(feed))
-            break
-        except Exception as e:  # onnxruntime cannot run the input model itself (at these sizes)
-            why = _first_line(e)
-            if any(n.domain not in ("", "ai.onnx", "com.microsoft") for n in dense.graph.node):
-                return {"skipped": f"onnxruntime cannot run the model (custom ops): {why}"}
-            if k == len(sizes) - 1:
-                tried = f" (free dims tried at {', '.join(map(str, sizes))})" if len(sizes) > 1 else ""
-                raise InputError(f"onnxruntime cannot run the input model{tried}: {why}")
-    del run_oracle, oracle
+    given = feeds
+
+    def references(size, run=run_oracle):
+        fs = given if given is not None else [random_inputs(dense, seed=s, dims=dims, other=size) for s in seeds]
+        return fs, [run(feed) for feed in fs]
+    try:
+        if given is not None:
+            feeds, refs = references(None)
+        else:   # free symbolic dims (image height/width, sequence) start at 8; a model that cannot
+            # run there (an FPN needing multiples of 32) is tried at the next of FREE_SIZES
+            _, (feeds, refs) = at_free_sizes(dense, references)
+    except Exception as e:  # onnxruntime cannot run the input model itself
+        why = _first_line(e)
+        if any(n.domain not in ("", "ai.onnx", "com.microsoft") for n in dense.graph.node):
+            return {"skipped": f"onnxruntime cannot run the model (custom ops): {why}"}
+        tried = f" (free dims tried at {', '.join(map(str, FREE_SIZES))})" if given is None and free_dims(dense) else ""
+        raise InputError(f"onnxruntime cannot run the input model{tried}: {why}")
+    del run_oracle, oracle, references     # the oracle session goes before the pruned one comes
     run_pruned = Runner(pruned)
     for feed, ref in zip(feeds, refs):
         try:

@@ -7,7 +7,8 @@ time from Shape -> Cast -> Gather -> Concat -> Cast) and the attention einsums a
 MatMul/Transpose/Reshape chains whose flattened sizes are computed with ReduceProd.
 
 The file it writes, models/keras_encoder.onnx (93 KB), is committed, so the tests need neither
-TensorFlow nor tf2onnx. To re-create it (TensorFlow 2.21 CPU, Keras 3.15, tf2onnx 1.17)::
+TensorFlow nor tf2onnx (a re-export has the same graph, but tf2onnx's constant names and the
+random weights differ from run to run). To re-create it (TensorFlow 2.21 CPU, Keras 3.15, tf2onnx 1.17)::
 
     python -m venv /tmp/venv-tf && /tmp/venv-tf/bin/pip install tensorflow-cpu tf2onnx
     /tmp/venv-tf/bin/python models/keras_export.py models/keras_encoder.onnx
@@ -17,12 +18,12 @@ import os
 import sys
 
 
-def _convert(model, shape, path: str, opset: int = 17, ir_version: int = 8) -> None:
+def _convert(model, shape, path: str, opset: int = 17, ir_version: int = 8, input_name: str = "input") -> None:
     import onnx
     import tensorflow as tf
     import tf2onnx
 
-    spec = (tf.TensorSpec((None,) + tuple(shape), tf.float32, name="input"),)
+    spec = (tf.TensorSpec((None,) + tuple(shape), tf.float32, name=input_name),)
     fn = tf.function(lambda x: model(x, training=False), input_signature=spec)
     proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset)
     proto.ir_version = min(proto.ir_version, ir_version)   # onnxruntime reads at most IR 13
@@ -43,7 +44,6 @@ def export_application(name: str, path: str, opset: int = 17, ir_version: int = 
 
 def build_and_export(path: str) -> None:
     import tensorflow as tf
-    import tf2onnx
 
     tf.random.set_seed(0)
     T, C = 16, 32
@@ -56,13 +56,7 @@ def build_and_export(path: str) -> None:
         f = tf.keras.layers.Dense(C, name=f"ff{i}b")(f)
         x = tf.keras.layers.LayerNormalization(name=f"ln{i}b")(x + f)
     out = tf.keras.layers.Dense(10, name="head")(tf.keras.layers.GlobalAveragePooling1D()(x))
-    model = tf.keras.Model(inp, out)
-    spec = (tf.TensorSpec((None, T, C), tf.float32, name="x"),)
-    fn = tf.function(lambda x: model(x, training=False), input_signature=spec)
-    proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=17)
-    proto.ir_version = 8            # onnxruntime 1.31 reads at most IR 13; tf2onnx writes what onnx says
-    import onnx
-    onnx.save(proto, path)
+    _convert(tf.keras.Model(inp, out), (T, C), path, opset=17, ir_version=8, input_name="x")
 
 
 if __name__ == "__main__":

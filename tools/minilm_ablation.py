@@ -132,7 +132,7 @@ def main() -> None:
         else Calibration(minilm.tokenize_unpadded(tok, cal_s))
 
     def emb(m):
-        return minilm.embed(next(iter(bench.run_model(m, ev, threads=2).values())), ev["attention_mask"])
+        return _sentence_embeddings(m, [ev])
     e0 = emb(model)
     t = time.time()
     dense_macs = bench.count_macs_params(model, Q.count_feed(model, 64))[0]

