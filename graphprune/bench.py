@@ -22,6 +22,7 @@ import onnxruntime as ort
 
 from . import io as gio
 from .errors import InputError
+from .layers import LAYERS, layer_of, numel
 
 # Tensor types counted as parameters: floats, plus the 8-bit-and-narrower
 # integers quantized models keep their weights in (never shape constants).
@@ -442,28 +443,21 @@ def random_inputs(
 # --------------------------------------------------------------------------- counting
 
 
-def _numel(dims: Iterable[int]) -> int:
-    n = 1
-    for d in dims:
-        n *= int(d)
-    return n
-
-
 def _count_params_graph(graph: onnx.GraphProto) -> int:
     total = 0
     for t in graph.initializer:
         if t.data_type in _PARAM_TYPES:
-            total += _numel(t.dims)
+            total += numel(t.dims)
     for sp in graph.sparse_initializer:
         if sp.values.data_type in _PARAM_TYPES:
-            total += _numel(sp.dims)
+            total += numel(sp.dims)
     for node in graph.node:
         for a in node.attribute:
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 if a.name == "value" and a.t.data_type in _PARAM_TYPES:
-                    total += _numel(a.t.dims)
+                    total += numel(a.t.dims)
                 elif a.name == "sparse_value" and a.sparse_tensor.values.data_type in _PARAM_TYPES:
-                    total += _numel(a.sparse_tensor.dims)
+                    total += numel(a.sparse_tensor.dims)
                 elif a.name == "value_float":
                     total += 1
                 elif a.name == "value_floats":
@@ -497,7 +491,7 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     _copy_fields(g, sg, skip="initializer")
     for t in g.initializer:
         nt = sg.initializer.add()
-        if t.data_type in _PARAM_TYPES and _numel(t.dims) > 64:
+        if t.data_type in _PARAM_TYPES and numel(t.dims) > 64:
             nt.name, nt.data_type = t.name, t.data_type
             nt.dims.extend(t.dims)
         else:
@@ -539,111 +533,16 @@ def _collect_shapes(graph: onnx.GraphProto, shapes: dict) -> None:
                 _collect_shapes(g, shapes)
 
 
-def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
-def _einsum_macs(node: onnx.NodeProto, shp: list) -> int | None:
-    """Product of the sizes of every index letter (for >= 2 operands)."""
-    if len(shp) < 2:
-        return 0
-    eq = _attr(node, "equation", b"")
-    eq = eq.decode() if isinstance(eq, bytes) else str(eq)
-    eq = eq.replace(" ", "")
-    lhs = eq.split("->")[0]
-    terms = lhs.split(",")
-    if len(terms) != len(shp):
-        return None
-    sizes: dict[str, int] = {}
-    for term, s in zip(terms, shp):
-        if s is None:
-            return None
-        if "..." in term:
-            pre, post = term.split("...")
-            n_ell = len(s) - len(pre) - len(post)
-            if n_ell < 0:
-                return None
-            labels = list(pre) + [f".{n_ell - i}" for i in range(n_ell)] + list(post)
-        else:
-            labels = list(term)
-        if len(labels) != len(s):
-            return None
-        for lab, d in zip(labels, s):
-            sizes[lab] = max(sizes.get(lab, 1), int(d))
-    return _numel(sizes.values())
-
-
-# op type -> positions of the tensors whose shapes the count needs
-_CONV_OPS = {"Conv": (0, 1), "ConvInteger": (0, 1), "QLinearConv": (0, 3)}
-_MATMUL_OPS = {"MatMul": (0, 1), "MatMulInteger": (0, 1), "QLinearMatMul": (0, 3)}
-_RNN_OPS = {"RNN", "GRU", "LSTM"}
-
-
 def _needed(node: onnx.NodeProto) -> list[str] | None:
-    """Names of the tensors whose shapes are needed to count ``node``'s MACs."""
-    if node.domain not in ("", "ai.onnx"):
-        return None
-    op = node.op_type
-    ins = list(node.input)
-
-    def at(i: int) -> str:
-        return ins[i] if i < len(ins) else ""
-
-    if op in _CONV_OPS:
-        return [node.output[0], at(_CONV_OPS[op][1])]
-    if op == "ConvTranspose":
-        return [at(0), at(1)]
-    if op == "Gemm":
-        return [at(0), at(1)]
-    if op in _MATMUL_OPS:
-        a, b = _MATMUL_OPS[op]
-        return [at(a), at(b)]
-    if op == "Einsum":
-        return ins
-    if op in _RNN_OPS:
-        return [at(0), at(1), at(2)]
-    return None
+    """Names of the tensors whose shapes are needed to count ``node``'s MACs
+    (``layers.LayerKind.mac_inputs``)."""
+    kind = layer_of(node)
+    return None if kind is None or kind.macs is None else kind.mac_inputs(node)
 
 
 def _node_macs(node: onnx.NodeProto, shp: list) -> int | None:
-    """MACs of ``node`` given the resolved shapes of ``_needed(node)``."""
-    op = node.op_type
-    if op != "Einsum" and any(s is None for s in shp):
-        return None
-    if op in _CONV_OPS:
-        y, w = shp
-        return _numel(y) * _numel(w[1:])
-    if op == "ConvTranspose":
-        x, w = shp
-        return _numel(x[1:]) * _numel(w[1:]) * (x[0] if x else 1)
-    if op == "Gemm":
-        a, b = shp
-        if len(a) != 2 or len(b) != 2:
-            return None
-        m, k = (a[1], a[0]) if _attr(node, "transA", 0) else (a[0], a[1])
-        n = b[0] if _attr(node, "transB", 0) else b[1]
-        return m * k * n
-    if op in _MATMUL_OPS:
-        a, b = shp
-        if not a or not b:
-            return None
-        a2 = [1] + list(a) if len(a) == 1 else list(a)
-        b2 = list(b) + [1] if len(b) == 1 else list(b)
-        m, k, n = a2[-2], a2[-1], b2[-1]
-        batch = np.broadcast_shapes(tuple(a2[:-2]), tuple(b2[:-2])) if (len(a2) > 2 or len(b2) > 2) else ()
-        return _numel(batch) * m * k * n
-    if op == "Einsum":
-        return _einsum_macs(node, shp)
-    if op in _RNN_OPS:
-        x, w, r = shp
-        if len(x) != 3:
-            return None
-        seq, bat = (x[1], x[0]) if _attr(node, "layout", 0) else (x[0], x[1])
-        return seq * bat * (_numel(w) + _numel(r))
-    return None
+    """MACs of ``node`` given the resolved shapes of ``_needed(node)`` (``layers.LayerKind.macs``)."""
+    return layer_of(node).macs(node, shp)
 
 
 def _walk_nodes(graph: onnx.GraphProto, top: bool = True):
@@ -664,8 +563,8 @@ def count_macs_params(
     MACs: Conv / ConvInteger / QLinearConv (output elements x Cin/group x kernel
     size), ConvTranspose, Gemm, MatMul / MatMulInteger / QLinearMatMul (batch x
     M x K x N), Einsum (product of all index sizes), RNN / GRU / LSTM (seq x batch
-    x weight elements).  Nodes in subgraphs count once; model-local functions are
-    inlined first.  Shapes come from ONNX shape inference; a symbolic batch dim is
+    x weight elements), and every other op of ``layers.LAYERS``.  Nodes in subgraphs count
+    once; model-local functions are inlined first (except those registered as layer kinds).  Shapes come from ONNX shape inference; a symbolic batch dim is
     1; other unknown dims are read from one onnxruntime run on ``input_feed``
     (top-level graph only) when given, else count as 1.
 
@@ -680,7 +579,10 @@ def count_macs_params(
         try:
             from onnx import inliner
 
-            work = inliner.inline_local_functions(model)
+            # a function registered as a layer kind is counted by its own MAC formula
+            own = [(f.domain, f.name) for f in model.functions if (f.domain, f.name) in LAYERS]
+            work = inliner.inline_selected_functions(model, own, exclude=True) if own \
+                else inliner.inline_local_functions(model)
         except Exception as e:  # pragma: no cover - depends on the model
             warnings.warn(f"could not inline local functions: {gio._first_line(e)}")
     sk = _skeleton(work)

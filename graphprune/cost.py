@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 
 from . import bench
+from .layers import layer_of
 
 
 class CostModel:
@@ -37,8 +38,9 @@ class CostModel:
                 node = g.nodes[i]
                 for ax, atoms in sorted(an.descs.get(out, {}).items()):
                     factors.append(root[atoms])
-                x = node.input[0] if node.input else ""
-                kax = self._reduction_axis(node, g)
+                kind = layer_of(node)
+                x = node.input[kind.x] if kind is not None and len(node.input) > kind.x else ""
+                kax = kind.reduction_axis(node, g) if x and kind.reduction_axis is not None else None
                 if x and kax is not None:
                     atoms = an.descs.get(x, {}).get(kax)
                     if atoms is not None:
@@ -66,19 +68,6 @@ class CostModel:
             self.tensors.append((int(v.size), factors))
             member_params += int(v.size)
         self.fixed_params = int(self.params_before) - member_params
-
-    @staticmethod
-    def _reduction_axis(node: onnx.NodeProto, g) -> Optional[int]:
-        op = node.op_type
-        if op in ("Conv", "ConvTranspose"):
-            return 1
-        if op == "Gemm":
-            ta = next((a.i for a in node.attribute if a.name == "transA"), 0)
-            return 0 if ta else 1
-        if op == "MatMul":
-            s = g.shape(node.input[0])
-            return None if s is None else len(s) - 1
-        return None
 
     def _dead(self, removed: Iterable[int]) -> np.ndarray:
         dead = np.zeros(self.n_atoms, bool)

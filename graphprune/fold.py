@@ -16,6 +16,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .graph import Graph
+from .layers import layer_of
 
 MAX_ELEMS = 64
 SHAPE_OPS = {
@@ -135,13 +136,32 @@ def fold_shapes_into(model: onnx.ModelProto, g: Optional[Graph] = None,
     return out, True
 
 
-# per-channel parameter inputs (op, input index): values a node owns, safe to copy per node
+# per-channel parameter inputs (op, input index) of non-layer ops: values a node owns, safe to
+# copy per node (a layer's bias slot comes from its layers.LayerKind: param_slots)
 PARAM_SLOTS = {
-    "Conv": (2,), "ConvTranspose": (2,), "Gemm": (2,), "BatchNormalization": (1, 2, 3, 4),
+    "BatchNormalization": (1, 2, 3, 4),
     "InstanceNormalization": (1, 2), "LayerNormalization": (1, 2), "GroupNormalization": (1, 2),
     "PRelu": (1,), "Add": (0, 1), "Sub": (0, 1), "Mul": (0, 1), "Div": (0, 1),
 }
 UNTIE_MAX_BYTES = 1 << 20
+
+
+def param_slots(node: onnx.NodeProto) -> Tuple[int, ...]:
+    """Input slots of ``node`` holding per-channel parameters it owns (safe to untie)."""
+    kind = layer_of(node)
+    if kind is not None and kind.fold:
+        return () if kind.bias is None else (kind.bias,)
+    return PARAM_SLOTS.get(node.op_type, ())
+
+
+def weight_slots(node: onnx.NodeProto) -> Tuple[int, ...]:
+    """Input slots of ``node`` that ``fold_weight_subgraphs`` may evaluate from constants: a
+    layer's ``LayerKind.fold`` slots, or the per-channel parameters of an elementwise op or a
+    normalisation."""
+    kind = layer_of(node)
+    if kind is not None and kind.fold:
+        return kind.fold
+    return _PARAM_FOLD.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
 
 
 def untie_constants(model: onnx.ModelProto, inplace: bool = False) -> onnx.ModelProto:
@@ -172,7 +192,7 @@ def untie_constants(model: onnx.ModelProto, inplace: bool = False) -> onnx.Model
         t = inits[name]
         if t.data_location == onnx.TensorProto.EXTERNAL or len(t.raw_data) > UNTIE_MAX_BYTES:
             continue
-        if all(k in PARAM_SLOTS.get(nodes0[i].op_type, ()) for i, k in uses):
+        if all(k in param_slots(nodes0[i]) for i, k in uses):
             shared.append(name)
     if not identity and not shared:
         return model
@@ -225,11 +245,9 @@ def _drop_unused(model: onnx.ModelProto) -> None:
         g.initializer.extend(inits)
 
 
-_LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-_WEIGHT_OPS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,),
-               # per-channel parameters: a bias kept 1-D and Reshape'd to [1, C, 1, 1] in the graph
-               # (paddle2onnx), scales and shifts computed from constants
-               "Add": (0, 1), "Sub": (0, 1), "Mul": (0, 1), "Div": (0, 1), "PRelu": (1,),
+# per-channel parameters: a bias kept 1-D and Reshape'd to [1, C, 1, 1] in the graph
+# (paddle2onnx), scales and shifts computed from constants
+_PARAM_FOLD = {"Add": (0, 1), "Sub": (0, 1), "Mul": (0, 1), "Div": (0, 1), "PRelu": (1,),
                "BatchNormalization": (1, 2, 3, 4), "InstanceNormalization": (1, 2), "LayerNormalization": (1, 2)}
 _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
                      "Bernoulli"}
@@ -267,11 +285,11 @@ def fold_weight_subgraphs(model: onnx.ModelProto, max_bytes: int = 1 << 28) -> o
 
     targets, weights = [], set()
     for n in g.node:
-        for k in _WEIGHT_OPS.get(n.op_type, ()):
-            if n.domain in ("", "ai.onnx") and k < len(n.input) and n.input[k] and n.input[k] not in consts \
+        for k in weight_slots(n):
+            if k < len(n.input) and n.input[k] and n.input[k] not in consts \
                     and n.input[k] not in outputs and computed_from_consts(n.input[k]):
                 targets.append(n.input[k])
-                if n.op_type in _LAYER_OPS:
+                if layer_of(n) is not None:
                     weights.add(n.input[k])
     targets = list(dict.fromkeys(targets))
     if not targets:

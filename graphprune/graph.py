@@ -303,6 +303,7 @@ def _strip_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     for field in ("ir_version", "producer_name", "domain", "model_version"):
         setattr(m, field, getattr(model, field))
     m.opset_import.extend(model.opset_import)
+    m.functions.extend(model.functions)      # shape inference reads model-local functions
     mg = m.graph
     mg.name = g.name
     mg.node.extend(g.node)

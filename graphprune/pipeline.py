@@ -187,15 +187,16 @@ def calibrate(an: Analyzed, opts: Options, calib) -> Optional[dict]:
             continue
         for ci in consumer_inputs(g, an.graph):
             conv = None
-            if gram and ci.op == "Conv" and ci.member.member.groups == 1:
+            patches = ci.kind(an.graph).patches
+            if gram and patches and ci.member.member.groups == 1:
                 node = an.graph.nodes[ci.node]
-                W = an.graph.const(node.input[1])
+                W = an.graph.const(node.input[ci.kind(an.graph).weight])
                 try:
                     conv = ConvSpec.of(node, W.shape, an.graph.shape(ci.tensor))
                 except ValueError:
                     reqs.append(Request(ci.tensor, ci.axis))
                     continue
-            use_gram = gram and (ci.op != "Conv" or conv is not None)
+            use_gram = gram and (not patches or conv is not None)
             reqs.append(Request(ci.tensor, ci.axis, use_gram, conv))
     return collect(an.model, calib, reqs, graph=an.graph, threads=opts.threads)
 

@@ -43,6 +43,7 @@ from onnx import helper, numpy_helper
 from . import bench
 from .analyze import consumer_inputs
 from .calib import ConvSpec, im2col
+from .layers import LAYERS, LayerKind, layer_of, node_attr
 
 MODES = ("none", "bias", "lstsq")
 RIDGE = 1e-3
@@ -63,13 +64,12 @@ class Consumer:
     conv: Optional[ConvSpec] = None
     transB: int = 0
     residual: Optional[str] = None   # the other input of the residual Add this layer's output joins
+    domain: str = ""
 
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
+    @property
+    def kind(self) -> LayerKind:
+        """The layer's traits (``layers.LAYERS``)."""
+        return LAYERS[(self.domain, self.op)]
 
 
 def _keep_masks(plan_json: dict, name: str, shape: Sequence[int]) -> Dict[int, np.ndarray]:
@@ -88,8 +88,9 @@ def _keep_masks(plan_json: dict, name: str, shape: Sequence[int]) -> Dict[int, n
 
 
 def _downstream_layers(g, starts: Sequence[int]) -> List[Tuple[int, str, str]]:
-    """(node, input activation, op) of every Conv / Gemm / MatMul-with-constant-weight that
-    reads, directly or not, the output of a node in ``starts``."""
+    """(node, input activation, op) of every layer repair can refit (``LayerKind.refit``: Conv,
+    Gemm, MatMul with a constant weight) that reads, directly or not, the output of a node in
+    ``starts``."""
     seen, stack = set(starts), list(starts)
     while stack:
         j = stack.pop()
@@ -101,11 +102,12 @@ def _downstream_layers(g, starts: Sequence[int]) -> List[Tuple[int, str, str]]:
     out = []
     for i in sorted(seen - set(starts)):
         node = g.nodes[i]
-        if node.domain not in ("", "ai.onnx") or len(node.input) < 2 or g.is_const(node.input[0]) \
-                or not g.is_const(node.input[1]):
+        kind = layer_of(node)
+        if kind is None or kind.refit is None or kind.weight is None or len(node.input) <= kind.weight \
+                or g.is_const(node.input[kind.x]) or not g.is_const(node.input[kind.weight]):
             continue
-        if node.op_type in ("Conv", "Gemm") or (node.op_type == "MatMul" and g.rank(node.input[1]) == 2):
-            out.append((i, node.input[0], node.op_type))
+        if kind.refit(node, g.const(node.input[kind.weight])) is None:
+            out.append((i, node.input[kind.x], node.op_type))
     return out
 
 
@@ -130,7 +132,8 @@ def find_consumers(an, plan_json: dict, downstream: bool = True) -> Tuple[List[C
     for i in sorted(cands):
         x, op = cands[i]
         node = g.nodes[i]
-        wname = node.input[1]
+        kind = layer_of(node)
+        wname = node.input[kind.weight]
         W = g.const(wname)
         quiet = i not in direct          # a layer below the cut that cannot be refit stays as it is
         why = None
@@ -138,15 +141,12 @@ def find_consumers(an, plan_json: dict, downstream: bool = True) -> Tuple[List[C
             why = "weight is not a float constant"
         elif len(g.consumers.get(wname, [])) != 1:
             why = f"weight {wname} is shared"
-        elif op == "Conv" and int(_attr(node, "group", 1)) != 1:
-            why = "grouped convolution"
-        elif op == "Gemm" and (_attr(node, "transA", 0) or float(_attr(node, "alpha", 1.0)) != 1.0
-                               or float(_attr(node, "beta", 1.0)) != 1.0):
-            why = "Gemm with transA/alpha/beta"
-        elif op not in ("Conv", "Gemm") and not (op == "MatMul" and W.ndim == 2):
+        elif kind.refit is None:
             why = f"{op} is not refit"
+        else:
+            why = kind.refit(node, W)
         conv = None
-        if why is None and op == "Conv":
+        if why is None and kind.patches:
             try:
                 conv = ConvSpec.of(node, W.shape, g.shape(x))
             except ValueError as e:
@@ -156,17 +156,12 @@ def find_consumers(an, plan_json: dict, downstream: bool = True) -> Tuple[List[C
                 skipped.append(f"{g.labels[i]}: {why}")
             continue
         masks = _keep_masks(plan_json, wname, W.shape)
-        tb = 0
-        if op == "Conv":
-            row_ax, col_ax = 0, 1
-        elif op == "Gemm":
-            tb = int(_attr(node, "transB", 0))
-            row_ax, col_ax = (0, 1) if tb else (1, 0)
-        else:
-            row_ax, col_ax = 1, 0
+        tb = int(node_attr(node, "transB", 0))
+        row_ax, col_ax = kind.weight_axes(node)
         rows = np.nonzero(masks.get(row_ax, np.ones(W.shape[row_ax], bool)))[0]
         cols = np.nonzero(masks.get(col_ax, np.ones(W.shape[col_ax], bool)))[0]
-        out.append(Consumer(i, op, x, node.output[0], wname, rows, cols, conv, tb, _residual_of(g, i)))
+        out.append(Consumer(i, op, x, node.output[0], wname, rows, cols, conv, tb, _residual_of(g, i),
+                            kind.key[0]))
     return out, skipped
 
 
@@ -250,23 +245,26 @@ def _stages(an, consumers: List[Consumer]) -> List[List[Consumer]]:
 
 def _rows_of(x: np.ndarray, c: Consumer) -> np.ndarray:
     """The consumer's input as [positions, features] over the kept channels."""
-    if c.op == "Conv":
+    if c.kind.patches:
         return im2col(x.astype(np.float64), c.conv)
-    return x.reshape(-1, x.shape[-1]).astype(np.float64) if c.op == "MatMul" else x.astype(np.float64)
+    return x.reshape(-1, x.shape[-1]).astype(np.float64)
+
+
+def _channels_last(y: np.ndarray, c: Consumer) -> np.ndarray:
+    """The layer's output (or its residual) with the output channel axis last."""
+    ax = c.kind.output_axis
+    return y if ax in (-1, y.ndim - 1) else np.moveaxis(y, ax, -1)
 
 
 def _targets(y: np.ndarray, c: Consumer) -> np.ndarray:
-    if c.op == "Conv":
-        y = np.moveaxis(y, 1, -1)
-        return y.reshape(-1, y.shape[-1])[:, c.rows].astype(np.float64)
+    y = _channels_last(y, c)
     return y.reshape(-1, y.shape[-1])[:, c.rows].astype(np.float64)
 
 
 def _pruned_rows(r: np.ndarray, c: Consumer) -> np.ndarray:
     """The pruned model's residual input as [positions, kept rows] (its channel axis may
     already be cut to the kept rows)."""
-    if c.op == "Conv":
-        r = np.moveaxis(r, 1, -1)
+    r = _channels_last(r, c)
     r = r.reshape(-1, r.shape[-1]).astype(np.float64)
     return r if r.shape[1] == len(c.rows) else r[:, c.rows]
 
@@ -343,28 +341,29 @@ def _apply(model: onnx.ModelProto, consts: _Consts, c: Consumer, W_new: Optional
     dt = consts.get(c.weight).dtype
     if W_new is not None:
         consts.set(c.weight, W_new.astype(dt))
-    if c.op in ("Conv", "Gemm"):
-        if len(node.input) > 2 and node.input[2]:
-            old = consts.get(node.input[2])
-            users = len(consts.readers(node.input[2]))
+    bias = c.kind.bias
+    if bias is not None:
+        if len(node.input) > bias and node.input[bias]:
+            old = consts.get(node.input[bias])
+            users = len(consts.readers(node.input[bias]))
             if old is not None and old.ndim == 1 and old.shape[0] == len(c.rows) and users == 1:
-                consts.set(node.input[2], (old.astype(np.float64) + b_delta).astype(old.dtype))
+                consts.set(node.input[bias], (old.astype(np.float64) + b_delta).astype(old.dtype))
                 return False
             if old is not None and users == 1:
                 new = (np.broadcast_to(old.astype(np.float64), old.shape) + b_delta).astype(old.dtype)
-                consts.set(node.input[2], new)
+                consts.set(node.input[bias], new)
                 return False
             if old is not None:
-                consts.unread(node, node.input[2])
-                node.input[2] = consts.add(node.input[2] + "_repaired",
+                consts.unread(node, node.input[bias])
+                node.input[bias] = consts.add(node.input[bias] + "_repaired",
                                            (old.astype(np.float64) + b_delta).astype(old.dtype))
-                consts.read(node, [node.input[2]])
+                consts.read(node, [node.input[bias]])
                 return False
         else:
-            while len(node.input) < 3:
+            while len(node.input) <= bias:
                 node.input.append("")
-            node.input[2] = consts.add((node.name or c.weight) + "_bias", b_delta.astype(dt))
-            consts.read(node, [node.input[2]])
+            node.input[bias] = consts.add((node.name or c.weight) + "_bias", b_delta.astype(dt))
+            consts.read(node, [node.input[bias]])
             return False
     # MatMul (or a bias we cannot edit): fold the correction into the constant bias Add that
     # follows it when there is one (read by nothing else), else add one after the layer
@@ -471,11 +470,12 @@ def repair(dense: onnx.ModelProto, pruned: onnx.ModelProto, an, plan_json: dict,
             cc = copy.copy(c)
             cc.node = c.node + shift
             W = consts.get(c.weight).astype(np.float64)
-            Wm = _as_matrix(W, c)                          # [features, outputs]
             node = model.graph.node[cc.node]
+            Wm = _as_matrix(W, c, node)                    # [features, outputs]
             b = np.zeros(len(c.rows))
-            if c.op in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2]:
-                bv = consts.get(node.input[2])
+            bias = c.kind.bias
+            if bias is not None and len(node.input) > bias and node.input[bias]:
+                bv = consts.get(node.input[bias])
                 if bv is not None:
                     b = np.broadcast_to(bv.astype(np.float64), (len(c.rows),)) if bv.size in (1, len(c.rows)) else b
             if mode == "lstsq":
@@ -493,7 +493,7 @@ def repair(dense: onnx.ModelProto, pruned: onnx.ModelProto, an, plan_json: dict,
                     theta = np.linalg.solve(A + np.diag(reg), rhs)
                 except np.linalg.LinAlgError:
                     theta = np.linalg.lstsq(A + np.diag(reg), rhs, rcond=None)[0]
-                W_new = _from_matrix(theta[:-1], c, W.shape)
+                W_new = _from_matrix(theta[:-1], c, W.shape, node)
                 b_delta = theta[-1] - b
             else:
                 sx, sy, n = a
@@ -507,17 +507,11 @@ def repair(dense: onnx.ModelProto, pruned: onnx.ModelProto, an, plan_json: dict,
     return model, info
 
 
-def _as_matrix(W: np.ndarray, c: Consumer) -> np.ndarray:
-    if c.op == "Conv":
-        return W.reshape(W.shape[0], -1).T
-    if c.op == "Gemm" and c.transB:
-        return W.T
-    return W
+def _as_matrix(W: np.ndarray, c: Consumer, node: onnx.NodeProto) -> np.ndarray:
+    """The weight as [features, outputs] (``LayerKind.to_matrix`` transposed)."""
+    return c.kind.to_matrix(W, node).T
 
 
-def _from_matrix(M: np.ndarray, c: Consumer, shape: Sequence[int]) -> np.ndarray:
-    if c.op == "Conv":
-        return M.T.reshape(shape)
-    if c.op == "Gemm" and c.transB:
-        return M.T
-    return M.reshape(shape)
+def _from_matrix(M: np.ndarray, c: Consumer, shape: Sequence[int], node: onnx.NodeProto) -> np.ndarray:
+    """Inverse of :func:`_as_matrix`."""
+    return c.kind.from_matrix(M.T, node, shape)

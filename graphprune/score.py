@@ -236,19 +236,13 @@ def random_scores(group: Group, graph: Graph, seed: int = 0, **_) -> np.ndarray:
 
 def weight_matrix(W: np.ndarray, ci: ConsumerInput, graph: Graph) -> Optional[np.ndarray]:
     """The consumer weight as [outputs, inputs] with input columns in the order of the
-    activation's channels (Conv: channel-major im2col order, like W.reshape(Cout, -1))."""
-    W = np.asarray(W, np.float64)
-    node = graph.nodes[ci.node]
-    if ci.op == "Conv":
-        if ci.member.member.groups > 1:
-            return None
-        return W.reshape(W.shape[0], -1)
-    if ci.op == "Gemm":
-        tb = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        return W if tb else W.T
-    if ci.op == "MatMul" and W.ndim == 2:
-        return W.T
-    return None
+    activation's channels (Conv: channel-major im2col order, like W.reshape(Cout, -1)):
+    ``LayerKind.to_matrix`` of the consumer, None when its layer has no such view."""
+    kind = ci.kind(graph)
+    if kind is None or kind.to_matrix is None:
+        return None
+    M = kind.to_matrix(W, graph.nodes[ci.node])
+    return None if M is None else np.asarray(M, np.float64)
 
 
 def _stats_parts(group: Group, graph: Graph, calib, fn) -> List[Tuple[np.ndarray, np.ndarray]]:

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 
 from ..graph import Graph
+from ..layers import LayerKind, layer_of
 from .engine import Analysis, Analyzer, Member, ShapeMember
 from .rules import RULES
 
@@ -187,33 +188,30 @@ class ConsumerInput:
     node: int               # index of the consumer node in graph.nodes
     tensor: str             # the activation the consumer multiplies with the weight
     axis: int               # channel axis of ``tensor`` (non-negative)
-    op: str                 # Conv | ConvTranspose | Gemm | MatMul
+    op: str                 # the consumer's op type (Conv, Gemm, MatMul ...)
+
+    def kind(self, graph: Graph) -> LayerKind:
+        """The consumer's layer traits (``layers.layer_of``)."""
+        return layer_of(graph.nodes[self.node])
 
 
 def consumer_inputs(group: Group, graph: Graph) -> List[ConsumerInput]:
     """For every ``in`` member of ``group``: the consumer node(s) and the activation whose
-    positions along ``axis`` are the member's positions (Conv: axis 1 of X; MatMul with a
-    constant right operand: the last axis of A; Gemm: A's reduction axis). Members read by
-    anything else (a constant left operand, an op without weights) are left out."""
+    positions along ``axis`` are the member's positions (``LayerKind.reduction_axis``: Conv:
+    axis 1 of X; MatMul with a constant right operand: the last axis of A; Gemm: A's reduction
+    axis). Members read by anything else (a constant left operand, an op without layer
+    traits) are left out."""
     out: List[ConsumerInput] = []
     for gm in group.members:
         if gm.member.role != "in":
             continue
         for i, k in graph.consumers.get(gm.member.tensor, []):
             node = graph.nodes[i]
-            if node.domain not in ("", "ai.onnx") or k != 1 or not node.input:
+            kind = layer_of(node)
+            if kind is None or kind.reduction_axis is None or k != kind.weight or len(node.input) <= kind.x:
                 continue
-            x = node.input[0]
-            shp = graph.shape(x)
-            op = node.op_type
-            if op in ("Conv", "ConvTranspose"):
-                axis = 1
-            elif op == "Gemm":
-                ta = next((a.i for a in node.attribute if a.name == "transA"), 0)
-                axis = 0 if ta else 1
-            elif op == "MatMul" and shp is not None and len(shp) >= 2 and not graph.is_const(x):
-                axis = len(shp) - 1
-            else:
+            axis = kind.reduction_axis(node, graph)
+            if axis is None:
                 continue
-            out.append(ConsumerInput(gm, i, x, axis, op))
+            out.append(ConsumerInput(gm, i, node.input[kind.x], axis, node.op_type))
     return out

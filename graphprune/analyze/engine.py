@@ -297,8 +297,11 @@ class NodeCtx:
         s = self.shape(name)
         if s is not None:
             return len(s)
-        d = self.an.descs.get(name)
         return None
+
+    def readers(self, name: str) -> List[onnx.NodeProto]:
+        """The nodes that read ``name``, in graph order."""
+        return [self.g.nodes[i] for i, _ in self.g.consumers.get(name, [])]
 
     def const(self, name: str) -> Optional[np.ndarray]:
         return self.g.const(name) if name else None
@@ -335,6 +338,16 @@ class NodeCtx:
             return d[axis]
         return None
 
+    def peek_desc(self, name: str) -> Dict[int, np.ndarray]:
+        """Descriptors of ``name`` without marking them read (the engine still checks that
+        the rule handled every input axis)."""
+        return self.an.descs.get(name, {})
+
+    def peek_atoms(self, name: str, axis: int) -> Optional[np.ndarray]:
+        """The atoms of ``name`` along ``axis`` (None if it carries none), without marking them
+        read: for another tensor a shape value refers to, or for an output already set."""
+        return self.an.descs.get(name, {}).get(axis)
+
     def set_desc(self, name: str, axis: int, atoms: np.ndarray) -> None:
         if not name:
             return
@@ -358,6 +371,18 @@ class NodeCtx:
 
     def couple(self, a: np.ndarray, b: np.ndarray) -> None:
         self.an.couple(a, b)
+
+    def couple_all(self, atoms: np.ndarray) -> None:
+        """Make all ``atoms`` one unit (a head's channels, a GroupNorm group)."""
+        self.an.couple_all(atoms)
+
+    def roots(self, atoms: np.ndarray) -> np.ndarray:
+        """The unit (union-find root) of every atom, same shape as ``atoms``."""
+        return self.an.uf.roots(atoms)
+
+    def mark_heads(self, atoms: np.ndarray) -> None:
+        """Record ``atoms`` as attention heads (their group gets the kind ``heads``)."""
+        self.an.head_atoms.append(atoms)
 
     def block(self, atoms: Optional[np.ndarray], reason: str) -> None:
         if atoms is not None:
@@ -392,6 +417,10 @@ class NodeCtx:
         self.an.rewrites.append(fn)
 
     # -- shape values (abstract interpretation of shape arithmetic)
+    def has_shapeval(self, name: str) -> bool:
+        """Whether ``name`` carries a shape value (without marking it read)."""
+        return bool(name) and self.an.shapevals.get(name) is not None
+
     def shapeval(self, name: str):
         self._used_sv.add(name)
         return self.an.shapevals.get(name)

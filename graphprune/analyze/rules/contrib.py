@@ -64,7 +64,7 @@ def attention(ctx):
     hidden = wshape[1] // 3
     d = hidden // nh
     heads = ctx.new_space(nh, w)
-    ctx.an.head_atoms.append(heads)
+    ctx.mark_heads(heads)
     cols = np.tile(np.repeat(heads, d), 3)
     ctx.member(w, 1, "out", cols)
     _param(ctx, b, cols)
@@ -88,11 +88,11 @@ def multi_head_attention(ctx):
         parts.append(atoms.reshape(nh, -1))
     for p in parts:
         for row in p:
-            ctx.an.couple_all(row)
+            ctx.couple_all(row)
     for p in parts[1:]:
         ctx.couple(parts[0][:, 0], p[:, 0])
     heads = parts[0][:, 0].copy()
-    ctx.an.head_atoms.append(heads)
+    ctx.mark_heads(heads)
     if ctx.input(3):
         _param(ctx, ctx.input(3), np.concatenate([p.ravel() for p in parts]))
     out_ax = (ctx.rank(q) or 3) - 1

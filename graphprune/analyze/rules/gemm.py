@@ -92,7 +92,7 @@ def matmul(ctx):
     for ax, atoms in ctx.desc(b).items():
         if ax == rb - 1:
             ctx.set_desc(y, ry - 1, atoms)
-        elif ax < rb - 2 and (y not in ctx.an.descs or (ax + ry - rb) not in ctx.an.descs[y]):
+        elif ax < rb - 2 and ctx.peek_atoms(y, ax + ry - rb) is None:
             _batch(ctx, b, ax, rb, atoms, a, ra, y, ry)
 
 

@@ -81,10 +81,10 @@ def _runs(ishape, oshape):
 
 def _is_shuffle(ctx, y, out_axes):
     """Reshape -> Transpose that permutes axes inside this run -> ... : a channel shuffle."""
-    cons = ctx.g.consumers.get(y, [])
+    cons = ctx.readers(y)
     if len(cons) != 1:
         return False
-    node = ctx.g.nodes[cons[0][0]]
+    node = cons[0]
     if node.op_type != "Transpose":
         return False
     perm = None
@@ -130,7 +130,7 @@ def map_reshape(ctx, x, y, ishape, oshape):
         if len(ja) == 1:
             out[ja[0]] = J.ravel().copy()
             continue
-        R = ctx.an.uf.roots(J)
+        R = ctx.roots(J)
         chosen = None
         for k in range(len(ja)):
             if odims[k] == 1:
@@ -155,9 +155,9 @@ def map_reshape(ctx, x, y, ishape, oshape):
                 chosen = max(outer, key=lambda k: (odims[k], -k))
             moved = np.moveaxis(J, chosen, 0).reshape(odims[chosen], -1)
             for row in moved:
-                ctx.an.couple_all(row)
+                ctx.couple_all(row)
             if not _is_shuffle(ctx, y, ja):
-                ctx.an.head_atoms.append(moved[:, 0].copy())
+                ctx.mark_heads(moved[:, 0].copy())
         sl = [0] * len(ja)
         sl[chosen] = slice(None)
         out[ja[chosen]] = J[tuple(sl)].copy()
@@ -226,7 +226,7 @@ def reshape(ctx):
     if int(ctx.attr("allowzero", 0)) and any(it[0] == "lit" and it[1] == 0 for it in items):
         raise AnalysisError("allowzero reshape")
     out = map_reshape(ctx, x, y, ishape, oshape)
-    idesc = ctx.an.descs.get(x, {})
+    idesc = ctx.peek_desc(x)
     lits = []
     for i, it in enumerate(items):
         atoms = out.get(i)
@@ -242,7 +242,7 @@ def reshape(ctx):
                 continue
             raise AnalysisError("a copied (0) dimension changes width")
         if kind == "dim":
-            src = ctx.an.descs.get(it[1], {}).get(it[2])
+            src = ctx.peek_atoms(it[1], it[2])
             if atoms is None and src is None:
                 continue
             if atoms is not None and src is not None and len(atoms) == len(src):
@@ -404,8 +404,8 @@ def expand(ctx):
                 pass
             elif it[0] == "lit" and it[1] == len(atoms) and it[2] is not None:
                 lits.append((it[2], atoms))
-            elif it[0] == "dim" and ctx.an.descs.get(it[1], {}).get(it[2]) is not None:
-                ctx.couple(atoms, ctx.an.descs[it[1]][it[2]])
+            elif it[0] == "dim" and ctx.peek_atoms(it[1], it[2]) is not None:
+                ctx.couple(atoms, ctx.peek_atoms(it[1], it[2]))
             else:
                 raise AnalysisError("target of a channel axis cannot be rewritten")
         ctx.set_desc(y, oax, atoms)

@@ -44,7 +44,7 @@ def items_of(ctx, name, k):
 
 def shape_calculus(ctx) -> bool:
     """Propagate shape values through Gather/Concat/Slice/Unsqueeze/Squeeze/Cast/Identity."""
-    if not any(x and ctx.an.shapevals.get(x) is not None for x in ctx.inputs):
+    if not any(ctx.has_shapeval(x) for x in ctx.inputs):
         return False
     op = ctx.op
     y = ctx.outputs[0]
