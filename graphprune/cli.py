@@ -6,7 +6,6 @@ no traceback unless GRAPHPRUNE_DEBUG=1.
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import sys
@@ -15,7 +14,7 @@ from typing import Optional, Sequence
 
 import click
 
-from . import __version__
+from . import __version__, choices
 from .errors import GraphpruneError, InputError, UsageError
 
 STEPS = ("analyze", "score", "plan", "rewrite", "count", "verify", "bench")
@@ -167,11 +166,11 @@ def _quality_options(f):
                          help="calibration samples: one array per graph input, first axis = samples")),
         ("--calib-dir", dict(default=None, metavar="DIR", help="calibration samples: a folder of .npz/.npy files")),
         ("--calib-batch", dict(type=int, default=16, show_default=True, help="calibration batch size")),
-        ("--reduce", dict(type=click.Choice(["mean", "sum", "max"]), default="mean", show_default=True,
+        ("--reduce", dict(type=click.Choice(choices.REDUCE), default="mean", show_default=True,
                           help="how a group's members' scores combine")),
-        ("--normalize", dict(type=click.Choice(["mean", "max", "std", "none"]), default="mean", show_default=True,
+        ("--normalize", dict(type=click.Choice(choices.NORMALIZE), default="mean", show_default=True,
                              help="per-layer score normalisation (before global ranking)")),
-        ("--scope", dict(type=click.Choice(["uniform", "global"]), default="uniform", show_default=True,
+        ("--scope", dict(type=click.Choice(choices.SCOPES), default="uniform", show_default=True,
                          help="uniform: every group loses --ratio; global: one threshold over all groups")),
         ("--target-macs", dict(type=float, default=None, metavar="F",
                                help="prune to this fraction of the dense MACs (e.g. 0.5 for 2x fewer)")),
@@ -188,11 +187,11 @@ def _quality_options(f):
 
 
 def _repair_options(f):
-    f = click.option("--ridge-prior", type=click.Choice(["zero", "weights"]), default="zero", show_default=True,
+    f = click.option("--ridge-prior", type=click.Choice(choices.RIDGE_PRIORS), default="zero", show_default=True,
                      help="lstsq repair: the ridge term pulls the refit toward zero or the layer's kept weights")(f)
     f = click.option("--ridge", type=float, default=1e-3, show_default=True,
                      help="lstsq repair: ridge strength relative to the mean input energy")(f)
-    f = click.option("--repair", type=click.Choice(["none", "bias", "lstsq"]), default="none", show_default=True,
+    f = click.option("--repair", type=click.Choice(choices.REPAIR), default="none", show_default=True,
                      help="training-free repair of the layers that lost inputs (needs calibration data)")(f)
     return f
 
@@ -299,6 +298,7 @@ def analyze_cmd(model, plan_out, ratio, round_to, protect, criterion, seed, allo
                 prune_hidden, static_batch, verbose, **quality):
     """Print the coupled channel groups of MODEL, what is blocked and why; optionally write a plan
     (at --ratio, default 0 here: every channel kept) to edit and apply with `prune --plan`."""
+    from .explain import group_state
     from .io import save_json_atomic
     from .pipeline import Analyzed, Options, calibration, plan_for
 
@@ -319,17 +319,9 @@ def analyze_cmd(model, plan_out, ratio, round_to, protect, criterion, seed, allo
     pj = plan.to_json()
     click.echo(f"{'id':>4s}  {'channels':>9s}  {'kind':8s}  {'state':10s}  name / reason")
     for g, e in zip(an.groups, pj["groups"]):
-        if g.prunable and (g.exact or allow_inexact):
-            state = "prunable" if not g.blocked else "partial"
-        elif g.prunable:
-            state = "inexact"
-        else:
-            state = "blocked"
+        state, reasons = group_state(g, allow_inexact)
         ch = f"{e['channels_after']}/{e['channels_before']}"
         click.echo(f"{g.id:4d}  {ch:>9s}  {g.kind:8s}  {state:10s}  {g.name}")
-        reasons = sorted(set(g.blocked.values())) if g.blocked else []
-        if state == "inexact":
-            reasons = sorted(set(g.inexact.values()))
         for r in (reasons if verbose else reasons[:1]):
             click.echo(f"{'':39s}  - {r}")
         if not verbose and len(reasons) > 1:
@@ -346,41 +338,15 @@ def analyze_cmd(model, plan_out, ratio, round_to, protect, criterion, seed, allo
         click.echo(f"wrote {plan_out}")
 
 
-QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
-                 "QLinearConv", "QLinearMatMul", "DynamicQuantizeLSTM", "QGemm", "QAttention", "DynamicQuantizeMatMul")
-CONTROL_FLOW_OPS = ("If", "Loop", "Scan")
-
-
 def _whole_model_reason(m) -> Optional[str]:
-    """Why a model has nothing prunable, when the reason is the model's kind (quantized, or its
-    layers inside control flow), not one op."""
-    ops = collections.Counter(n.op_type for n in m.graph.node)
-    quant = {k: v for k, v in ops.items() if k in QUANTIZED_OPS}
-    if quant:
-        what = ", ".join(f"{v} {k}" for k, v in sorted(quant.items()))
-        return (f"the model is quantized ({what}); quantized weights and run-time scales are not pruned: "
-                "prune the float model, then quantize it")
-    flow = {k: v for k, v in ops.items() if k in CONTROL_FLOW_OPS}
-    if flow:
-        what = ", ".join(f"{v} {k}" for k, v in sorted(flow.items()))
-        return f"its layers run inside control flow ({what}), whose subgraphs are not analysed"
-    return None
+    from .explain import whole_model_reason
+    return whole_model_reason(m)
 
 
 def _static_batch_hint(m, n_prunable: int) -> None:
-    """If fixing a symbolic batch would let more groups prune, say so (analysed again at batch 1;
-    skipped for models over 1 GiB)."""
-    from .bench import batch_symbols
-    from .io import approx_model_bytes, with_static_batch
-    from .pipeline import AUTO_SKIP_BYTES, Analyzed
-
-    if not batch_symbols(m) or approx_model_bytes(m) > AUTO_SKIP_BYTES:
-        return
-    try:
-        n1 = sum(1 for g in Analyzed(with_static_batch(m, 1)).groups if g.prunable)
-    except Exception:       # a hint only: the analysis above stands
-        return
-    if n1 > n_prunable:
+    from .explain import static_batch_gain
+    n1 = static_batch_gain(m, n_prunable)
+    if n1 is not None:
         click.echo(f"hint: with --static-batch 1, {n1} groups are prunable (channels the exporter merges into "
                    "the symbolic batch can then be followed)")
 

@@ -7,7 +7,7 @@ import gc
 import numbers
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import onnx
 
@@ -19,25 +19,54 @@ from .fold import fold_shapes_into, fold_weight_subgraphs, untie_constants
 from .graph import Graph
 from .plan import Plan, global_plan, make_plan, uniform_for_target
 from .rewrite import rewrite
-from .score import CRITERIA, needs as criterion_needs, score
+from .score import CRITERIA, criterion_name, needs as criterion_needs, score
 from .verify import agreement, verify
-
-SCOPES = ("uniform", "global")
-NORMALIZE = ("mean", "max", "std", "none")
-REDUCE = ("mean", "sum", "max")
-REPAIR = ("none", "bias", "lstsq")
+from .choices import NORMALIZE, REDUCE, REPAIR, SCOPES, Normalize, Reduce, RepairMode, RidgePrior, Scope  # noqa: F401
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Options:
+    """Every setting of a pruning run (keyword-only; the CLI flags of the same names).
+
+    Args:
+        ratio: fraction of each group's channels to remove, in [0, 1).
+        head_ratio: fraction of attention heads to remove (default: ``ratio``).
+        mlp_ratio: fraction of MLP widths and CNN channels to remove (default: ``ratio``).
+        prune_hidden: also prune the residual (hidden) width of transformers: not exact.
+        round_to: kept counts are multiples of this int, or ``"auto"`` (``bench.simd_block()``).
+        protect: node or tensor name globs whose groups keep every channel.
+        criterion: a name in ``score.CRITERIA`` or any :class:`graphprune.score.Criterion`.
+        reduce: how a group's member scores combine.
+        seed: seed of random criteria and inputs.
+        allow_inexact: also prune groups feeding LayerNorm/Softmax/ReduceMean over channels.
+        threads: onnxruntime threads (benchmark, calibration).
+        bench: latency benchmark (None: skipped above ``AUTO_SKIP_BYTES``).
+        bench_repeats: timed runs per model.
+        verify: masked-dense oracle check (None: skipped above ``AUTO_SKIP_BYTES``).
+        seq_len: value of non-batch symbolic dims when counting MACs.
+        normalize: per-layer score normalisation.
+        scope: ``uniform`` (every group its ratio) or ``global`` (one threshold).
+        target_macs: reach this fraction of the dense MACs.
+        target_params: reach this fraction of the dense parameters.
+        min_ratio: per-group lower bound on the fraction removed.
+        max_ratio: per-group upper bound (global scope default: 0.9).
+        per_cost: global scope with a target: rank by importance per unit of cost.
+        calib: a ``calib.Calibration`` or any iterable of feed dicts.
+        calib_batch: calibration batch size.
+        repair: training-free repair of the layers that lost inputs (needs ``calib``).
+        ridge: lstsq repair: ridge strength relative to the mean diagonal of X·Xᵀ.
+        ridge_prior: lstsq repair: the ridge pulls toward zero or the kept weights.
+        taylor_samples: samples of the ``taylor`` criterion.
+        taylor_eps: finite-difference step of the ``taylor`` criterion.
+    """
     ratio: float = 0.5
     head_ratio: Optional[float] = None      # attention heads (default: ratio)
     mlp_ratio: Optional[float] = None       # MLP widths and CNN channels (default: ratio)
     prune_hidden: bool = False              # also prune the residual (hidden) width: not exact
     round_to: Any = 1                       # int >= 1, or "auto": bench.simd_block() of this machine
     protect: Sequence[str] = ()
-    criterion: str = "l2"
-    reduce: str = "mean"
+    criterion: Union[str, Callable[..., Any]] = "l2"
+    reduce: Reduce = "mean"
     seed: int = 0
     allow_inexact: bool = False
     threads: int = 1
@@ -45,8 +74,8 @@ class Options:
     bench_repeats: int = 30
     verify: Optional[bool] = True           # None: auto (skipped for models over AUTO_SKIP_BYTES)
     seq_len: int = 64                       # value of non-batch symbolic dims when counting MACs
-    normalize: str = "mean"                 # per-layer score normalisation: mean | max | std | none
-    scope: str = "uniform"                  # uniform: every group its ratio; global: one threshold
+    normalize: Normalize = "mean"           # per-layer score normalisation: mean | max | std | none
+    scope: Scope = "uniform"                # uniform: every group its ratio; global: one threshold
     target_macs: Optional[float] = None     # reach this fraction of the dense MACs
     target_params: Optional[float] = None   # reach this fraction of the dense parameters
     min_ratio: float = 0.0                  # per-group bounds on the fraction removed
@@ -54,9 +83,9 @@ class Options:
     per_cost: bool = True                   # global scope with a target: rank by importance per cost
     calib: Any = None                       # Calibration, or any iterable of feed dicts
     calib_batch: int = 16
-    repair: str = "none"                    # none | bias | lstsq
+    repair: RepairMode = "none"             # none | bias | lstsq
     ridge: float = 1e-3                     # lstsq repair: ridge strength relative to mean diag(X·Xᵀ)
-    ridge_prior: str = "zero"               # lstsq repair: ridge pulls toward zero (or the kept weights)
+    ridge_prior: RidgePrior = "zero"        # lstsq repair: ridge pulls toward zero (or the kept weights)
     taylor_samples: int = 8
     taylor_eps: float = 1e-2
 
@@ -75,7 +104,7 @@ class Options:
         if self.round_to != "auto" and (not isinstance(self.round_to, numbers.Integral) or isinstance(self.round_to, bool)
                                         or self.round_to < 1):
             raise UsageError(f"--round-to must be an integer >= 1 or auto, got {self.round_to!r}")
-        if self.criterion not in CRITERIA:
+        if not callable(self.criterion) and self.criterion not in CRITERIA:
             raise UsageError(f"unknown criterion {self.criterion!r}; choose from {', '.join(sorted(CRITERIA))}")
         if self.threads < 1:
             raise UsageError("--threads must be >= 1")
@@ -98,8 +127,8 @@ class Options:
             raise UsageError("--calib-batch must be >= 1")
         need = criterion_needs(self.criterion)
         if self.calib is None and need in ("calib", "gram", "samples"):
-            raise UsageError(f"criterion {self.criterion!r} needs calibration data: pass --calib FILE.npz or "
-                             f"--calib-dir DIR (Options(calib=...) in Python)")
+            raise UsageError(f"criterion {criterion_name(self.criterion)!r} needs calibration data: pass "
+                             f"--calib FILE.npz or --calib-dir DIR (Options(calib=...) in Python)")
         if self.calib is None and self.repair != "none":
             raise UsageError(f"--repair {self.repair} needs calibration data: pass --calib FILE.npz or "
                              f"--calib-dir DIR (Options(calib=...) in Python)")
@@ -272,7 +301,8 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
         "prunable_groups": sum(1 for g in an.groups if g.prunable),
         "pruned_groups": plan.n_pruned_groups(),
         "options": {"ratio": opts.ratio, "head_ratio": opts.head_ratio, "mlp_ratio": opts.mlp_ratio,
-                    "prune_hidden": opts.prune_hidden, "round_to": opts.rounding(), "criterion": opts.criterion,
+                    "prune_hidden": opts.prune_hidden, "round_to": opts.rounding(),
+                    "criterion": criterion_name(opts.criterion),
                     "protect": list(opts.protect), "seed": opts.seed},
     }
     if opts.scope != "uniform" or opts.target() is not None or opts.repair != "none" \

@@ -2,7 +2,8 @@
 
 A criterion maps (group, graph) to one score per unit; it sees every member of the group, so
 the weights of every coupled layer count, not just the first one. Criteria are pluggable:
-add a function to ``CRITERIA``.
+add a function to ``CRITERIA``, or pass any :class:`Criterion` (a callable) where a criterion
+name is accepted (``graphprune.prune(model, criterion=my_fn)``).
 
 Data-free: ``l2``, ``l1`` (weight norms of every member), ``bn-scale`` (|gamma| of the
 BatchNorms), ``fpgm`` (distance of a unit's filters from the others: the geometric-median
@@ -24,7 +25,7 @@ criterion as ``prepared=``.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
 import numpy as np
 
@@ -483,13 +484,54 @@ CRITERIA: Dict[str, Callable[..., np.ndarray]] = {
 }
 
 
-def needs(criterion: str) -> Optional[str]:
-    return getattr(CRITERIA[criterion], "needs", None)
+@runtime_checkable
+class Criterion(Protocol):
+    """An importance function: one score per unit of ``group`` (higher = more important).
+
+    Args:
+        group: the group to score (``group.units``, ``group.members``: the constant slices of
+            every layer the units touch, with their role ``out`` / ``in`` / ``param``).
+        graph: the analysed model's read-only index (``graph.const(name)`` reads a weight).
+        **kw: ``reduce``, ``seed``, ``normalize``, and for criteria that declare ``needs``:
+            ``calib`` (activation statistics), ``prepared`` (the result of ``prepare``).
+            Accept and ignore what you do not use.
+
+    Returns:
+        A float array of ``len(group.units)`` scores; non-finite scores count as 0.
+
+    Optional attributes: ``needs`` (``"calib"``, ``"gram"``, ``"synthetic"`` or ``"samples"``,
+    see the module docstring), ``prepare(groups, graph, **kw)``, ``name`` (the name written in
+    the report; default: the function's ``__name__``).
+    """
+
+    def __call__(self, group: Group, graph: Graph, **kw) -> np.ndarray: ...
 
 
-def score(groups: List[Group], graph: Graph, criterion: str = "l2", reduce: str = "mean",
+CriterionLike = Union[str, Criterion]
+
+
+def resolve(criterion: CriterionLike) -> Criterion:
+    """The criterion function of a name in ``CRITERIA``, or ``criterion`` itself when it is
+    callable. Raises KeyError for an unknown name."""
+    return criterion if callable(criterion) else CRITERIA[criterion]
+
+
+def criterion_name(criterion: CriterionLike) -> str:
+    """The name of a criterion as the report writes it."""
+    if isinstance(criterion, str):
+        return criterion
+    return str(getattr(criterion, "name", None) or getattr(criterion, "__name__", None) or type(criterion).__name__)
+
+
+def needs(criterion: CriterionLike) -> Optional[str]:
+    """What the pipeline must collect for ``criterion`` (its ``needs`` attribute, or None)."""
+    return getattr(resolve(criterion), "needs", None)
+
+
+def score(groups: List[Group], graph: Graph, criterion: CriterionLike = "l2", reduce: str = "mean",
           seed: int = 0, normalize="mean", **kw) -> Dict[int, np.ndarray]:
-    fn = CRITERIA[criterion]
+    """One score per unit of every prunable group: ``{group.id: scores}``."""
+    fn = resolve(criterion)
     todo = [g for g in groups if g.prunable]
     prep = getattr(fn, "prepare", None)
     if prep is not None and todo:

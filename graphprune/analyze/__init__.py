@@ -3,10 +3,16 @@
 ``analyze(model)`` runs the per-op rules over the graph and returns an :class:`Analysis`;
 ``groups(analysis)`` turns its atoms into :class:`Group` objects: units (removable channel
 sets), members (constant slices), blocked units with reasons, constraints and exactness.
+
+The package itself is callable: ``graphprune.analyze(model_or_path, ...)`` is the public
+:func:`graphprune.api.analyze` (groups and why some are blocked), while
+``graphprune.analyze.analyze(model)`` is this step's raw :class:`Analysis`.
 """
 
 from __future__ import annotations
 
+import sys
+import types
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -215,3 +221,14 @@ def consumer_inputs(group: Group, graph: Graph) -> List[ConsumerInput]:
                 continue
             out.append(ConsumerInput(gm, i, node.input[kind.x], axis, node.op_type))
     return out
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, model, **kw):
+        """``graphprune.analyze(model, *, allow_inexact=False, static_batch=None, hints=True)``:
+        see :func:`graphprune.api.analyze`."""
+        from ..api import analyze as public_analyze
+        return public_analyze(model, **kw)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,19 @@
+"""The closed choices of the pruning options, as ``Literal`` types and as tuples.
+
+One definition for ``pipeline.Options`` (the field types), its checks, and the CLI's
+``click.Choice`` lists. This module imports nothing heavy, so the CLI can read it at start-up.
+"""
+
+from typing import Literal, get_args
+
+Scope = Literal["uniform", "global"]
+Normalize = Literal["mean", "max", "std", "none"]
+Reduce = Literal["mean", "sum", "max"]
+RepairMode = Literal["none", "bias", "lstsq"]
+RidgePrior = Literal["zero", "weights"]
+
+SCOPES = get_args(Scope)
+NORMALIZE = get_args(Normalize)
+REDUCE = get_args(Reduce)
+REPAIR = get_args(RepairMode)
+RIDGE_PRIORS = get_args(RidgePrior)
