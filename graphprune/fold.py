@@ -14,6 +14,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+from onnx.external_data_helper import uses_external_data
 
 from .graph import Graph
 from .layers import layer_of
@@ -190,7 +191,7 @@ def untie_constants(model: onnx.ModelProto, inplace: bool = False) -> onnx.Model
         if len(uses) < 2 or name in inputs:
             continue
         t = inits[name]
-        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.raw_data) > UNTIE_MAX_BYTES:
+        if uses_external_data(t) or len(t.raw_data) > UNTIE_MAX_BYTES:
             continue
         if all(k in param_slots(nodes0[i]) for i, k in uses):
             shared.append(name)

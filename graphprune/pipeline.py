@@ -1,5 +1,5 @@
-"""The data path as one line:
-load -> analyze -> [calibrate] -> score -> plan -> rewrite -> verify -> [repair] -> bench -> save."""
+"""The data path as one line (docs/architecture.md):
+load -> analyze -> [calibrate] -> score -> plan -> rewrite -> verify -> [repair] -> count -> bench -> save."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import onnx
+from onnx.external_data_helper import uses_external_data
 
 from . import bench
 from .analyze import analyze, consumer_inputs, groups as find_groups
@@ -365,7 +366,7 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
 def _weight_bytes(model: onnx.ModelProto) -> int:
     total = 0
     for t in model.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
+        if uses_external_data(t):
             total += int(next((e.value for e in t.external_data if e.key == "length"), 0) or 0)
         else:
             total += len(t.raw_data) or t.ByteSize()
@@ -378,7 +379,7 @@ def count_feed(model: onnx.ModelProto, seq_len: int) -> Optional[dict]:
             if d.HasField("dim_param") and d.dim_param}
     # with a feed, dims static inference cannot resolve (Swin's window partition) are measured
     # in onnxruntime; never for models whose data stays on disk
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+    if any(uses_external_data(t) for t in model.graph.initializer):
         return None if not syms else bench.random_inputs(model, seed=0, batch=1, dims=_seq_dims(model, syms, seq_len))
     return bench.random_inputs(model, seed=0, batch=1, dims=_seq_dims(model, syms, seq_len))
 

@@ -1,6 +1,6 @@
-"""Step 4: the plan — which units of which group survive — and its JSON form.
+"""The plan step: the plan — which units of which group survive — and its JSON form.
 
-The plan is the one artifact the steps hand each other. JSON (see ../shared/DESIGN.md §1)::
+The plan is the one artifact the steps hand each other. JSON (docs/design.md §1)::
 
     {"groups": [{"id", "name", "channels_before", "channels_after", "exact", "blocked",
                  "members": [{"tensor", "axis", "role", "kept", ["positions"], ["groups"]}]}]}

@@ -1,4 +1,5 @@
-"""Step 6: repair without training — make each pruned consumer reproduce the dense layer.
+"""The repair step (optional, after verify): without training, make each pruned consumer
+reproduce the dense layer.
 
 A consumer is a layer that lost input columns (an ``in`` member of a pruned group): a Conv
 (group 1), a Gemm (alpha = beta = 1, A not transposed) or a MatMul with a constant right
@@ -32,17 +33,16 @@ rewrite with the oracle before repair and reports the output agreement with the 
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 
 from . import bench
 from .analyze import consumer_inputs
 from .calib import ConvSpec, im2col
+from .edit import Editor
 from .layers import LAYERS, LayerKind, layer_of, node_attr
 
 MODES = ("none", "bias", "lstsq")
@@ -269,122 +269,44 @@ def _pruned_rows(r: np.ndarray, c: Consumer) -> np.ndarray:
     return r if r.shape[1] == len(c.rows) else r[:, c.rows]
 
 
-class _Consts:
-    """Read and replace constants of a model (initializers and Constant nodes)."""
-
-    def __init__(self, model: onnx.ModelProto):
-        self.model = model
-        self.inits = {t.name: t for t in model.graph.initializer}
-        self.cnodes = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant" and n.output}
-        self.names = set(self.inits) | {o for n in model.graph.node for o in n.output} | \
-            {i.name for i in model.graph.input}
-        self.graph_outputs = {o.name for o in model.graph.output}
-        # tensor -> the nodes reading it, once per read (kept current by read()/unread())
-        self._readers: Dict[str, List[onnx.NodeProto]] = {}
-        for n in model.graph.node:
-            self.read(n)
-
-    def read(self, node: onnx.NodeProto, names: Optional[Sequence[str]] = None) -> None:
-        for x in (node.input if names is None else names):
-            if x:
-                self._readers.setdefault(x, []).append(node)
-
-    def unread(self, node: onnx.NodeProto, name: str) -> None:
-        lst = self._readers.get(name, [])
-        for k, n in enumerate(lst):
-            if n is node:
-                del lst[k]
-                return
-
-    def readers(self, name: str) -> List[onnx.NodeProto]:
-        return self._readers.get(name, [])
-
-    def get(self, name: str) -> Optional[np.ndarray]:
-        if name in self.inits:
-            return numpy_helper.to_array(self.inits[name])
-        n = self.cnodes.get(name)
-        if n is not None:
-            for a in n.attribute:
-                if a.name == "value":
-                    return numpy_helper.to_array(a.t)
-        return None
-
-    def set(self, name: str, value: np.ndarray) -> None:
-        if name in self.inits:
-            self.inits[name].CopyFrom(numpy_helper.from_array(value, name))
-            return
-        n = self.cnodes[name]
-        for a in n.attribute:
-            if a.name == "value":
-                a.t.CopyFrom(numpy_helper.from_array(value))
-                return
-
-    def fresh(self, base: str) -> str:
-        name, i = base, 1
-        while name in self.names:
-            name, i = f"{base}_{i}", i + 1
-        self.names.add(name)
-        return name
-
-    def add(self, base: str, value: np.ndarray) -> str:
-        name = self.fresh(base)
-        t = numpy_helper.from_array(value, name)
-        self.model.graph.initializer.append(t)
-        self.inits[name] = self.model.graph.initializer[-1]
-        return name
-
-
-def _apply(model: onnx.ModelProto, consts: _Consts, c: Consumer, W_new: Optional[np.ndarray],
-           b_delta: np.ndarray) -> bool:
-    """Write the refit into the model; True when a new node was inserted (after the layer)."""
-    node = model.graph.node[c.node]
-    dt = consts.get(c.weight).dtype
+def _apply(ed: Editor, c: Consumer, W_new: Optional[np.ndarray], b_delta: np.ndarray) -> bool:
+    """Write the refit into the model being edited; True when a new node was inserted (an
+    ``Add`` right after the layer)."""
+    node = ed.nodes[c.node]
+    dt = ed.const(c.weight).dtype
     if W_new is not None:
-        consts.set(c.weight, W_new.astype(dt))
+        ed.set_const(c.weight, W_new.astype(dt))
     bias = c.kind.bias
     if bias is not None:
-        if len(node.input) > bias and node.input[bias]:
-            old = consts.get(node.input[bias])
-            users = len(consts.readers(node.input[bias]))
-            if old is not None and old.ndim == 1 and old.shape[0] == len(c.rows) and users == 1:
-                consts.set(node.input[bias], (old.astype(np.float64) + b_delta).astype(old.dtype))
-                return False
-            if old is not None and users == 1:
-                new = (np.broadcast_to(old.astype(np.float64), old.shape) + b_delta).astype(old.dtype)
-                consts.set(node.input[bias], new)
-                return False
-            if old is not None:
-                consts.unread(node, node.input[bias])
-                node.input[bias] = consts.add(node.input[bias] + "_repaired",
-                                           (old.astype(np.float64) + b_delta).astype(old.dtype))
-                consts.read(node, [node.input[bias]])
-                return False
-        else:
-            while len(node.input) <= bias:
-                node.input.append("")
-            node.input[bias] = consts.add((node.name or c.weight) + "_bias", b_delta.astype(dt))
-            consts.read(node, [node.input[bias]])
+        bt = node.inputs[bias] if len(node.inputs) > bias and node.inputs[bias].name else None
+        if bt is None:
+            ed.replace_input(node, bias, ed.add_const((node.name or c.weight) + "_bias", b_delta.astype(dt)))
+            return False
+        old = ed.const(bt.name)
+        if old is not None:
+            users = len(ed.readers(bt.name))
+            new = (np.broadcast_to(old.astype(np.float64), old.shape) + b_delta).astype(old.dtype)
+            if users == 1:
+                ed.set_const(bt.name, new)
+            else:                           # shared with another layer: this one gets its own copy
+                ed.replace_input(node, bias, ed.add_const(bt.name + "_repaired", new))
             return False
     # MatMul (or a bias we cannot edit): fold the correction into the constant bias Add that
     # follows it when there is one (read by nothing else), else add one after the layer
-    out = node.output[0]
-    users = consts.readers(out)
-    if len(users) == 1 and users[0].op_type == "Add" and users[0].domain in ("", "ai.onnx") \
-            and len(users[0].input) == 2 and out not in consts.graph_outputs:
-        other = users[0].input[1] if users[0].input[0] == out else users[0].input[0]
-        old = consts.get(other)
-        readers = len(consts.readers(other))
-        if old is not None and readers == 1 and old.dtype.kind == "f" and old.ndim >= 1 \
+    out = node.outputs[0]
+    users = ed.readers(out.name)
+    if len(users) == 1 and users[0].op == "Add" and users[0].domain in ("", "ai.onnx", None) \
+            and len(users[0].inputs) == 2 and not ed.is_graph_output(out.name):
+        other = users[0].inputs[1] if users[0].inputs[0] is out else users[0].inputs[0]
+        old = ed.const(other.name)
+        if old is not None and len(ed.readers(other.name)) == 1 and old.dtype.kind == "f" and old.ndim >= 1 \
                 and old.shape[-1] == len(c.rows) and old.size == len(c.rows):
-            consts.set(other, (old.astype(np.float64) + b_delta.reshape(old.shape)).astype(old.dtype))
+            ed.set_const(other.name, (old.astype(np.float64) + b_delta.reshape(old.shape)).astype(old.dtype))
             return False
-
-    inner = consts.fresh(out + "_unrepaired")
-    node.output[0] = inner
-    bname = consts.add((node.name or c.weight) + "_repair_bias", b_delta.astype(dt))
-    add = helper.make_node("Add", [inner, bname], [out], name=consts.fresh((node.name or out) + "_repair"))
-    model.graph.node.insert(c.node + 1, add)
-    consts.read(model.graph.node[c.node + 1])
+    inner = ed.variable(out.name + "_unrepaired", out)
+    node.outputs[0] = inner
+    bconst = ed.add_const((node.name or c.weight) + "_repair_bias", b_delta.astype(dt))
+    ed.insert_after(node, "Add", [inner, bconst], [out], name=(node.name or out.name) + "_repair")
     return True
 
 
@@ -411,9 +333,7 @@ def repair(dense: onnx.ModelProto, pruned: onnx.ModelProto, an, plan_json: dict,
     info["skipped"] = skipped
     if not consumers:
         return pruned, info
-    model = copy.deepcopy(pruned)
-    # inserted Add nodes shift node indices: apply stage by stage from the back of each stage
-    offset: Dict[int, int] = {}
+    ed = Editor(pruned)           # ed.nodes[i]: node i of the pruned graph, whatever is inserted
     # the dense targets of the consumers (kept output rows only: what the refits read): one
     # dense pass over the calibration data, kept for every stage when they fit in
     # TARGET_CACHE_BYTES, else recomputed stage by stage (one dense pass per stage)
@@ -443,7 +363,7 @@ def repair(dense: onnx.ModelProto, pruned: onnx.ModelProto, an, plan_json: dict,
     info["targets"] = "cached" if targets is not None else "per stage"
     for stage in _stages(an, consumers):
         xs = list(dict.fromkeys([c.x for c in stage] + [c.residual for c in stage if c.residual]))
-        psess = bench._session(model, threads, extra_outputs=xs)
+        psess = bench._session(ed.to_model(), threads, extra_outputs=xs)
         in_pruned = {i.name for i in psess.get_inputs()}
         acc = {id(c): None for c in stage}
         for fi, feed in enumerate(feeds):
@@ -461,21 +381,18 @@ def repair(dense: onnx.ModelProto, pruned: onnx.ModelProto, an, plan_json: dict,
                 else:
                     upd = (Xa.sum(0), Y.sum(0), X.shape[0])
                 acc[id(c)] = upd if a is None else tuple(p + q for p, q in zip(a, upd))
-        consts = _Consts(model)
         for c in sorted(stage, key=lambda c: -c.node):
             a = acc[id(c)]
             if a is None:
                 continue
-            shift = sum(v for k, v in offset.items() if k < c.node)
-            cc = copy.copy(c)
-            cc.node = c.node + shift
-            W = consts.get(c.weight).astype(np.float64)
-            node = model.graph.node[cc.node]
+            W = ed.const(c.weight).astype(np.float64)
+            node = an.graph.nodes[c.node]                  # the dense node: same attributes
             Wm = _as_matrix(W, c, node)                    # [features, outputs]
             b = np.zeros(len(c.rows))
             bias = c.kind.bias
-            if bias is not None and len(node.input) > bias and node.input[bias]:
-                bv = consts.get(node.input[bias])
+            gnode = ed.nodes[c.node]
+            if bias is not None and len(gnode.inputs) > bias and gnode.inputs[bias].name:
+                bv = ed.const(gnode.inputs[bias].name)
                 if bv is not None:
                     b = np.broadcast_to(bv.astype(np.float64), (len(c.rows),)) if bv.size in (1, len(c.rows)) else b
             if mode == "lstsq":
@@ -500,11 +417,9 @@ def repair(dense: onnx.ModelProto, pruned: onnx.ModelProto, an, plan_json: dict,
                 mx, my = sx[:-1] / n, sy / n
                 W_new = None
                 b_delta = my - (mx @ Wm + b)
-            if _apply(model, consts, cc, W_new, b_delta):
-                offset[c.node] = offset.get(c.node, 0) + 1
+            _apply(ed, c, W_new, b_delta)
             info["repaired"].append(an.graph.labels[c.node])
-    del model.graph.value_info[:]
-    return model, info
+    return ed.to_model(), info
 
 
 def _as_matrix(W: np.ndarray, c: Consumer, node: onnx.NodeProto) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Step 5: rewrite the graph so it is physically smaller.
+"""The rewrite step: rewrite the graph so it is physically smaller.
 
 Slices every member tensor (initializers and Constant nodes alike, names kept), then runs the
 rewrite callbacks the op rules registered (Conv ``group``, Reshape targets, Split sizes, Slice

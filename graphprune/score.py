@@ -1,4 +1,4 @@
-"""Step 3: importance of every unit of every group.
+"""The score step: importance of every unit of every group.
 
 A criterion maps (group, graph) to one score per unit; it sees every member of the group, so
 the weights of every coupled layer count, not just the first one. Criteria are pluggable:

@@ -1,4 +1,4 @@
-"""Step 7: prove the pruned model right with the masked-dense oracle (../shared/DESIGN.md §2).
+"""The verify step: prove the pruned model right with the masked-dense oracle (docs/design.md §2).
 
 Take the dense model; in every ``in`` member of an exact group zero the removed input slices.
 The pruned model must give the same outputs. It needs nothing but the plan's members, so it

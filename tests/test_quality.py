@@ -377,12 +377,13 @@ def test_sequential_obs_adds_up_to_the_joint_obs_error(q):
 
 
 def test_repair_writes_corrections_where_they_belong():
-    """_apply with its readers index: a MatMul's correction goes into the constant bias Add it
-    alone feeds, a MatMul without one gets an Add inserted after it, and a bias two Gemms share
-    is copied for the first and edited in place for the second (then read once)."""
+    """_apply through the graph editor: a MatMul's correction goes into the constant bias Add it
+    alone feeds, a MatMul without one gets an Add inserted right after it, and a bias two Gemms
+    share is copied for the first and edited in place for the second (then read once)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from graphprune.repair import Consumer, _apply, _Consts
+    from graphprune.edit import Editor
+    from graphprune.repair import Consumer, _apply
 
     f = lambda *s: np.ones(s, np.float32)
     inits = [numpy_helper.from_array(f(4, 3), "Wa"), numpy_helper.from_array(f(3), "ba"),
@@ -397,32 +398,33 @@ def test_repair_writes_corrections_where_they_belong():
     m = helper.make_model(helper.make_graph(nodes, "g", [vi("x", [2, 4])],
                                             [vi(n, [2, 3]) for n in ("a", "b", "g1", "g2")], inits),
                           opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    consts = _Consts(m)
+    ed = Editor(m)
     rows, cols = np.arange(3), np.arange(4)
     delta = np.array([1.0, 2.0, 3.0])
 
     def cons(i, op, w, y):
         return Consumer(node=i, op=op, x="x", y=y, weight=w, rows=rows, cols=cols, transB=int(op == "Gemm"))
-    assert not _apply(m, consts, cons(0, "MatMul", "Wa", "a"), None, delta)           # into ba
-    np.testing.assert_allclose(numpy_helper.to_array(consts.inits["ba"]), 1 + delta)
-    # last nodes first, as repair does: the inserted Add shifts the indices after it
-    assert not _apply(m, consts, cons(4, "Gemm", "Wg2", "g2"), None, delta)            # bg shared: copy
-    assert m.graph.node[4].input[2] != "bg"
-    np.testing.assert_allclose(numpy_helper.to_array(consts.inits["bg"]), 1)
-    assert not _apply(m, consts, cons(3, "Gemm", "Wg1", "g1"), 2 * np.ones((3, 4)), delta)  # now alone
-    assert m.graph.node[3].input[2] == "bg"
-    np.testing.assert_allclose(numpy_helper.to_array(consts.inits["bg"]), 1 + delta)
-    np.testing.assert_allclose(numpy_helper.to_array(consts.inits["Wg1"]), 2)
-    assert _apply(m, consts, cons(2, "MatMul", "Wb", "b"), None, delta)                # Add inserted
-    assert [n.op_type for n in m.graph.node] == ["MatMul", "Add", "MatMul", "Add", "Gemm", "Gemm"]
-    assert m.graph.node[3].output[0] == "b" and m.graph.node[2].output[0] != "b"
-    onnx.checker.check_model(m, full_check=True)
+    assert not _apply(ed, cons(0, "MatMul", "Wa", "a"), None, delta)           # into ba
+    np.testing.assert_allclose(ed.const("ba"), 1 + delta)
+    assert not _apply(ed, cons(4, "Gemm", "Wg2", "g2"), None, delta)            # bg shared: copy
+    assert ed.nodes[4].inputs[2].name != "bg"
+    np.testing.assert_allclose(ed.const("bg"), 1)
+    assert not _apply(ed, cons(3, "Gemm", "Wg1", "g1"), 2 * np.ones((3, 4)), delta)  # now alone
+    assert ed.nodes[3].inputs[2].name == "bg"
+    np.testing.assert_allclose(ed.const("bg"), 1 + delta)
+    np.testing.assert_allclose(ed.const("Wg1"), 2)
+    assert _apply(ed, cons(2, "MatMul", "Wb", "b"), None, delta)                # Add inserted
+    out = ed.to_model()
+    assert [n.op_type for n in out.graph.node] == ["MatMul", "Add", "MatMul", "Add", "Gemm", "Gemm"]
+    assert out.graph.node[3].output[0] == "b" and out.graph.node[2].output[0] != "b"
+    assert [n.op_type for n in m.graph.node] == ["MatMul", "Add", "MatMul", "Gemm", "Gemm"]   # input untouched
+    onnx.checker.check_model(out, full_check=True)
     import onnxruntime as ort
     x = np.ones((2, 4), np.float32)
-    out = dict(zip(["a", "b", "g1", "g2"], ort.InferenceSession(
-        m.SerializeToString(), providers=["CPUExecutionProvider"]).run(["a", "b", "g1", "g2"], {"x": x})))
+    res = dict(zip(["a", "b", "g1", "g2"], ort.InferenceSession(
+        out.SerializeToString(), providers=["CPUExecutionProvider"]).run(["a", "b", "g1", "g2"], {"x": x})))
     for k, base in (("a", 5), ("b", 4), ("g1", 9), ("g2", 5)):
-        np.testing.assert_allclose(out[k], base + np.broadcast_to(delta, (2, 3)), err_msg=k)
+        np.testing.assert_allclose(res[k], base + np.broadcast_to(delta, (2, 3)), err_msg=k)
 
 
 def test_ridge_prior_pulls_the_refit_toward_the_kept_weights_or_zero():

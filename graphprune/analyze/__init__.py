@@ -1,4 +1,4 @@
-"""Step 2 of the data path: find every coupled channel group of a model.
+"""The analyze step: find every coupled channel group of a model.
 
 ``analyze(model)`` runs the per-op rules over the graph and returns an :class:`Analysis`;
 ``groups(analysis)`` turns its atoms into :class:`Group` objects: units (removable channel

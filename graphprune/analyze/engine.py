@@ -20,9 +20,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from ..graph import Graph
+from ..layers import node_attr
 
 # ----------------------------------------------------------------------------- union-find
 
@@ -282,10 +282,7 @@ class NodeCtx:
 
     # -- attributes, shapes, constants
     def attr(self, name: str, default=None):
-        for a in self.node.attribute:
-            if a.name == name:
-                return helper.get_attribute_value(a)
-        return default
+        return node_attr(self.node, name, default)
 
     def input(self, k: int) -> str:
         return self.inputs[k] if k < len(self.inputs) else ""

@@ -10,6 +10,7 @@ Reshape), the same index in every block becomes one unit.
 
 import numpy as np
 
+from ...layers import node_attr
 from ..engine import AnalysisError
 from . import norm_axis, register
 from .shape import const_items, shape_calculus
@@ -87,12 +88,10 @@ def _is_shuffle(ctx, y, out_axes):
     node = cons[0]
     if node.op_type != "Transpose":
         return False
-    perm = None
-    for a in node.attribute:
-        if a.name == "perm":
-            perm = list(a.ints)
+    perm = node_attr(node, "perm")
     if perm is None:
         return False
+    perm = list(perm)
     moved = [k for k in range(len(perm)) if perm[k] != k]
     return bool(moved) and set(moved) <= set(out_axes)
 
