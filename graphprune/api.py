@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, Optional, Union
 import onnx
 
 from .errors import UsageError
-from .pipeline import Analyzed, Options, Result, calibration, check_verified, plan_for
+from .pipeline import AnalyzedModel, Options, Result, calibration, check_verified, plan_for
 from .pipeline import prune as _run
 from .plan import Plan
 from .report import AnalysisReport, GroupInfo, Report
@@ -159,7 +159,7 @@ def analyze(model: ModelLike, *, allow_inexact: bool = False, static_batch: Opti
     from .explain import group_state, static_batch_gain, whole_model_reason
 
     m = _model(model, static_batch)
-    an = Analyzed(m)
+    an = AnalyzedModel(m)
     infos = []
     for g in an.groups:
         state, reasons = group_state(g, allow_inexact)
@@ -188,5 +188,5 @@ def plan(model: ModelLike, options: Optional[Options] = None, **kw: Any) -> Plan
     opts = options if options is not None else Options(**kw)
     opts.check()
     m = _model(model, None)
-    an = Analyzed(m)
+    an = AnalyzedModel(m)
     return plan_for(an, m, opts, calibration(m, opts))

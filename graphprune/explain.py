@@ -66,12 +66,12 @@ def static_batch_gain(model: onnx.ModelProto, n_prunable: int) -> Optional[int]:
     ``pipeline.AUTO_SKIP_BYTES`` (analysed again: a hint, not worth their time)."""
     from .bench import batch_symbols
     from .io import approx_model_bytes, with_static_batch
-    from .pipeline import AUTO_SKIP_BYTES, Analyzed
+    from .pipeline import AUTO_SKIP_BYTES, AnalyzedModel
 
     if not batch_symbols(model) or approx_model_bytes(model) > AUTO_SKIP_BYTES:
         return None
     try:
-        n1 = sum(1 for g in Analyzed(with_static_batch(model, 1)).groups if g.prunable)
+        n1 = sum(1 for g in AnalyzedModel(with_static_batch(model, 1)).groups if g.prunable)
     except Exception:       # a hint only: the first analysis stands
         return None
     return n1 if n1 > n_prunable else None

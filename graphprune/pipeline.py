@@ -161,8 +161,10 @@ def _noop(msg: str) -> None:
     pass
 
 
-class Analyzed:
-    """A model with its analysis and groups, reusable by several plans."""
+class AnalyzedModel:
+    """A model ready to plan: the folded model (``model``), its read-only index (``graph``), the
+    engine's raw :class:`~graphprune.analyze.engine.Analysis` (``analysis``), its groups and the
+    root atom of every atom (``root``); reusable by several plans. (``Analyzed`` is the old name.)"""
 
     def __init__(self, model: onnx.ModelProto):
         bench.lean_heap()      # before the analysis' own large temporaries (see lean_heap)
@@ -187,6 +189,9 @@ class Analyzed:
         self.analysis = analyze(folded, self.graph)
         self.groups, self.root = find_groups(self.analysis)
 
+
+
+Analyzed = AnalyzedModel
 
 def calibration(model: onnx.ModelProto, opts: Options):
     """The options' calibration data as a checked Calibration (None when there is none)."""
