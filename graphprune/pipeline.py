@@ -59,6 +59,10 @@ class Options:
     ridge_prior: str = "zero"               # lstsq repair: ridge pulls toward zero (or the kept weights)
     taylor_samples: int = 8
     taylor_eps: float = 1e-2
+    keep_initializer_inputs: bool = False   # initializers also listed as graph inputs stay inputs (blocked)
+    input_ranges: Dict[str, tuple] = field(default_factory=dict)   # name -> (low, high): random feeds
+    sample: Any = None                      # feed dicts for verify and the benchmark (--inputs FILE.npz)
+    bench_seconds: float = 10.0             # the benchmark stops after this long (at least 3 pairs)
 
     def kind_ratios(self) -> Dict[str, Optional[float]]:
         return {"heads": self.head_ratio, "channels": self.mlp_ratio}
@@ -243,10 +247,34 @@ def plan_for(an: Analyzed, model: onnx.ModelProto, opts: Options, calib=None,
     return plan
 
 
+def prepare(model: onnx.ModelProto, opts: Options) -> tuple:
+    """(model, notes): initializers that are also graph inputs become constants (dropped from the
+    inputs of a copy) unless ``opts.keep_initializer_inputs``; the caller's model is untouched."""
+    from .io import drop_initializer_inputs, initializer_inputs
+
+    notes = []
+    if not opts.keep_initializer_inputs and initializer_inputs(model):
+        model = _unchanged(model)
+        names = drop_initializer_inputs(model)
+        notes.append(initializer_inputs_note(names))
+    return model, notes
+
+
+def initializer_inputs_note(names: Sequence[str]) -> str:
+    return (f"{len(names)} initializer{'s are' if len(names) != 1 else ' is'} also listed as graph "
+            f"input{'s' if len(names) != 1 else ''} (IR < 4 / old exporters): treated as constants, as "
+            "onnxruntime does unless they are fed, and dropped from the inputs (--keep-initializer-inputs "
+            "keeps them as inputs, blocked)")
+
+
 def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
           plan_json: Optional[dict] = None) -> Result:
     opts.check()
+    model, notes = prepare(model, opts)
     t = {}
+    quantized = quantized_reason(model)
+    if quantized and plan_json is None:
+        return _nothing_to_do(model, opts, quantized, notes)
     t0 = time.perf_counter()
     progress("analyze")
     an = Analyzed(model)
@@ -268,7 +296,7 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
     report = {"groups": pj["groups"]}
     report["summary"] = {
         "groups": len(an.groups),
-        "prunable_groups": sum(1 for g in an.groups if g.prunable),
+        "prunable_groups": n_prunable(an.groups, opts),
         "pruned_groups": plan.n_pruned_groups(),
         "options": {"ratio": opts.ratio, "head_ratio": opts.head_ratio, "mlp_ratio": opts.mlp_ratio,
                     "prune_hidden": opts.prune_hidden, "round_to": opts.rounding(), "criterion": opts.criterion,
@@ -283,13 +311,21 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
              "calibration_samples": calib.samples() if calib is not None else 0})
         if "target" in plan.options:
             report["summary"]["target"] = plan.options["target"]
+    if notes:
+        report["summary"]["notes"] = notes
+    if plan.n_pruned_groups() == 0:
+        report["summary"]["reason"] = nothing_pruned_reason(model, an.groups, opts)
+    inexact_only = n_inexact_only(an.groups, opts)
+    if inexact_only:
+        report["summary"]["inexact_groups"] = inexact_only
     big = _weight_bytes(model) > AUTO_SKIP_BYTES
     do_verify = opts.verify if opts.verify is not None else not big
     do_bench = opts.bench if opts.bench is not None else not big
+    check_feeds = _check_feeds(model, opts, calib)
     if do_verify:
         t1 = time.perf_counter()
         progress("verify")
-        report["verify"] = verify(model, pruned, pj)
+        report["verify"] = _verify(model, pruned, plan, pj, an, opts, check_feeds)
         t["verify_s"] = time.perf_counter() - t1
     elif opts.verify is None:
         report["verify"] = {"skipped": f"skipped: weights over {AUTO_SKIP_BYTES >> 30} GiB (use --verify to run it)"}
@@ -308,27 +344,238 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
         pruned = repaired
         t["repair_s"] = time.perf_counter() - t1
     progress("count")
-    feed = count_feed(model, opts.seq_len)
+    feed = count_feed(model, opts.seq_len, opts.input_ranges)
     mb, pb = bench.count_macs_params(model, feed)
     ma, pa = bench.count_macs_params(pruned, feed)
     report["macs"] = {"before": int(mb), "after": int(ma)}
     report["params"] = {"before": int(pb), "after": int(pa)}
-    if do_bench:
+    unchanged = not removed and "repair" not in report
+    if do_bench and unchanged:
+        report["latency_ms"] = {"skipped": "the model is unchanged"}
+    elif do_bench:
         progress("bench")
         def timed(size):                      # free dims: the first size the model runs at (see verify)
-            feed = bench.random_inputs(model, seed=opts.seed, other=size)
-            return bench.measure_latency(model, pruned, feed, threads=opts.threads, repeats=opts.bench_repeats)
+            feed = check_feeds[0] if check_feeds else bench.random_inputs(model, seed=opts.seed, other=size,
+                                                                          ranges=opts.input_ranges)
+            return bench.measure_latency(model, pruned, feed, threads=opts.threads, repeats=opts.bench_repeats,
+                                         max_seconds=opts.bench_seconds)
         try:
             size, lat = bench.at_free_sizes(model, timed)
             report["latency_ms"] = {"before": lat["before_ms"], "after": lat["after_ms"],
-                                    "speedup": lat["speedup"], "threads": opts.threads}
-            if bench.free_dims(model):
+                                    "speedup": lat["speedup"], "threads": opts.threads, "pairs": lat["pairs"]}
+            if bench.free_dims(model) and not check_feeds:
                 report["latency_ms"]["free_dims"] = size
         except Exception as e:  # e.g. custom ops onnxruntime lacks
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             report["latency_ms"] = {"skipped": f"onnxruntime cannot run the model: {first}"}
+    if not unchanged:
+        progress("check")
+        ensure_runs(model, pruned, report, opts, check_feeds)
     report["timings_s"] = t
     return Result(pruned, plan, report, t)
+
+
+# --------------------------------------------------------------------------- models in the wild
+
+QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
+                 "QLinearConv", "QLinearMatMul", "DynamicQuantizeLSTM", "QGemm", "QAttention", "DynamicQuantizeMatMul")
+CONTROL_FLOW_OPS = ("If", "Loop", "Scan")
+_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def quantized_reason(model: onnx.ModelProto) -> Optional[str]:
+    """Why nothing can prune when every weighted layer is quantized (its weights come through
+    quantization ops, no float weight feeds a Conv/Gemm/MatMul directly): found from the op list
+    alone, before any analysis. None when the model is not (wholly) quantized."""
+    import collections
+
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    quant = {k: v for k, v in ops.items() if k in QUANTIZED_OPS}
+    if not quant:
+        return None
+    floats = {t.name for t in model.graph.initializer
+              if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+                                 onnx.TensorProto.DOUBLE) and len(t.dims) >= 2}
+    if any(n.op_type in _WEIGHTED and any(x in floats for x in n.input[:2]) for n in model.graph.node):
+        return None         # float layers remain: the analysis decides
+    what = ", ".join(f"{v} {k}" for k, v in sorted(quant.items()))
+    return (f"the model is quantized ({what}); quantized weights and run-time scales are not pruned: "
+            "prune the float model, then quantize it")
+
+
+def control_flow_reason(model: onnx.ModelProto) -> Optional[str]:
+    """Why nothing can prune when the model's layers run inside If/Loop/Scan bodies (None when
+    the control flow holds no weighted layer: then it is not why)."""
+    import collections
+
+    def weighted(g: onnx.GraphProto) -> bool:
+        for n in g.node:
+            if n.op_type in _WEIGHTED:
+                return True
+            for a in n.attribute:
+                if (a.HasField("g") and weighted(a.g)) or any(weighted(x) for x in a.graphs):
+                    return True
+        return False
+
+    flows = [n for n in model.graph.node if n.op_type in CONTROL_FLOW_OPS]
+    heavy = [n for n in flows if any(weighted(a.g) if a.HasField("g") else any(weighted(x) for x in a.graphs)
+                                     for a in n.attribute)]
+    if not heavy:
+        return None
+    c = collections.Counter(n.op_type for n in heavy)
+    what = ", ".join(f"{v} {k}" for k, v in sorted(c.items()))
+    return f"its layers run inside control flow ({what}), whose subgraphs are not analysed"
+
+
+def n_prunable(groups, opts: Options) -> int:
+    """Groups ``run`` would prune at these options: prunable, and exact unless inexact pruning is allowed."""
+    allow = opts.allow_inexact or opts.prune_hidden
+    return sum(1 for g in groups if g.prunable and (g.exact or allow))
+
+
+def n_inexact_only(groups, opts: Options) -> int:
+    """Prunable groups that are left whole because they are inexact (without --allow-inexact)."""
+    if opts.allow_inexact or opts.prune_hidden:
+        return 0
+    return sum(1 for g in groups if g.prunable and not g.exact)
+
+
+def nothing_pruned_reason(model: onnx.ModelProto, groups, opts: Options) -> str:
+    """The true reason no channel was removed, in one sentence."""
+    import collections
+
+    why = quantized_reason(model)
+    if why:
+        return why
+    inexact = [g for g in groups if g.prunable and not g.exact]
+    if inexact and n_prunable(groups, opts) == 0:
+        r = collections.Counter(x for g in inexact for x in set(g.inexact.values())).most_common(1)[0][0]
+        return (f"{len(inexact)} group{'s are' if len(inexact) > 1 else ' is'} prunable only inexactly ({r}"
+                f"{' and more' if len(inexact) > 1 else ''}): pass --allow-inexact to prune "
+                f"{'them' if len(inexact) > 1 else 'it'} (verified on the exact groups, the rest reported as "
+                "agreement with the dense model)")
+    if n_prunable(groups, opts) > 0:
+        if opts.ratio == 0 and opts.target() is None and not any(opts.kind_ratios().values()):
+            return "--ratio is 0"
+        return (f"{n_prunable(groups, opts)} groups are prunable but none lost a channel at these settings "
+                "(ratio, rounding, --protect, minimum kept counts)")
+    flow = control_flow_reason(model)
+    if flow:
+        return flow
+    if not groups:
+        return "no coupled channel group was found (no Conv/Gemm/MatMul with constant weights feeding another)"
+    reasons = collections.Counter(x for g in groups for x in set(g.blocked.values()))
+    if reasons:
+        top, n = reasons.most_common(1)[0]
+        return f"every group is blocked; the most common reason ({n} of {len(groups)} groups): {top}"
+    return "no group is prunable"
+
+
+def _nothing_to_do(model: onnx.ModelProto, opts: Options, reason: str, notes: list) -> Result:
+    """An unchanged copy and its report, without analysing (quantized models)."""
+    out = _unchanged(model)
+    feed = count_feed(model, opts.seq_len, opts.input_ranges)
+    macs, params = bench.count_macs_params(model, feed)
+    summary = {"groups": 0, "prunable_groups": 0, "pruned_groups": 0, "reason": reason,
+               "options": {"ratio": opts.ratio, "head_ratio": opts.head_ratio, "mlp_ratio": opts.mlp_ratio,
+                           "prune_hidden": opts.prune_hidden, "round_to": opts.rounding(),
+                           "criterion": opts.criterion, "protect": list(opts.protect), "seed": opts.seed}}
+    if notes:
+        summary["notes"] = notes
+    report = {"groups": [], "summary": summary, "macs": {"before": int(macs), "after": int(macs)},
+              "params": {"before": int(params), "after": int(params)},
+              "verify": {"skipped": "the model is unchanged"}, "timings_s": {}}
+    if opts.bench is not False:
+        report["latency_ms"] = {"skipped": "the model is unchanged"}
+    return Result(out, Plan([], {}), report, {})
+
+
+def _check_feeds(model: onnx.ModelProto, opts: Options, calib) -> Optional[List[dict]]:
+    """Feeds for verify and the benchmark when the user gave data: ``--inputs`` samples, else the
+    first two calibration batches (the benchmark uses the first); None: random valid feeds."""
+    names = [i.name for i in bench._graph_inputs(model)]
+    for n in opts.input_ranges:
+        if n not in names:
+            raise UsageError(f"--input {n}: the model has no input {n!r} (inputs: {', '.join(names)})")
+    if opts.sample is not None:
+        from .calib import Calibration
+        c = opts.sample if isinstance(opts.sample, Calibration) else Calibration(opts.sample, "sample inputs")
+        return list(c.check(model))
+    if calib is not None:
+        return list(calib)[:2]
+    return None
+
+
+def _verify(model, pruned, plan: Plan, pj: dict, an: Analyzed, opts: Options, feeds) -> dict:
+    """The masked-dense oracle. When inexact groups lost channels (--allow-inexact,
+    --prune-hidden) it checks a rewrite with only the exact groups pruned, and reports the pruned
+    model's agreement with the dense model (those groups cannot be checked exactly)."""
+    inexact = {g.id for g in plan.groups if not g.exact}
+    cut = [gid for gid, mask in plan.keep.items() if gid in inexact and not mask.all()]
+    kw = dict(feeds=feeds, ranges=opts.input_ranges)
+    if not cut:
+        return verify(model, pruned, pj, **kw)
+    exact = Plan(plan.groups, {gid: m for gid, m in plan.keep.items() if gid not in inexact}, plan.options)
+    removed = exact.removed_units()
+    ej = exact.to_json()
+    v = verify(model, rewrite(an.model, an.analysis, an.root, removed) if removed else _unchanged(model), ej, **kw)
+    if "skipped" in v:
+        return v
+    probe = feeds if feeds is not None else [bench.random_inputs(model, seed=s, ranges=opts.input_ranges)
+                                             for s in (0, 1)]
+    try:
+        agree = agreement(model, pruned, probe)
+    except Exception as e:
+        return {"max_abs_diff": None, "max_rel_diff": None, "passed": False,
+                "reason": f"the pruned model does not run: {_first_line(e)}"}
+    v["checked"] = (f"exact groups (masked-dense oracle on a rewrite with the {len(cut)} inexact "
+                    f"group{'s' if len(cut) > 1 else ''} kept whole); inexact groups: agreement only")
+    v["inexact_groups"] = sorted(cut)
+    v["inexact_agreement"] = agree
+    return v
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return (lines[0] if lines else type(e).__name__)[:300]
+
+
+def ensure_runs(model: onnx.ModelProto, pruned: onnx.ModelProto, report: dict, opts: Options, feeds) -> None:
+    """The output must run whatever the options: the same inputs as the input model, an
+    onnxruntime session and one run on a valid feed (skipped when verification already ran it,
+    and when onnxruntime cannot run the input model either). Raises GraphpruneError (exit 1)."""
+    from .errors import GraphpruneError
+
+    want = [i.name for i in bench._graph_inputs(model)]
+    got = [i.name for i in bench._graph_inputs(pruned)]
+    if got != want:
+        extra = [n for n in got if n not in want]
+        raise GraphpruneError(f"internal error: the pruned model's inputs differ from the input model's "
+                              f"({len(got)} vs {len(want)}{': ' + ', '.join(extra[:5]) if extra else ''}); "
+                              "nothing written")
+    v = report.get("verify") or {}
+    if v.get("passed") or _weight_bytes(model) > AUTO_SKIP_BYTES:
+        return
+    feed = feeds[0] if feeds else None
+    try:
+        if feed is None:
+            feed = bench.random_inputs(model, seed=opts.seed, other=_size_that_runs(model, opts),
+                                       ranges=opts.input_ranges)
+        else:
+            bench.Runner(model)(feed)
+    except Exception:
+        return          # onnxruntime cannot run the input model either: nothing to compare with
+    try:
+        bench.Runner(pruned)(feed)
+    except Exception as e:
+        raise GraphpruneError(f"internal error: the pruned model does not run in onnxruntime "
+                              f"({_first_line(e)}); nothing written")
+
+
+def _size_that_runs(model, opts: Options) -> int:
+    size, _ = bench.at_free_sizes(model, lambda size: bench.Runner(model)(
+        bench.random_inputs(model, seed=opts.seed, other=size, ranges=opts.input_ranges)))
+    return size
 
 
 def _weight_bytes(model: onnx.ModelProto) -> int:
@@ -341,15 +588,16 @@ def _weight_bytes(model: onnx.ModelProto) -> int:
     return total
 
 
-def count_feed(model: onnx.ModelProto, seq_len: int) -> Optional[dict]:
+def count_feed(model: onnx.ModelProto, seq_len: int, ranges=None) -> Optional[dict]:
     """Inputs for run-time MAC counting when the graph has symbolic dims (batch 1, others seq_len)."""
     syms = {d.dim_param for vi in model.graph.input for d in vi.type.tensor_type.shape.dim
             if d.HasField("dim_param") and d.dim_param}
     # with a feed, dims static inference cannot resolve (Swin's window partition) are measured
     # in onnxruntime; never for models whose data stays on disk
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
-        return None if not syms else bench.random_inputs(model, seed=0, batch=1, dims=_seq_dims(model, syms, seq_len))
-    return bench.random_inputs(model, seed=0, batch=1, dims=_seq_dims(model, syms, seq_len))
+        return None if not syms else bench.random_inputs(model, seed=0, batch=1, dims=_seq_dims(model, syms, seq_len),
+                                                         ranges=ranges)
+    return bench.random_inputs(model, seed=0, batch=1, dims=_seq_dims(model, syms, seq_len), ranges=ranges)
 
 
 def _seq_dims(model: onnx.ModelProto, syms, seq_len: int) -> dict:
