@@ -169,7 +169,13 @@ def verify(dense: onnx.ModelProto, pruned: onnx.ModelProto, plan_json: dict, see
                 probe = random_inputs(dense, seed=seeds[0], dims=dims, ranges=ranges)
             except Exception:
                 probe = None
-        hint = explain_run_error(dense, probe, e)
+        first = e
+        if probe is not None:       # the failure at the first size (the last one tried may differ)
+            try:
+                Runner(dense)(probe)
+            except Exception as e0:
+                first = e0
+        hint = explain_run_error(dense, probe, first)
         if hint:
             raise InputError(f"onnxruntime cannot run the input model on {'the given' if given else 'random'} "
                              f"inputs: {hint}")
