@@ -376,11 +376,63 @@ def free_dims(model: onnx.ModelProto) -> bool:
     return False
 
 
+def implied_sizes(model: onnx.ModelProto) -> tuple[list[int], int | None]:
+    """(sizes, cap): sizes the graph implies for free input dims, tried before FREE_SIZES' guesses
+    (after the first): the non-1, non-channel dims of constants combined element-wise with
+    activations (a learned position encoding [1, T, d] fixes T) and the rows of position tables;
+    cap: the fewest rows of a table indexed by positions made from shapes (Range, or a slice of a
+    constant position_ids buffer), above which the sequence cannot go (None when there is none)."""
+    shapes, _, consumers = _consts_and_consumers(model)
+    makers = {o: n for n in model.graph.node for o in n.output if o}
+    sizes: list[int] = []
+    cap = None
+
+    def positions(name: str, depth: int = 0):
+        """The length a position-index tensor cannot exceed, when it is made from shapes."""
+        n = makers.get(name)
+        if n is None or depth > 6:
+            return None
+        if n.op_type == "Range":
+            return -1                                   # as long as the sequence: bounded by the table
+        if n.op_type == "Slice" and n.input and n.input[0] in shapes and shapes[n.input[0]]:
+            return int(shapes[n.input[0]][-1])          # a slice of a constant position_ids buffer
+        if n.op_type in ("Unsqueeze", "Expand", "Cast", "Identity", "Reshape", "Slice", "Add") and n.input:
+            return positions(n.input[0], depth + 1)
+        return None
+
+    for n in model.graph.node:
+        if n.op_type == "Gather" and len(n.input) == 2 and n.input[0] in shapes and len(shapes[n.input[0]]) == 2:
+            p = positions(n.input[1])
+            if p is not None:
+                rows = int(shapes[n.input[0]][0])
+                c = rows if p < 0 else min(rows, p)
+                cap = c if cap is None else min(cap, c)
+                sizes.append(c)
+        if n.op_type in ("Add", "Sub", "Mul", "Div") and len(n.input) == 2:
+            for k in (0, 1):
+                c, other = n.input[k], n.input[1 - k]
+                if c in shapes and other not in shapes and len(shapes[c]) >= 3:
+                    sizes += [int(d) for d in shapes[c][:-1] if int(d) > 1]
+    out = [x for x in dict.fromkeys(sizes) if 1 < x <= 4096 and (cap is None or x <= cap)]
+    return out, cap
+
+
+def free_sizes(model: onnx.ModelProto) -> list[int]:
+    """Sizes at_free_sizes tries for free dims: FREE_SIZES' first, those the graph implies
+    (implied_sizes), then the rest of FREE_SIZES, none above a position table's rows."""
+    if not free_dims(model):
+        return list(FREE_SIZES[:1])
+    implied, cap = implied_sizes(model)
+    sizes = [FREE_SIZES[0]] + implied + list(FREE_SIZES[1:])
+    sizes = [x for x in dict.fromkeys(sizes) if cap is None or x <= cap]
+    return sizes or [FREE_SIZES[0]]
+
+
 def at_free_sizes(model: onnx.ModelProto, attempt):
-    """``attempt(size)`` with free symbolic dims at each of FREE_SIZES in turn (only the first
-    when the inputs have none), until one returns; the last failure is raised. Returns
-    (size, result)."""
-    sizes = FREE_SIZES if free_dims(model) else FREE_SIZES[:1]
+    """``attempt(size)`` with free symbolic dims at each of free_sizes(model) in turn (FREE_SIZES,
+    with the sizes the graph implies tried before guesses; only the first when the inputs have no
+    free dims), until one returns; the last failure is raised. Returns (size, result)."""
+    sizes = free_sizes(model)
     for k, size in enumerate(sizes):
         try:
             return size, attempt(size)

@@ -344,10 +344,11 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
         pruned = repaired
         t["repair_s"] = time.perf_counter() - t1
     progress("count")
-    feed = count_feed(model, opts.seq_len, opts.input_ranges)
-    mb, pb = bench.count_macs_params(model, feed)
+    (mb, pb), feed, seq = count_at(model, opts)
     ma, pa = bench.count_macs_params(pruned, feed)
     report["macs"] = {"before": int(mb), "after": int(ma)}
+    if seq != opts.seq_len:
+        report["macs"]["free_dims"] = seq
     report["params"] = {"before": int(pb), "after": int(pa)}
     unchanged = not removed and "repair" not in report
     if do_bench and unchanged:
@@ -598,6 +599,35 @@ def count_feed(model: onnx.ModelProto, seq_len: int, ranges=None) -> Optional[di
         return None if not syms else bench.random_inputs(model, seed=0, batch=1, dims=_seq_dims(model, syms, seq_len),
                                                          ranges=ranges)
     return bench.random_inputs(model, seed=0, batch=1, dims=_seq_dims(model, syms, seq_len), ranges=ranges)
+
+
+def count_at(model: onnx.ModelProto, opts: Options):
+    """((MACs, params), feed, size) of ``model`` with free dims at ``opts.seq_len``; when the model
+    cannot run there (a dim the weights fix at 32 guessed at 64) at the sizes the graph implies,
+    then FREE_SIZES (bench.free_sizes), before unknown dims are counted as 1."""
+    import warnings
+
+    def attempt(size):
+        feed = count_feed(model, size, opts.input_ranges)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = bench.count_macs_params(model, feed)
+        failed = [w for w in caught if "could not run the model" in str(w.message)]
+        return res, feed, failed, caught
+
+    res, feed, failed, caught = attempt(opts.seq_len)
+    if failed and bench.free_dims(model):
+        for size in bench.free_sizes(model):
+            if size == opts.seq_len:
+                continue
+            r2, f2, failed2, caught2 = attempt(size)
+            if not failed2:
+                for w in caught2:
+                    warnings.warn(w.message)
+                return r2, f2, size
+    for w in caught:
+        warnings.warn(w.message)
+    return res, feed, opts.seq_len
 
 
 def _seq_dims(model: onnx.ModelProto, syms, seq_len: int) -> dict:

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .bench import FREE_SIZES, Runner, at_free_sizes, explain_run_error, free_dims, random_inputs
+from .bench import FREE_SIZES, Runner, at_free_sizes, explain_run_error, free_dims, free_sizes, random_inputs
 from .errors import InputError
 
 
@@ -181,7 +181,7 @@ def verify(dense: onnx.ModelProto, pruned: onnx.ModelProto, plan_json: dict, see
                              f"inputs: {hint}")
         if any(n.domain not in ("", "ai.onnx", "com.microsoft") for n in dense.graph.node):
             return {"skipped": f"onnxruntime cannot run the model (custom ops): {why}"}
-        tried = f" (free dims tried at {', '.join(map(str, FREE_SIZES))})" if given is None and free_dims(dense) else ""
+        tried = f" (free dims tried at {', '.join(map(str, free_sizes(dense)))})" if given is None and free_dims(dense) else ""
         raise InputError(f"onnxruntime cannot run the input model{tried}: {why}")
     del run_oracle, oracle, references     # the oracle session goes before the pruned one comes
     run_pruned = Runner(pruned)

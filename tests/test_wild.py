@@ -291,6 +291,18 @@ def test_warning_inside_a_progress_step_gets_its_own_line(capsys):
     assert err[2].startswith("  count    ...") and err[2].endswith("s")
 
 
+def test_free_dim_the_weights_fix_is_found_before_guessing(tmp_path, capsys):
+    m = wg.fixed_length()
+    assert bench.free_sizes(m)[:2] == [8, 32]
+    path = save(tmp_path, "fixed_length")
+    code, _, err = gp(capsys, "run", path, "--no-bench")
+    assert code == 0, err
+    assert "unknown dims count as 1" not in err
+    rep = report(str(tmp_path / "fixed_length.pruned.onnx"))
+    assert rep["verify"]["passed"] and rep["macs"]["free_dims"] == 32
+    assert rep["macs"]["before"] == 32 * 16 * 32 * 2          # fc1 + fc2 at time 32, batch 1
+
+
 def test_zero_params_row_is_not_a_ratio(capsys):
     print_summary({"macs": {"before": 0, "after": 0}, "params": {"before": 0, "after": 0},
                    "summary": {"pruned_groups": 0, "prunable_groups": 0, "groups": 0}})

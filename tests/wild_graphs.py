@@ -7,6 +7,7 @@ shape of failure that ONNX files other projects ship had, built with onnx.helper
     zipmap_classifier  a scikit-learn-style classifier: label + a sequence of maps
     kws_layernorm      a hand-written LayerNorm over channels and an If on the final output
     quantized          QuantizeLinear / DequantizeLinear around a Conv
+    fixed_length       a symbolic time axis that the weights fix at 32
 """
 
 from __future__ import annotations
@@ -182,8 +183,25 @@ def quantized(seed: int = 0) -> onnx.ModelProto:
     return _model(nodes, ins, outs, inits, opset=13)
 
 
+def fixed_length(seed: int = 0, t: int = 32, d: int = 16, hidden: int = 32) -> onnx.ModelProto:
+    """A symbolic time axis the weights fix: a learned position encoding [1, 32, d] is added to
+    the [batch, time, d] input, so the model runs only at time = 32 (guesses of 8 or 64 fail)."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(_w(rng, 1, t, d), "pos"),
+             numpy_helper.from_array(_w(rng, d, hidden), "fc1.w"),
+             numpy_helper.from_array(_w(rng, hidden, d), "fc2.w")]
+    nodes = [helper.make_node("Add", ["x", "pos"], ["h"]),
+             helper.make_node("MatMul", ["h", "fc1.w"], ["a"], name="fc1"),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("MatMul", ["r", "fc2.w"], ["y"], name="fc2")]
+    ins = [helper.make_tensor_value_info("x", F, ["batch", "time", d])]
+    outs = [helper.make_tensor_value_info("y", F, ["batch", "time", d])]
+    return _model(nodes, ins, outs, inits)
+
+
 ALL = {"bert_like": bert_like, "initializer_inputs": initializer_inputs, "unsorted": unsorted,
-       "zipmap_classifier": zipmap_classifier, "kws_layernorm": kws_layernorm, "quantized": quantized}
+       "zipmap_classifier": zipmap_classifier, "kws_layernorm": kws_layernorm, "quantized": quantized,
+       "fixed_length": fixed_length}
 
 
 if __name__ == "__main__":      # python tests/wild_graphs.py FOLDER: write every graph there
