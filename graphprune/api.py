@@ -156,19 +156,24 @@ def analyze(model: ModelLike, *, allow_inexact: bool = False, static_batch: Opti
     Returns:
         An :class:`~graphprune.report.AnalysisReport`.
     """
-    from .explain import group_state, static_batch_gain, whole_model_reason
+    from .explain import group_state, n_inexact_only, n_prunable, nothing_pruned_reason, quantized_reason, \
+        static_batch_gain
 
     m = _model(model, static_batch)
+    why = quantized_reason(m)
+    if why:                             # said from the op list, before any analysis
+        return AnalysisReport(groups=[], prunable=0, why=why)
+    opts = Options(ratio=0.0, allow_inexact=allow_inexact)
     an = AnalyzedModel(m)
     infos = []
     for g in an.groups:
         state, reasons = group_state(g, allow_inexact)
         infos.append(GroupInfo(id=g.id, name=g.name, kind=g.kind, channels=len(g.units), state=state,
                                reasons=reasons, blocked=len(g.blocked)))
-    n_prunable = sum(1 for g in an.groups if g.prunable)
-    hint = static_batch_gain(m, n_prunable) if hints and static_batch is None and n_prunable < len(an.groups) \
-        else None
-    return AnalysisReport(groups=infos, prunable=n_prunable, why=whole_model_reason(m) if n_prunable == 0 else None,
+    n_ok = n_prunable(an.groups, opts)
+    hint = static_batch_gain(m, n_ok) if hints and static_batch is None and n_ok < len(an.groups) else None
+    return AnalysisReport(groups=infos, prunable=n_ok, inexact_only=n_inexact_only(an.groups, opts),
+                          why=nothing_pruned_reason(m, an.groups, opts) if n_ok == 0 else None,
                           static_batch_hint=hint)
 
 

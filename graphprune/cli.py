@@ -21,32 +21,77 @@ STEPS = ("analyze", "score", "plan", "rewrite", "count", "verify", "bench")
 
 
 class _Progress:
+    """One line per step: its name, then its time. A step running over TICK seconds gets a dot
+    every TICK seconds so a long step is visibly alive; a warning raised during a step ends the
+    line, is printed on its own, and the step's line starts again."""
     active = None
+    TICK = 2.0
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
         self.t = None
         self.step = None
+        self._lock = __import__("threading").Lock()
+        self._stop = None
         _Progress.active = self
+        if not quiet:
+            import warnings
+            self._showwarning = warnings.showwarning
+            warnings.showwarning = self._warning
+
+    def _warning(self, message, category, filename, lineno, file=None, line=None) -> None:
+        with self._lock:
+            open_line = self.step is not None
+            if open_line:
+                click.echo("", err=True)
+            click.echo(f"warning: {' '.join(str(message).split())}", err=True)
+            if open_line:
+                click.echo(f"  {self.step:<8s} ...", err=True, nl=False)
+
+    def _tick(self, stop) -> None:
+        while not stop.wait(self.TICK):
+            with self._lock:
+                if self.step is None:
+                    return
+                click.echo(".", err=True, nl=False)
+
+    def close(self) -> None:
+        self.done()
+        if not self.quiet and getattr(self, "_showwarning", None) is not None:
+            import warnings
+            warnings.showwarning = self._showwarning
+            self._showwarning = None
 
     @classmethod
     def interrupt(cls) -> None:
         """End an open progress line so an error message starts on its own line."""
         p = cls.active
+        if p is not None and p._stop is not None:
+            p._stop.set()
+            p._stop = None
         if p is not None and p.step is not None and not p.quiet:
             click.echo("", err=True)
             p.step = None
+        if p is not None:
+            p.close()
 
     def __call__(self, step: str) -> None:
         self.done()
         self.step, self.t = step, time.perf_counter()
         if not self.quiet:
             click.echo(f"  {step:<8s} ...", err=True, nl=False)
+            import threading
+            self._stop = threading.Event()
+            threading.Thread(target=self._tick, args=(self._stop,), daemon=True).start()
 
     def done(self) -> None:
-        if self.step is not None and not self.quiet:
-            click.echo(f" {time.perf_counter() - self.t:6.2f}s", err=True)
-        self.step = None
+        if self._stop is not None:
+            self._stop.set()
+            self._stop = None
+        with self._lock:
+            if self.step is not None and not self.quiet:
+                click.echo(f" {time.perf_counter() - self.t:6.2f}s", err=True)
+            self.step = None
 
 
 def _default_out(inp: str) -> str:
@@ -70,14 +115,18 @@ def _fmt_int(n) -> str:
 
 def print_summary(report: dict) -> None:
     m, p = report["macs"], report["params"]
-    rows = [("MACs", _fmt_int(m["before"]), _fmt_int(m["after"]), m["before"] / max(m["after"], 1)),
-            ("params", _fmt_int(p["before"]), _fmt_int(p["after"]), p["before"] / max(p["after"], 1))]
+
+    def ratio(b, a):        # None: not a number (0 / 0)
+        return None if not a and not b else b / max(a, 1)
+
+    rows = [("MACs", _fmt_int(m["before"]), _fmt_int(m["after"]), ratio(m["before"], m["after"])),
+            ("params", _fmt_int(p["before"]), _fmt_int(p["after"]), ratio(p["before"], p["after"]))]
     lat = report.get("latency_ms")
     if lat and "skipped" not in lat:
         rows.append(("latency ms", f"{lat['before']:.3f}", f"{lat['after']:.3f}", lat["speedup"]))
     click.echo(f"{'':12s} {'before':>10s} {'after':>10s} {'ratio':>8s}")
     for name, b, a, r in rows:
-        click.echo(f"{name:12s} {b:>10s} {a:>10s} {r:7.2f}x")
+        click.echo(f"{name:12s} {b:>10s} {a:>10s} " + (f"{r:7.2f}x" if r is not None else f"{'-':>8s}"))
     s = report["summary"]
     click.echo(f"groups       {s['pruned_groups']} pruned of {s['prunable_groups']} prunable ({s['groups']} found)")
     v = report.get("verify")
@@ -87,12 +136,67 @@ def print_summary(report: dict) -> None:
         state = "passed" if v["passed"] else "FAILED"
         click.echo(f"verify       {state} (max abs diff {v['max_abs_diff']:.3g})"
                    if v.get("max_abs_diff") is not None else f"verify       {state}")
+        a = v.get("inexact_agreement")
+        if a and a.get("cosine") is not None:
+            n = len(v.get("inexact_groups", []))
+            click.echo(f"             exact groups only; the {n} inexact group{'s' if n != 1 else ''}: cosine "
+                       f"{a['cosine']:.4f} to the dense outputs (rel err {a['rel_err']:.3g})")
 
 
-def _load(path: str, static_batch: Optional[int] = None):
-    from .io import load_model, with_static_batch
-    m = load_model(path)
+def _load(path: str, static_batch: Optional[int] = None, keep_initializer_inputs: bool = False,
+          quiet: bool = False):
+    """Load a model; nodes out of order are sorted and (unless kept) initializers that are also
+    graph inputs become constants: each said in one line."""
+    from .io import drop_initializer_inputs, load_model, with_static_batch
+    from .pipeline import initializer_inputs_note
+
+    notes: list = []
+    m = load_model(path, notes=notes)
+    if not keep_initializer_inputs:
+        names = drop_initializer_inputs(m)
+        if names:
+            notes.append(initializer_inputs_note(names))
+    if not quiet:
+        for n in notes:
+            click.echo(f"note: {n}", err=True)
     return with_static_batch(m, static_batch) if static_batch is not None else m
+
+
+def _keep_init_option(f):
+    return click.option("--keep-initializer-inputs", "keep_initializer_inputs", is_flag=True,
+                        help="initializers also listed as graph inputs (IR < 4) stay inputs, and block the "
+                             "channels they touch [default: treated as constants and dropped from the inputs]")(f)
+
+
+def _feed_options(f):
+    f = click.option("--inputs", "inputs_npz", default=None, metavar="SAMPLE.npz",
+                     help="sample inputs (one array per graph input) for verify and the benchmark "
+                          "[default: the calibration data when given, else random valid inputs]")(f)
+    f = click.option("--input", "input_ranges", multiple=True, metavar="NAME=LOW:HIGH",
+                     help="random values of input NAME in [LOW, HIGH) (integer inputs default to the rows "
+                          "of the tables they index); repeatable")(f)
+    return f
+
+
+def _parse_feeds(input_ranges, inputs_npz) -> dict:
+    """Options fields from --input / --inputs."""
+    from .bench import parse_input_range
+    from .calib import Calibration
+
+    out = {}
+    ranges = {}
+    for text in input_ranges:
+        try:
+            name, r = parse_input_range(text)
+        except ValueError as e:
+            raise UsageError(str(e))
+        ranges[name] = r
+    out["input_ranges"] = ranges
+    if inputs_npz:
+        c = Calibration.from_npz(inputs_npz, 1 << 30)
+        c.source = f"sample inputs {inputs_npz}"
+        out["sample"] = c
+    return out
 
 
 def _static_batch_option(f):
@@ -241,9 +345,14 @@ def _quality(kw: dict, static_batch: Optional[int] = None) -> dict:
 @click.option("--demo", is_flag=True, help="prune the built-in demo CNN (also used when MODEL is omitted)")
 @_static_batch_option
 @_repair_options
+@_keep_init_option
+@_feed_options
+@click.option("--bench-seconds", type=float, default=10.0, show_default=True,
+              help="the latency benchmark stops after about this long (at least 3 pairs of runs)")
 @click.option("-q", "--quiet", is_flag=True)
 def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_inexact, head_ratio, mlp_ratio,
-        prune_hidden, threads, bench, verify, demo, static_batch, quiet, **quality):
+        prune_hidden, threads, bench, verify, demo, static_batch, quiet, keep_initializer_inputs, input_ranges,
+        inputs_npz, bench_seconds, **quality):
     """Prune MODEL end to end: load, analyze, score, plan, rewrite, verify, bench, save."""
     from .io import check_output_path, save_json_atomic, save_model
     from .pipeline import Options, check_verified, prune
@@ -251,8 +360,11 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
     opts = Options(ratio=ratio, round_to=round_to, protect=protect, criterion=criterion, seed=seed,
                    allow_inexact=allow_inexact, head_ratio=head_ratio, mlp_ratio=mlp_ratio,
                    prune_hidden=prune_hidden, threads=threads, bench=bench, verify=verify,
-                   **_quality(quality, static_batch))
+                   keep_initializer_inputs=keep_initializer_inputs, bench_seconds=bench_seconds,
+                   **_parse_feeds(input_ranges, inputs_npz), **_quality(quality, static_batch))
     opts.check()
+    if bench_seconds <= 0:
+        raise UsageError(f"--bench-seconds must be > 0, got {bench_seconds}")
     if model is None or demo:
         from .demo import write_demo_model
         model = model or "graphprune-demo.onnx"
@@ -264,22 +376,20 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
     report_path = report or _default_report(out)
     check_output_path(out, model)
     check_output_path(report_path, model)
-    m = _load(model, static_batch)
+    m = _load(model, static_batch, keep_initializer_inputs, quiet)
     progress = _Progress(quiet)
     if not quiet:
         rt = f"auto = {opts.rounding()}" if round_to == "auto" else round_to
         click.echo(f"pruning {model} (ratio {ratio}, round-to {rt}, criterion {criterion})", err=True)
     res = prune(m, opts, progress)
-    progress.done()
+    progress.close()
     rep = res.report
     if static_batch is not None:
         rep["summary"]["options"]["static_batch"] = static_batch
     if rep["summary"]["pruned_groups"] == 0:
-        why = _whole_model_reason(m)
-        if why:
-            click.echo(f"nothing was pruned: {why}", err=True)
-        click.echo("nothing was pruned (no prunable group at these settings; `graphprune analyze` says why); "
-                   "writing an unchanged copy", err=True)
+        why = rep["summary"].get("reason") or "no prunable group at these settings"
+        click.echo(f"nothing was pruned: {why}; writing an unchanged copy (`graphprune analyze` lists every "
+                   "group)", err=True)
     check_verified(rep)
     save_model(res.model, out)
     save_json_atomic(rep, report_path)
@@ -293,14 +403,15 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
 @click.option("--plan", "plan_out", default=None, help="write the plan JSON (groups, members, kept) here")
 @_common_prune_options
 @_static_batch_option
+@_keep_init_option
 @click.option("-v", "--verbose", is_flag=True, help="list every blocked reason")
 def analyze_cmd(model, plan_out, ratio, round_to, protect, criterion, seed, allow_inexact, head_ratio, mlp_ratio,
-                prune_hidden, static_batch, verbose, **quality):
+                prune_hidden, static_batch, verbose, keep_initializer_inputs, **quality):
     """Print the coupled channel groups of MODEL, what is blocked and why; optionally write a plan
     (at --ratio, default 0 here: every channel kept) to edit and apply with `prune --plan`."""
     from .explain import group_state
     from .io import save_json_atomic
-    from .pipeline import Analyzed, Options, calibration, plan_for
+    from .pipeline import Analyzed, Options, calibration, n_inexact_only, n_prunable, plan_for, quantized_reason
 
     src = click.get_current_context().get_parameter_source("ratio")
     if src is not None and src.name == "DEFAULT":
@@ -313,7 +424,14 @@ def analyze_cmd(model, plan_out, ratio, round_to, protect, criterion, seed, allo
     if plan_out:
         from .io import check_output_path
         check_output_path(plan_out, model)
-    m = _load(model, static_batch)
+    m = _load(model, static_batch, keep_initializer_inputs)
+    why = quantized_reason(m)
+    if why:                 # said from the op list, before any analysis
+        click.echo(f"0 groups, 0 prunable\nwhy: {why}")
+        if plan_out:
+            save_json_atomic({"groups": []}, plan_out)
+            click.echo(f"wrote {plan_out}")
+        return
     an = Analyzed(m)
     plan = plan_for(an, m, opts, calibration(m, opts))
     pj = plan.to_json()
@@ -326,21 +444,17 @@ def analyze_cmd(model, plan_out, ratio, round_to, protect, criterion, seed, allo
             click.echo(f"{'':39s}  - {r}")
         if not verbose and len(reasons) > 1:
             click.echo(f"{'':39s}  - ... {len(reasons) - 1} more (use -v)")
-    n_prunable = sum(1 for g in an.groups if g.prunable)
-    click.echo(f"{len(an.groups)} groups, {n_prunable} prunable")
-    if static_batch is None and n_prunable < len(an.groups):
-        _static_batch_hint(m, n_prunable)
-    why = _whole_model_reason(m) if n_prunable == 0 else None
-    if why:
-        click.echo(f"why: {why}")
+    n_ok, n_inexact = n_prunable(an.groups, opts), n_inexact_only(an.groups, opts)
+    more = f" ({n_inexact} more with --allow-inexact)" if n_inexact else ""
+    click.echo(f"{len(an.groups)} groups, {n_ok} prunable{more}")
+    if static_batch is None and n_ok < len(an.groups):
+        _static_batch_hint(m, n_ok)
+    if n_ok == 0:
+        from .pipeline import nothing_pruned_reason
+        click.echo(f"why: {nothing_pruned_reason(m, an.groups, opts)}")
     if plan_out:
         save_json_atomic(pj, plan_out)
         click.echo(f"wrote {plan_out}")
-
-
-def _whole_model_reason(m) -> Optional[str]:
-    from .explain import whole_model_reason
-    return whole_model_reason(m)
 
 
 def _static_batch_hint(m, n_prunable: int) -> None:
@@ -351,6 +465,12 @@ def _static_batch_hint(m, n_prunable: int) -> None:
                    "the symbolic batch can then be followed)")
 
 
+for _p in analyze_cmd.params:          # analyze plans at ratio 0 unless --ratio is given
+    if _p.name == "ratio":
+        _p.show_default = False
+        _p.help = "fraction of each group's channels to remove in the written plan [default: 0, every channel kept]"
+
+
 @cli.command("prune")
 @click.argument("model")
 @click.option("--plan", "plan_in", required=True, help="plan JSON from `analyze --plan` or a report")
@@ -358,8 +478,9 @@ def _static_batch_hint(m, n_prunable: int) -> None:
 @click.option("--report", default=None, help="report JSON path [default: OUT.report.json]")
 @click.option("--no-bench", is_flag=True, help="skip the latency benchmark")
 @_static_batch_option
+@_keep_init_option
 @click.option("-q", "--quiet", is_flag=True)
-def prune_cmd(model, plan_in, out, report, no_bench, static_batch, quiet):
+def prune_cmd(model, plan_in, out, report, no_bench, static_batch, keep_initializer_inputs, quiet):
     """Apply an (edited) plan to MODEL."""
     from .io import check_output_path, save_json_atomic, save_model
     from .pipeline import Options, check_verified, prune
@@ -369,10 +490,11 @@ def prune_cmd(model, plan_in, out, report, no_bench, static_batch, quiet):
     check_output_path(out, model)
     check_output_path(report_path, model)
     pj = _load_json(plan_in, "plan")
-    m = _load(model, static_batch)
+    m = _load(model, static_batch, keep_initializer_inputs, quiet)
     progress = _Progress(quiet)
-    res = prune(m, Options(ratio=0.0, bench=not no_bench), progress, plan_json=pj)
-    progress.done()
+    res = prune(m, Options(ratio=0.0, bench=not no_bench, keep_initializer_inputs=keep_initializer_inputs),
+                progress, plan_json=pj)
+    progress.close()
     check_verified(res.report)
     save_model(res.model, out)
     save_json_atomic(res.report, report_path)

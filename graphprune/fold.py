@@ -227,6 +227,19 @@ def untie_constants(model: onnx.ModelProto, inplace: bool = False) -> onnx.Model
     return out
 
 
+def subgraph_reads(node: onnx.NodeProto) -> set:
+    """Every tensor name read inside ``node``'s subgraphs (recursively): the outer-scope names
+    an If/Loop/Scan body uses, plus names its own nodes make (harmless to over-approximate)."""
+    names: set = set()
+    for a in node.attribute:
+        for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+            for n in g.node:
+                names.update(x for x in n.input if x)
+                names |= subgraph_reads(n)
+            names.update(o.name for o in g.output)
+    return names
+
+
 def _drop_unused(model: onnx.ModelProto) -> None:
     """Remove nodes and initializers nothing reads any more (dead shape arithmetic)."""
     g = model.graph
@@ -236,6 +249,7 @@ def _drop_unused(model: onnx.ModelProto) -> None:
         if any(o in live for o in node.output if o):
             keep.append(node)
             live.update(x for x in node.input if x)
+            live.update(subgraph_reads(node))      # If/Loop bodies read outer names directly
     keep.reverse()
     if len(keep) != len(g.node):
         del g.node[:]

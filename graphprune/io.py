@@ -228,7 +228,93 @@ def _check_external_location(path: str, folder: str, t: onnx.TensorProto) -> Non
 LAZY_EXTERNAL_BYTES = 1 << 30  # external data above this stays on disk (read on demand)
 
 
-def load_model(path: str | os.PathLike, lazy: bool | None = None) -> onnx.ModelProto:
+def _names_read(node: onnx.NodeProto) -> list[str]:
+    """Inputs of ``node`` plus every name its subgraphs read (outer-scope names included)."""
+    names = [x for x in node.input if x]
+    for a in node.attribute:
+        for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+            for n in g.node:
+                names += _names_read(n)
+            names += [o.name for o in g.output]
+    return names
+
+
+def sort_nodes(graph: onnx.GraphProto) -> bool:
+    """Put the nodes of ``graph`` (and of its subgraphs) in topological order, in place, keeping
+    the given order wherever it already works. onnxruntime runs unsorted graphs; the ONNX checker
+    and graphprune's passes want them sorted. Names no node of the graph makes (inputs,
+    initializers, outer scope) are available from the start. Returns whether anything moved;
+    a graph with a cycle is left as it is (the checker then says why)."""
+    import heapq
+
+    moved = False
+    for n in graph.node:
+        for a in n.attribute:
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                moved = sort_nodes(g) or moved
+    nodes = list(graph.node)
+    maker = {}
+    for i, n in enumerate(nodes):
+        for o in n.output:
+            if o:
+                maker.setdefault(o, i)
+    waits = [0] * len(nodes)
+    after: list[list[int]] = [[] for _ in nodes]
+    for i, n in enumerate(nodes):
+        deps = {maker[x] for x in _names_read(n) if x in maker and maker[x] != i}
+        waits[i] = len(deps)
+        for j in deps:
+            after[j].append(i)
+    ready = [i for i, w in enumerate(waits) if w == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for j in after[i]:
+            waits[j] -= 1
+            if waits[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) != len(nodes) or order == list(range(len(nodes))):
+        return moved
+    del graph.node[:]
+    graph.node.extend(nodes[i] for i in order)
+    return True
+
+
+def initializer_inputs(model: onnx.ModelProto) -> list[str]:
+    """Names of the graph inputs that are also initializers (IR < 4 models list every weight
+    as an input; some old exporters do it at any IR)."""
+    inits = {t.name for t in model.graph.initializer} | {t.values.name for t in model.graph.sparse_initializer}
+    return [i.name for i in model.graph.input if i.name in inits]
+
+
+def drop_initializer_inputs(model: onnx.ModelProto) -> list[str]:
+    """Treat initializers that are also graph inputs as constants, in place: drop them from the
+    inputs (onnxruntime uses the initializer unless such an input is fed) and raise the IR
+    version to 4, from which initializers need not be inputs. Returns the names dropped."""
+    names = initializer_inputs(model)
+    if names:
+        drop = set(names)
+        keep = [i for i in model.graph.input if i.name not in drop]
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+        if model.ir_version < 4:
+            model.ir_version = 4
+    return names
+
+
+def _check_in(folder: str, model: onnx.ModelProto) -> None:
+    """The ONNX checker on an in-memory model whose external data lives in ``folder``."""
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        onnx.checker.check_model(model)
+    finally:
+        os.chdir(here)
+
+
+def load_model(path: str | os.PathLike, lazy: bool | None = None, notes: list | None = None) -> onnx.ModelProto:
     """Read, validate and return the ONNX model at ``path`` with all external
     data loaded into memory — or, when ``lazy`` (default: external data over 1 GiB),
     left on disk: each external tensor then refers to its file by absolute path and is
@@ -238,6 +324,8 @@ def load_model(path: str | os.PathLike, lazy: bool | None = None) -> onnx.ModelP
     not an ONNX protobuf, truncated, not a model (no graph / no nodes), fails the
     ONNX checker, or when its external data is missing, truncated, or located
     outside the model's folder.  Neither the file nor its external data is modified.
+    Nodes out of topological order are sorted (onnxruntime runs such models); ``notes`` (a
+    list) receives a line saying so.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -272,10 +360,17 @@ def load_model(path: str | os.PathLike, lazy: bool | None = None) -> onnx.ModelP
     for t in external:
         _check_external_location(path, folder, t)
 
+    resorted = sort_nodes(model.graph)
+    if resorted and notes is not None:
+        notes.append("the graph's nodes were not in topological order: sorted them (as onnxruntime does)")
     # The checker resolves external-data locations relative to the model's folder
-    # only when it is given the path; in memory it would look in the cwd.
+    # only when it is given the path; in memory it would look in the cwd (a sorted copy
+    # with external data is checked from the model's folder).
     try:
-        onnx.checker.check_model(path if external else model)
+        if external and resorted:
+            _check_in(folder, model)
+        else:
+            onnx.checker.check_model(path if external else model)
     except Exception as e:
         raise _in_error(path, f"fails the ONNX checker: {_first_line(e)}") from None
 

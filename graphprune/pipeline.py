@@ -89,6 +89,10 @@ class Options:
     ridge_prior: RidgePrior = "zero"        # lstsq repair: ridge pulls toward zero (or the kept weights)
     taylor_samples: int = 8
     taylor_eps: float = 1e-2
+    keep_initializer_inputs: bool = False   # initializers also listed as graph inputs stay inputs (blocked)
+    input_ranges: Dict[str, tuple] = field(default_factory=dict)   # name -> (low, high): random feeds
+    sample: Any = None                      # feed dicts for verify and the benchmark (--inputs FILE.npz)
+    bench_seconds: float = 10.0             # the benchmark stops after this long (at least 3 pairs)
 
     def kind_ratios(self) -> Dict[str, Optional[float]]:
         return {"heads": self.head_ratio, "channels": self.mlp_ratio}
@@ -279,10 +283,34 @@ def plan_for(an: Analyzed, model: onnx.ModelProto, opts: Options, calib=None,
     return plan
 
 
+def prepare(model: onnx.ModelProto, opts: Options) -> tuple:
+    """(model, notes): initializers that are also graph inputs become constants (dropped from the
+    inputs of a copy) unless ``opts.keep_initializer_inputs``; the caller's model is untouched."""
+    from .io import drop_initializer_inputs, initializer_inputs
+
+    notes = []
+    if not opts.keep_initializer_inputs and initializer_inputs(model):
+        model = _unchanged(model)
+        names = drop_initializer_inputs(model)
+        notes.append(initializer_inputs_note(names))
+    return model, notes
+
+
+def initializer_inputs_note(names: Sequence[str]) -> str:
+    return (f"{len(names)} initializer{'s are' if len(names) != 1 else ' is'} also listed as graph "
+            f"input{'s' if len(names) != 1 else ''} (IR < 4 / old exporters): treated as constants, as "
+            "onnxruntime does unless they are fed, and dropped from the inputs (--keep-initializer-inputs "
+            "keeps them as inputs, blocked)")
+
+
 def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
           plan_json: Optional[dict] = None) -> Result:
     opts.check()
+    model, notes = prepare(model, opts)
     t = {}
+    quantized = quantized_reason(model)
+    if quantized and plan_json is None:
+        return _nothing_to_do(model, opts, quantized, notes)
     t0 = time.perf_counter()
     progress("analyze")
     an = Analyzed(model)
@@ -304,7 +332,7 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
     report = {"groups": pj["groups"]}
     report["summary"] = {
         "groups": len(an.groups),
-        "prunable_groups": sum(1 for g in an.groups if g.prunable),
+        "prunable_groups": n_prunable(an.groups, opts),
         "pruned_groups": plan.n_pruned_groups(),
         "options": {"ratio": opts.ratio, "head_ratio": opts.head_ratio, "mlp_ratio": opts.mlp_ratio,
                     "prune_hidden": opts.prune_hidden, "round_to": opts.rounding(),
@@ -320,13 +348,21 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
              "calibration_samples": calib.samples() if calib is not None else 0})
         if "target" in plan.options:
             report["summary"]["target"] = plan.options["target"]
+    if notes:
+        report["summary"]["notes"] = notes
+    if plan.n_pruned_groups() == 0:
+        report["summary"]["reason"] = nothing_pruned_reason(model, an.groups, opts)
+    inexact_only = n_inexact_only(an.groups, opts)
+    if inexact_only:
+        report["summary"]["inexact_groups"] = inexact_only
     big = _weight_bytes(model) > AUTO_SKIP_BYTES
     do_verify = opts.verify if opts.verify is not None else not big
     do_bench = opts.bench if opts.bench is not None else not big
+    check_feeds = _check_feeds(model, opts, calib)
     if do_verify:
         t1 = time.perf_counter()
         progress("verify")
-        report["verify"] = verify(model, pruned, pj)
+        report["verify"] = _verify(model, pruned, plan, pj, an, opts, check_feeds)
         t["verify_s"] = time.perf_counter() - t1
     elif opts.verify is None:
         report["verify"] = {"skipped": f"skipped: weights over {AUTO_SKIP_BYTES >> 30} GiB (use --verify to run it)"}
@@ -345,27 +381,149 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
         pruned = repaired
         t["repair_s"] = time.perf_counter() - t1
     progress("count")
-    feed = count_feed(model, opts.seq_len)
-    mb, pb = bench.count_macs_params(model, feed)
+    (mb, pb), feed, seq = count_at(model, opts)
     ma, pa = bench.count_macs_params(pruned, feed)
     report["macs"] = {"before": int(mb), "after": int(ma)}
+    if seq != opts.seq_len:
+        report["macs"]["free_dims"] = seq
     report["params"] = {"before": int(pb), "after": int(pa)}
-    if do_bench:
+    unchanged = not removed and "repair" not in report
+    if do_bench and unchanged:
+        report["latency_ms"] = {"skipped": "the model is unchanged"}
+    elif do_bench:
         progress("bench")
         def timed(size):                      # free dims: the first size the model runs at (see verify)
-            feed = bench.random_inputs(model, seed=opts.seed, other=size)
-            return bench.measure_latency(model, pruned, feed, threads=opts.threads, repeats=opts.bench_repeats)
+            feed = check_feeds[0] if check_feeds else bench.random_inputs(model, seed=opts.seed, other=size,
+                                                                          ranges=opts.input_ranges)
+            return bench.measure_latency(model, pruned, feed, threads=opts.threads, repeats=opts.bench_repeats,
+                                         max_seconds=opts.bench_seconds)
         try:
             size, lat = bench.at_free_sizes(model, timed)
             report["latency_ms"] = {"before": lat["before_ms"], "after": lat["after_ms"],
-                                    "speedup": lat["speedup"], "threads": opts.threads}
-            if bench.free_dims(model):
+                                    "speedup": lat["speedup"], "threads": opts.threads, "pairs": lat["pairs"]}
+            if bench.free_dims(model) and not check_feeds:
                 report["latency_ms"]["free_dims"] = size
         except Exception as e:  # e.g. custom ops onnxruntime lacks
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             report["latency_ms"] = {"skipped": f"onnxruntime cannot run the model: {first}"}
+    if not unchanged:
+        progress("check")
+        ensure_runs(model, pruned, report, opts, check_feeds)
     report["timings_s"] = t
     return Result(pruned, plan, report, t)
+
+
+# --------------------------------------------------------------------------- models in the wild
+# why nothing prunes: explain.py (re-exported here, where they used to be)
+from .explain import (CONTROL_FLOW_OPS, QUANTIZED_OPS, control_flow_reason, n_inexact_only,  # noqa: E402,F401
+                      n_prunable, nothing_pruned_reason, quantized_reason)
+
+
+def _nothing_to_do(model: onnx.ModelProto, opts: Options, reason: str, notes: list) -> Result:
+    """An unchanged copy and its report, without analysing (quantized models)."""
+    out = _unchanged(model)
+    feed = count_feed(model, opts.seq_len, opts.input_ranges)
+    macs, params = bench.count_macs_params(model, feed)
+    summary = {"groups": 0, "prunable_groups": 0, "pruned_groups": 0, "reason": reason,
+               "options": {"ratio": opts.ratio, "head_ratio": opts.head_ratio, "mlp_ratio": opts.mlp_ratio,
+                           "prune_hidden": opts.prune_hidden, "round_to": opts.rounding(),
+                           "criterion": opts.criterion, "protect": list(opts.protect), "seed": opts.seed}}
+    if notes:
+        summary["notes"] = notes
+    report = {"groups": [], "summary": summary, "macs": {"before": int(macs), "after": int(macs)},
+              "params": {"before": int(params), "after": int(params)},
+              "verify": {"skipped": "the model is unchanged"}, "timings_s": {}}
+    if opts.bench is not False:
+        report["latency_ms"] = {"skipped": "the model is unchanged"}
+    return Result(out, Plan([], {}), report, {})
+
+
+def _check_feeds(model: onnx.ModelProto, opts: Options, calib) -> Optional[List[dict]]:
+    """Feeds for verify and the benchmark when the user gave data: ``--inputs`` samples, else the
+    first two calibration batches (the benchmark uses the first); None: random valid feeds."""
+    names = [i.name for i in bench._graph_inputs(model)]
+    for n in opts.input_ranges:
+        if n not in names:
+            raise UsageError(f"--input {n}: the model has no input {n!r} (inputs: {', '.join(names)})")
+    if opts.sample is not None:
+        from .calib import Calibration
+        c = opts.sample if isinstance(opts.sample, Calibration) else Calibration(opts.sample, "sample inputs")
+        return list(c.check(model))
+    if calib is not None:
+        return list(calib)[:2]
+    return None
+
+
+def _verify(model, pruned, plan: Plan, pj: dict, an: Analyzed, opts: Options, feeds) -> dict:
+    """The masked-dense oracle. When inexact groups lost channels (--allow-inexact,
+    --prune-hidden) it checks a rewrite with only the exact groups pruned, and reports the pruned
+    model's agreement with the dense model (those groups cannot be checked exactly)."""
+    inexact = {g.id for g in plan.groups if not g.exact}
+    cut = [gid for gid, mask in plan.keep.items() if gid in inexact and not mask.all()]
+    kw = dict(feeds=feeds, ranges=opts.input_ranges)
+    if not cut:
+        return verify(model, pruned, pj, **kw)
+    exact = Plan(plan.groups, {gid: m for gid, m in plan.keep.items() if gid not in inexact}, plan.options)
+    removed = exact.removed_units()
+    ej = exact.to_json()
+    v = verify(model, rewrite(an.model, an.analysis, an.root, removed) if removed else _unchanged(model), ej, **kw)
+    if "skipped" in v:
+        return v
+    probe = feeds if feeds is not None else [bench.random_inputs(model, seed=s, ranges=opts.input_ranges)
+                                             for s in (0, 1)]
+    try:
+        agree = agreement(model, pruned, probe)
+    except Exception as e:
+        return {"max_abs_diff": None, "max_rel_diff": None, "passed": False,
+                "reason": f"the pruned model does not run: {_first_line(e)}"}
+    v["checked"] = (f"exact groups (masked-dense oracle on a rewrite with the {len(cut)} inexact "
+                    f"group{'s' if len(cut) > 1 else ''} kept whole); inexact groups: agreement only")
+    v["inexact_groups"] = sorted(cut)
+    v["inexact_agreement"] = agree
+    return v
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return (lines[0] if lines else type(e).__name__)[:300]
+
+
+def ensure_runs(model: onnx.ModelProto, pruned: onnx.ModelProto, report: dict, opts: Options, feeds) -> None:
+    """The output must run whatever the options: the same inputs as the input model, an
+    onnxruntime session and one run on a valid feed (skipped when verification already ran it,
+    and when onnxruntime cannot run the input model either). Raises GraphpruneError (exit 1)."""
+    from .errors import GraphpruneError
+
+    want = [i.name for i in bench._graph_inputs(model)]
+    got = [i.name for i in bench._graph_inputs(pruned)]
+    if got != want:
+        extra = [n for n in got if n not in want]
+        raise GraphpruneError(f"internal error: the pruned model's inputs differ from the input model's "
+                              f"({len(got)} vs {len(want)}{': ' + ', '.join(extra[:5]) if extra else ''}); "
+                              "nothing written")
+    v = report.get("verify") or {}
+    if v.get("passed") or _weight_bytes(model) > AUTO_SKIP_BYTES:
+        return
+    feed = feeds[0] if feeds else None
+    try:
+        if feed is None:
+            feed = bench.random_inputs(model, seed=opts.seed, other=_size_that_runs(model, opts),
+                                       ranges=opts.input_ranges)
+        else:
+            bench.Runner(model)(feed)
+    except Exception:
+        return          # onnxruntime cannot run the input model either: nothing to compare with
+    try:
+        bench.Runner(pruned)(feed)
+    except Exception as e:
+        raise GraphpruneError(f"internal error: the pruned model does not run in onnxruntime "
+                              f"({_first_line(e)}); nothing written")
+
+
+def _size_that_runs(model, opts: Options) -> int:
+    size, _ = bench.at_free_sizes(model, lambda size: bench.Runner(model)(
+        bench.random_inputs(model, seed=opts.seed, other=size, ranges=opts.input_ranges)))
+    return size
 
 
 def _weight_bytes(model: onnx.ModelProto) -> int:
@@ -378,15 +536,45 @@ def _weight_bytes(model: onnx.ModelProto) -> int:
     return total
 
 
-def count_feed(model: onnx.ModelProto, seq_len: int) -> Optional[dict]:
+def count_feed(model: onnx.ModelProto, seq_len: int, ranges=None) -> Optional[dict]:
     """Inputs for run-time MAC counting when the graph has symbolic dims (batch 1, others seq_len)."""
     syms = {d.dim_param for vi in model.graph.input for d in vi.type.tensor_type.shape.dim
             if d.HasField("dim_param") and d.dim_param}
     # with a feed, dims static inference cannot resolve (Swin's window partition) are measured
     # in onnxruntime; never for models whose data stays on disk
     if any(uses_external_data(t) for t in model.graph.initializer):
-        return None if not syms else bench.random_inputs(model, seed=0, batch=1, dims=_seq_dims(model, syms, seq_len))
-    return bench.random_inputs(model, seed=0, batch=1, dims=_seq_dims(model, syms, seq_len))
+        return None if not syms else bench.random_inputs(model, seed=0, batch=1, dims=_seq_dims(model, syms, seq_len),
+                                                         ranges=ranges)
+    return bench.random_inputs(model, seed=0, batch=1, dims=_seq_dims(model, syms, seq_len), ranges=ranges)
+
+
+def count_at(model: onnx.ModelProto, opts: Options):
+    """((MACs, params), feed, size) of ``model`` with free dims at ``opts.seq_len``; when the model
+    cannot run there (a dim the weights fix at 32 guessed at 64) at the sizes the graph implies,
+    then FREE_SIZES (bench.free_sizes), before unknown dims are counted as 1."""
+    import warnings
+
+    def attempt(size):
+        feed = count_feed(model, size, opts.input_ranges)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = bench.count_macs_params(model, feed)
+        failed = [w for w in caught if "could not run the model" in str(w.message)]
+        return res, feed, failed, caught
+
+    res, feed, failed, caught = attempt(opts.seq_len)
+    if failed and bench.free_dims(model):
+        for size in bench.free_sizes(model):
+            if size == opts.seq_len:
+                continue
+            r2, f2, failed2, caught2 = attempt(size)
+            if not failed2:
+                for w in caught2:
+                    warnings.warn(w.message)
+                return r2, f2, size
+    for w in caught:
+        warnings.warn(w.message)
+    return res, feed, opts.seq_len
 
 
 def _seq_dims(model: onnx.ModelProto, syms, seq_len: int) -> dict:

@@ -176,14 +176,15 @@ class AnalysisReport(Record):
 
     Attributes:
         groups: every group.
-        prunable: the number of prunable groups.
-        why: when nothing is prunable because of the model's kind (quantized, control flow):
-            the reason; else None.
+        prunable: the number of groups that would prune (exact ones, unless ``allow_inexact``).
+        inexact_only: prunable groups left whole because they are inexact.
+        why: when nothing is prunable, the reason in one sentence; else None.
         static_batch_hint: the number of prunable groups with ``static_batch=1`` when that is
             more (channels merged into the symbolic batch), else None.
     """
     groups: List[GroupInfo] = field(default_factory=list)
     prunable: int = 0
+    inexact_only: int = 0
     why: Optional[str] = None
     static_batch_hint: Optional[int] = None
     _nested: ClassVar[Dict[str, Type[Record]]] = {"groups": GroupInfo}

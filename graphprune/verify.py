@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .bench import FREE_SIZES, Runner, at_free_sizes, free_dims, random_inputs
+from .bench import FREE_SIZES, Runner, at_free_sizes, explain_run_error, free_dims, free_sizes, random_inputs
 from .errors import InputError
 
 
@@ -75,11 +75,52 @@ def masked_dense(model: onnx.ModelProto, plan_json: dict) -> onnx.ModelProto:
     return m
 
 
+def comparable(v) -> Optional[np.ndarray]:
+    """An output as a numeric array: tensors as they are, a sequence of maps with the same keys
+    (scikit-learn classifiers' ZipMap) as [items, keys] in key order, a sequence of tensors of one
+    shape stacked; None for anything else (compared exactly)."""
+    if isinstance(v, np.ndarray):
+        return v if v.dtype.kind in "biufc" else None
+    if isinstance(v, (list, tuple)):
+        if not v:
+            return np.zeros((0,))
+        if all(isinstance(x, dict) for x in v):
+            keys = sorted(v[0], key=repr)
+            if all(sorted(x, key=repr) == keys for x in v):
+                try:
+                    return np.asarray([[x[k] for k in keys] for x in v], dtype=np.float64)
+                except (TypeError, ValueError):
+                    return None
+            return None
+        if all(isinstance(x, np.ndarray) for x in v) and len({x.shape for x in v}) == 1:
+            return comparable(np.stack(v))
+    if isinstance(v, dict):
+        return comparable([v])
+    return None
+
+
+def _same(x, y) -> bool:
+    """Exact equality of two non-tensor outputs (maps, sequences, strings)."""
+    if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+        return isinstance(x, np.ndarray) and isinstance(y, np.ndarray) and x.shape == y.shape \
+            and bool(np.all(x == y))
+    if isinstance(x, (list, tuple)):
+        return isinstance(y, (list, tuple)) and len(x) == len(y) and all(_same(a, b) for a, b in zip(x, y))
+    if isinstance(x, dict):
+        return isinstance(y, dict) and set(x) == set(y) and all(_same(x[k], y[k]) for k in x)
+    return x == y
+
+
 def compare(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> Dict[str, float]:
     worst_abs = 0.0
     worst_rel = 0.0
-    for k, x in a.items():
-        y = b[k]
+    for k, x0 in a.items():
+        y0 = b[k]
+        x, y = comparable(x0), comparable(y0)
+        if x is None or y is None:
+            if not _same(x0, y0):
+                return {"max_abs_diff": float("inf"), "max_rel_diff": float("inf"), "mismatch": k}
+            continue
         if x.shape != y.shape:
             return {"max_abs_diff": float("inf"), "max_rel_diff": float("inf"), "shape_mismatch": k}
         if x.size == 0:
@@ -92,9 +133,17 @@ def compare(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> Dict[str, flo
     return {"max_abs_diff": worst_abs, "max_rel_diff": worst_rel}
 
 
+def _size(v) -> int:
+    a = comparable(v)
+    return int(a.size) if a is not None else 1
+
+
 def verify(dense: onnx.ModelProto, pruned: onnx.ModelProto, plan_json: dict, seeds=(0, 1),
-           feeds: Optional[List[Dict[str, np.ndarray]]] = None, dims=None) -> dict:
-    """Masked-dense oracle on random inputs. Returns {max_abs_diff, max_rel_diff, passed, ...}."""
+           feeds: Optional[List[Dict[str, np.ndarray]]] = None, dims=None, ranges=None) -> dict:
+    """Masked-dense oracle on random inputs valid for the model (bench.random_inputs; ``ranges``
+    overrides integer inputs' ranges) or on ``feeds``. Returns {max_abs_diff, max_rel_diff,
+    passed, ...}. Outputs that are not tensors (sequences of maps) are compared as arrays where
+    they convert to one, exactly otherwise."""
     oracle = masked_dense(dense, plan_json)
     worst = {"max_abs_diff": 0.0, "max_rel_diff": 0.0}
     compared = 0
@@ -103,7 +152,8 @@ def verify(dense: onnx.ModelProto, pruned: onnx.ModelProto, plan_json: dict, see
     given = feeds
 
     def references(size, run=run_oracle):
-        fs = given if given is not None else [random_inputs(dense, seed=s, dims=dims, other=size) for s in seeds]
+        fs = given if given is not None else [random_inputs(dense, seed=s, dims=dims, other=size, ranges=ranges)
+                                            for s in seeds]
         return fs, [run(feed) for feed in fs]
     try:
         if given is not None:
@@ -113,9 +163,25 @@ def verify(dense: onnx.ModelProto, pruned: onnx.ModelProto, plan_json: dict, see
             _, (feeds, refs) = at_free_sizes(dense, references)
     except Exception as e:  # onnxruntime cannot run the input model itself
         why = _first_line(e)
+        probe = given[0] if given else None
+        if probe is None:
+            try:
+                probe = random_inputs(dense, seed=seeds[0], dims=dims, ranges=ranges)
+            except Exception:
+                probe = None
+        first = e
+        if probe is not None:       # the failure at the first size (the last one tried may differ)
+            try:
+                Runner(dense)(probe)
+            except Exception as e0:
+                first = e0
+        hint = explain_run_error(dense, probe, first)
+        if hint:
+            raise InputError(f"onnxruntime cannot run the input model on {'the given' if given else 'random'} "
+                             f"inputs: {hint}")
         if any(n.domain not in ("", "ai.onnx", "com.microsoft") for n in dense.graph.node):
             return {"skipped": f"onnxruntime cannot run the model (custom ops): {why}"}
-        tried = f" (free dims tried at {', '.join(map(str, FREE_SIZES))})" if given is None and free_dims(dense) else ""
+        tried = f" (free dims tried at {', '.join(map(str, free_sizes(dense)))})" if given is None and free_dims(dense) else ""
         raise InputError(f"onnxruntime cannot run the input model{tried}: {why}")
     del run_oracle, oracle, references     # the oracle session goes before the pruned one comes
     run_pruned = Runner(pruned)
@@ -125,11 +191,14 @@ def verify(dense: onnx.ModelProto, pruned: onnx.ModelProto, plan_json: dict, see
         except Exception as e:
             return {"max_abs_diff": None, "max_rel_diff": None, "passed": False,
                     "reason": f"the pruned model does not run: {_first_line(e)}"}
-        compared += sum(int(v.size) for v in ref.values())
+        compared += sum(_size(v) for v in ref.values())
         c = compare(ref, got)
         if "shape_mismatch" in c:
             return {"max_abs_diff": None, "max_rel_diff": None, "passed": False,
                     "reason": f"output {c['shape_mismatch']} changed shape"}
+        if "mismatch" in c:
+            return {"max_abs_diff": None, "max_rel_diff": None, "passed": False,
+                    "reason": f"output {c['mismatch']} (not a tensor) differs"}
         for k in worst:
             worst[k] = max(worst[k], c[k])
     inexact = [g["id"] for g in plan_json.get("groups", [])
@@ -154,8 +223,9 @@ def agreement(dense: onnx.ModelProto, model: onnx.ModelProto, feeds: List[Dict[s
     run = Runner(model)
     for feed, ref in zip(feeds, refs):
         got = run(feed)
-        r = [v.astype(np.float64) for k, v in sorted(ref.items()) if v.dtype.kind == "f"]
-        o = [got[k].astype(np.float64) for k, v in sorted(ref.items()) if v.dtype.kind == "f"]
+        keys = [k for k, v in sorted(ref.items()) if comparable(v) is not None and comparable(v).dtype.kind == "f"]
+        r = [comparable(ref[k]).astype(np.float64) for k in keys]
+        o = [comparable(got[k]).astype(np.float64) for k in keys]
         if not r:
             continue
         b = r[0].shape[0] if r[0].ndim else 1

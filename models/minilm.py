@@ -5,7 +5,7 @@ The ONNX graph takes ``input_ids`` and ``attention_mask`` ([batch, sequence], in
 returns ``last_hidden_state`` ([batch, sequence, 384]); sentence embeddings are its mean over
 the attention mask, L2-normalised (what sentence-transformers does for this model).
 
-    python -m models.minilm OUT.onnx --exporter legacy|dynamo
+    python -m models.minilm OUT.onnx --exporter legacy|dynamo [--token-type-ids]
 """
 
 from __future__ import annotations
@@ -39,12 +39,16 @@ def load():
 
 
 
-def export(path: str, exporter: str = "legacy", opset: int | None = None) -> str:
+def export(path: str, exporter: str = "legacy", opset: int | None = None, token_type_ids: bool = False) -> str:
+    """``token_type_ids=True``: the three inputs of the usual Hugging Face BERT export
+    (``input_ids``, ``attention_mask``, ``token_type_ids``; the type table has 2 rows)."""
     import torch
 
     from .transformers import export_model
 
     tok, model = load()
+    if token_type_ids:
+        return _export3(path, exporter, opset, tok, model)
 
     class Encoder(torch.nn.Module):
         def __init__(self, bert):
@@ -59,6 +63,29 @@ def export(path: str, exporter: str = "legacy", opset: int | None = None) -> str
     dyn = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
            "output": {0: "batch", 1: "sequence"}}
     return export_model(Encoder(model), example, ["input_ids", "attention_mask"], dyn, path, exporter, opset)
+
+
+def _export3(path, exporter, opset, tok, model) -> str:
+    import torch
+
+    from .transformers import export_model
+
+    class Encoder3(torch.nn.Module):
+        def __init__(self, bert):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                             token_type_ids=token_type_ids).last_hidden_state
+
+    enc = tokenize(tok, ["a sentence to trace the graph with", "and a second, longer one to pad the batch"])
+    ids = torch.from_numpy(enc["input_ids"])
+    example = (ids, torch.from_numpy(enc["attention_mask"]), torch.zeros_like(ids))
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    dyn = {n: {0: "batch", 1: "sequence"} for n in names}
+    dyn["output"] = {0: "batch", 1: "sequence"}
+    return export_model(Encoder3(model), example, names, dyn, path, exporter, opset)
 
 
 def tokenize(tok, sentences: List[str], max_length: int = 64) -> dict:
@@ -95,5 +122,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--exporter", default="legacy", choices=["legacy", "dynamo"])
+    ap.add_argument("--token-type-ids", action="store_true", help="a third input, token_type_ids (HF style)")
     a = ap.parse_args()
-    print(export(a.out, a.exporter))
+    print(export(a.out, a.exporter, token_type_ids=a.token_type_ids))

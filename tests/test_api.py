@@ -128,7 +128,8 @@ def _quantized():
 def test_analyze_says_which_groups_prune_and_why_not(demo):
     info = graphprune.analyze(demo)
     assert isinstance(info, AnalysisReport)
-    assert info.prunable == sum(g.state in ("prunable", "partial", "inexact") for g in info.groups) > 0
+    assert info.prunable == sum(g.state in ("prunable", "partial") for g in info.groups) > 0
+    assert info.inexact_only == sum(g.state == "inexact" for g in info.groups)
     assert all(g.reasons for g in info.groups if g.state == "blocked")
     assert info.why is None and AnalysisReport.from_json(info.to_json()) == info
     q = graphprune.analyze(_quantized())

@@ -240,7 +240,7 @@ def test_measure_latency_positive():
     pruned = cnn()
     feed = bench.random_inputs(dense)
     res = bench.measure_latency(dense, gio.model_to_bytes(pruned), feed, warmup=2, repeats=7)
-    assert list(res) == ["before_ms", "after_ms", "speedup"]
+    assert list(res) == ["before_ms", "after_ms", "speedup", "pairs"]
     assert res["before_ms"] > 0 and res["after_ms"] > 0 and res["speedup"] > 0
     assert np.isfinite(res["speedup"])
 
