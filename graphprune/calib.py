@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from . import bench
+from . import inputs, memory, runtime
 from .errors import CalibrationError
 
 DEFAULT_BATCH = 16
@@ -43,7 +43,7 @@ _ONLY_INPUT = "\0only-input"          # .npy samples, named by check() after the
 
 def _input_specs(model: onnx.ModelProto) -> Dict[str, Tuple[np.dtype, list]]:
     out = {}
-    for vi in bench._graph_inputs(model):
+    for vi in inputs.graph_inputs(model):
         tt = vi.type.tensor_type
         try:
             dt = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
@@ -260,7 +260,7 @@ def synthetic(model: onnx.ModelProto, graph=None, batches: int = 4, batch: int =
                 if t is not None:
                     rows[name] = min(rows.get(name, t.shape[0]), t.shape[0])
     feeds = []
-    batch_syms = bench.batch_symbols(model)
+    batch_syms = inputs.batch_symbols(model)
     for _ in range(batches):
         f = {}
         for name, (dt, dims) in specs.items():
@@ -454,7 +454,7 @@ def collect(model: onnx.ModelProto, calib: Iterable[Mapping[str, np.ndarray]], r
     stats = CalibStats({r: ActStats(r) for r in reqs})
     if not reqs:
         return stats
-    bench.lean_heap()
+    memory.maybe_lean_heap()
     feeds = list(calib) if not isinstance(calib, (list, Calibration)) else calib
     first = next(iter(feeds))
     tensors = list(dict.fromkeys(r.tensor for r in reqs))
@@ -480,7 +480,7 @@ def collect(model: onnx.ModelProto, calib: Iterable[Mapping[str, np.ndarray]], r
 
     for chunk in chunks:
         fetch = [t for t in chunk if t not in graph_inputs]
-        sess = bench._session(model, threads, extra_outputs=fetch, prepack=False,
+        sess = runtime.session(model, threads, extra_outputs=fetch, prepack=False,
                               weights=graph.cached_const if graph is not None else None) if fetch else None
         in_names = {i.name for i in sess.get_inputs()} if sess is not None else set()
         for feed in feeds:
@@ -503,7 +503,7 @@ def collect(model: onnx.ModelProto, calib: Iterable[Mapping[str, np.ndarray]], r
                 del a
             del ovs
         del sess
-        bench.release_memory()
+        memory.release_memory()
     return stats
 
 
@@ -552,7 +552,7 @@ def mask_sensitivity(model: onnx.ModelProto, graph, groups: Sequence, consumers:
     del m.graph.node[:]
     m.graph.node.extend(new_nodes)
     del m.graph.value_info[:]
-    sess = bench._session(m, threads)
+    sess = runtime.session(m, threads)
     if any(isinstance(d[0], int) for _, (_, d) in _input_specs(model).items() if d):
         replicas = 1   # a static batch axis: one perturbed copy per run
     out_names = [o.name for o in sess.get_outputs()]

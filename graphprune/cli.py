@@ -180,7 +180,7 @@ def _feed_options(f):
 
 def _parse_feeds(input_ranges, inputs_npz) -> dict:
     """Options fields from --input / --inputs."""
-    from .bench import parse_input_range
+    from .inputs import parse_input_range
     from .calib import Calibration
 
     out = {}
@@ -528,6 +528,8 @@ def verify_cmd(dense, pruned, plan_in):
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     debug = os.environ.get("GRAPHPRUNE_DEBUG") == "1"
+    from .memory import allow_lean_heap
+    allow_lean_heap()       # the process is ours: the steps may trim glibc's heap (memory.lean_heap)
     try:
         try:
             cli.main(args=list(argv) if argv is not None else None, prog_name="graphprune",

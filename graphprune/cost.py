@@ -1,14 +1,14 @@
 """A fast cost model for the planner: MACs and parameters of the model a plan would produce,
 without rewriting it.
 
-Every MAC-bearing node (Conv, ConvTranspose, Gemm, MatMul, as ``bench.count_macs_params``
+Every MAC-bearing node (Conv, ConvTranspose, Gemm, MatMul, as ``count.count_macs_params``
 counts them at batch 1) costs its dense MACs times the kept fraction of every channel axis its
 count depends on: the channel axes of its output (output channels, attention heads, ...) and
 the reduction axis of its input (input channels); an axis whose channels are the output's
 (depthwise conv) counts once. Every member tensor keeps the product of the kept fractions of
 its member axes. The estimate equals the rewritten model's count whenever the kept fractions
 are exact (every position of an axis belongs to units), which the tests check against
-``bench.count_macs_params`` after ``rewrite``.
+``count.count_macs_params`` after ``rewrite``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 import numpy as np
 import onnx
 
-from . import bench
+from . import count
 from .layers import layer_of
 
 
@@ -27,8 +27,8 @@ class CostModel:
         g = an.graph
         self.n_atoms = len(root)
         self.root = root
-        macs = bench.macs_by_node(model, feed)
-        self.macs_before, self.params_before = bench.count_macs_params(model, feed)
+        macs = count.macs_by_node(model, feed)
+        self.macs_before, self.params_before = count.count_macs_params(model, feed)
         self.nodes: List[Tuple[int, List[np.ndarray]]] = []
         self.fixed_macs = 0
         for out, m in macs.items():

@@ -152,7 +152,7 @@ def static_batch_gain(model: onnx.ModelProto, n_prunable: int) -> Optional[int]:
     ``n_prunable`` (channels an exporter merges into the batch can then be followed); None
     otherwise, for models without a symbolic batch and for models over
     ``pipeline.AUTO_SKIP_BYTES`` (analysed again: a hint, not worth their time)."""
-    from .bench import batch_symbols
+    from .inputs import batch_symbols
     from .io import approx_model_bytes, with_static_batch
     from .pipeline import AUTO_SKIP_BYTES, AnalyzedModel
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import onnx
@@ -214,7 +214,9 @@ class Graph:
         """Fill dims static inference left unknown by running the model twice with different
         values for the symbolic input dims: a dim equal in both runs is static, one that follows
         a symbol is that symbol, anything else stays unknown."""
-        from .bench import _session, random_inputs, release_memory  # local: bench imports onnxruntime
+        from .inputs import random_inputs
+        from .memory import release_memory
+        from .runtime import session  # local: onnxruntime is heavy to import
 
         runnable = self._runnable()
         model = self.model
@@ -238,7 +240,7 @@ class Graph:
         runs = []
         try:
             fetch = names + list(outs)
-            sess = _session(model, 1, extra_outputs=names, prepack=False,
+            sess = session(model, 1, extra_outputs=names, prepack=False,
                             opt_level=__import__("onnxruntime").GraphOptimizationLevel.ORT_DISABLE_ALL)
             for k, base in enumerate((2, 3)):
                 vals = {sym: base + 6 * i + 8 for i, sym in enumerate(syms)}
@@ -331,3 +333,16 @@ def _strip_weights(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def clone(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy.deepcopy(model)
+
+
+def copy_fields(src: Any, dst: Any, skip: str) -> None:
+    """Copy every set field of message ``src`` into ``dst`` except ``skip``."""
+    for fd, val in src.ListFields():
+        if fd.name == skip:
+            continue
+        if hasattr(val, "extend"):  # repeated field
+            getattr(dst, fd.name).extend(val)
+        elif hasattr(val, "CopyFrom"):  # message field
+            getattr(dst, fd.name).CopyFrom(val)
+        else:
+            setattr(dst, fd.name, val)

@@ -60,7 +60,8 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split("\n")).replace("\r", " ").strip()
 
 
-def _first_line(text: str) -> str:
+def first_line(text: str) -> str:
+    """The first non-blank line of ``text`` (an exception's message: one line for the user)."""
     for line in str(text).splitlines():
         if line.strip():
             return line.strip()
@@ -122,7 +123,7 @@ def approx_model_bytes(model: onnx.ModelProto) -> int:
     for t in iter_model_tensors(model):
         if _uses_external(t):
             continue
-        n = _expected_nbytes(t)
+        n = expected_nbytes(t)
         total += (n if n is not None else t.ByteSize()) + 64 + 16 * len(t.dims)
     nodes = len(model.graph.node) + sum(len(f.node) for f in model.functions)
     return total + 512 * nodes + 4096
@@ -132,7 +133,7 @@ def _uses_external(t: onnx.TensorProto) -> bool:
     return t.HasField("data_location") and t.data_location == onnx.TensorProto.EXTERNAL
 
 
-def _expected_nbytes(t: onnx.TensorProto) -> int | None:
+def expected_nbytes(t: onnx.TensorProto) -> int | None:
     """Bytes the raw data of ``t`` must have, or None where unknown."""
     n = 1
     for d in t.dims:
@@ -200,7 +201,7 @@ def _check_external_location(path: str, folder: str, t: onnx.TensorProto) -> Non
     if offset < 0 or (length is not None and length < 0):
         raise _in_error(path, f"tensor {name!r}: negative external data offset or length")
     size = os.path.getsize(full)
-    expected = _expected_nbytes(t)
+    expected = expected_nbytes(t)
     if length is None:
         available = size - offset
         if available < 0 or (expected is not None and available < expected):
@@ -372,10 +373,10 @@ def load_model(path: str | os.PathLike, lazy: bool | None = None, notes: list | 
         else:
             onnx.checker.check_model(path if external else model)
     except Exception as e:
-        raise _in_error(path, f"fails the ONNX checker: {_first_line(e)}") from None
+        raise _in_error(path, f"fails the ONNX checker: {first_line(e)}") from None
 
     if external and lazy is None:
-        lazy = sum(_expected_nbytes(t) or 0 for t in external) > LAZY_EXTERNAL_BYTES
+        lazy = sum(expected_nbytes(t) or 0 for t in external) > LAZY_EXTERNAL_BYTES
     if external and lazy:
         for t in external:
             for e in t.external_data:
@@ -395,7 +396,7 @@ def load_model(path: str | os.PathLike, lazy: bool | None = None, notes: list | 
         except InputError:
             raise
         except Exception as e:
-            raise _in_error(path, f"cannot read external data: {_first_line(e)}") from None
+            raise _in_error(path, f"cannot read external data: {first_line(e)}") from None
     return model
 
 
@@ -405,7 +406,7 @@ def with_static_batch(model: onnx.ModelProto, n: int) -> onnx.ModelProto:
     first axis (tf2onnx: ``unk__N``). Channels merged into a symbolic batch (tf2onnx's batched
     Einsum: Reshape [B, heads, T, D] -> [B*heads, T, D]) cannot be followed; with a static batch
     they can. Intermediate shapes (``value_info``) are dropped and inferred again."""
-    from .bench import batch_symbols
+    from .inputs import batch_symbols
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UsageError(f"--static-batch must be an integer >= 1, got {n!r}")
@@ -454,7 +455,7 @@ def helper_np_dtype(data_type: int):
 def tensor_nbytes(t: onnx.TensorProto) -> int:
     """Bytes of a tensor's data, inline or external."""
     if _uses_external(t):
-        return _expected_nbytes(t) or int(_ext_info(t).get("length", "0"))
+        return expected_nbytes(t) or int(_ext_info(t).get("length", "0"))
     return _tensor_bytes(t)
 
 
@@ -584,7 +585,7 @@ def _atomic_write_many(jobs: list[tuple[str, Callable[[Any], None]]]) -> None:
         if isinstance(e, OSError):
             reason = e.strerror or str(e)
         else:
-            reason = _first_line(e)
+            reason = first_line(e)
         raise _out_error(current, reason) from None
 
 
@@ -626,7 +627,7 @@ def save_json_atomic(obj: Any, path: str | os.PathLike) -> None:
 def _tensor_bytes(t: onnx.TensorProto) -> int:
     if t.HasField("raw_data"):
         return len(t.raw_data)
-    n = _expected_nbytes(t)
+    n = expected_nbytes(t)
     return n if n is not None else 0
 
 

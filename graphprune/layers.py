@@ -22,7 +22,7 @@ Consumers:
   ``output_axis``, ``patches``, ``refit``;
 - ``calib`` (Gram matrices over im2col patches) and ``repair``: ``patches``;
 - ``fold``: ``fold`` slots (evaluated from constants) and ``bias`` (untied per reader);
-- ``bench.count_macs_params``: ``mac_inputs`` and ``macs``.
+- ``count.count_macs_params``: ``mac_inputs`` and ``macs``.
 """
 
 from __future__ import annotations

@@ -7,12 +7,12 @@ import gc
 import numbers
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import onnx
 from onnx.external_data_helper import uses_external_data
 
-from . import bench
+from . import count, inputs, memory, runtime
 from .analyze import analyze, consumer_inputs, groups as find_groups
 from .errors import UsageError, VerifyError
 from .repair import PRIORS
@@ -34,7 +34,7 @@ class Options:
         head_ratio: fraction of attention heads to remove (default: ``ratio``).
         mlp_ratio: fraction of MLP widths and CNN channels to remove (default: ``ratio``).
         prune_hidden: also prune the residual (hidden) width of transformers: not exact.
-        round_to: kept counts are multiples of this int, or ``"auto"`` (``bench.simd_block()``).
+        round_to: kept counts are multiples of this int, or ``"auto"`` (``runtime.simd_block()``).
         protect: node or tensor name globs whose groups keep every channel.
         criterion: a name in ``score.CRITERIA`` or any :class:`graphprune.score.Criterion`.
         reduce: how a group's member scores combine.
@@ -64,7 +64,7 @@ class Options:
     head_ratio: Optional[float] = None      # attention heads (default: ratio)
     mlp_ratio: Optional[float] = None       # MLP widths and CNN channels (default: ratio)
     prune_hidden: bool = False              # also prune the residual (hidden) width: not exact
-    round_to: Any = 1                       # int >= 1, or "auto": bench.simd_block() of this machine
+    round_to: Any = 1                       # int >= 1, or "auto": runtime.simd_block() of this machine
     protect: Sequence[str] = ()
     criterion: Union[str, Callable[..., Any]] = "l2"
     reduce: Reduce = "mean"
@@ -98,8 +98,8 @@ class Options:
         return {"heads": self.head_ratio, "channels": self.mlp_ratio}
 
     def rounding(self) -> int:
-        """``round_to`` as a number (``"auto"``: this machine's SIMD block, bench.simd_block)."""
-        return bench.simd_block() if self.round_to == "auto" else int(self.round_to)
+        """``round_to`` as a number (``"auto"``: this machine's SIMD block, runtime.simd_block)."""
+        return runtime.simd_block() if self.round_to == "auto" else int(self.round_to)
 
     def check(self) -> None:
         for name in ("ratio", "head_ratio", "mlp_ratio"):
@@ -171,7 +171,7 @@ class AnalyzedModel:
     root atom of every atom (``root``); reusable by several plans. (``Analyzed`` is the old name.)"""
 
     def __init__(self, model: onnx.ModelProto):
-        bench.lean_heap()      # before the analysis' own large temporaries (see lean_heap)
+        memory.maybe_lean_heap()      # before the analysis' own large temporaries (see lean_heap)
         gc_was = gc.isenabled()
         gc.disable()  # the analysis allocates many small objects and frees none: no cycles
         try:
@@ -382,7 +382,7 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
         t["repair_s"] = time.perf_counter() - t1
     progress("count")
     (mb, pb), feed, seq = count_at(model, opts)
-    ma, pa = bench.count_macs_params(pruned, feed)
+    ma, pa = count.count_macs_params(pruned, feed)
     report["macs"] = {"before": int(mb), "after": int(ma)}
     if seq != opts.seq_len:
         report["macs"]["free_dims"] = seq
@@ -393,15 +393,15 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
     elif do_bench:
         progress("bench")
         def timed(size):                      # free dims: the first size the model runs at (see verify)
-            feed = check_feeds[0] if check_feeds else bench.random_inputs(model, seed=opts.seed, other=size,
+            feed = check_feeds[0] if check_feeds else inputs.random_inputs(model, seed=opts.seed, other=size,
                                                                           ranges=opts.input_ranges)
-            return bench.measure_latency(model, pruned, feed, threads=opts.threads, repeats=opts.bench_repeats,
+            return runtime.measure_latency(model, pruned, feed, threads=opts.threads, repeats=opts.bench_repeats,
                                          max_seconds=opts.bench_seconds)
         try:
-            size, lat = bench.at_free_sizes(model, timed)
+            size, lat = inputs.at_free_sizes(model, timed)
             report["latency_ms"] = {"before": lat["before_ms"], "after": lat["after_ms"],
                                     "speedup": lat["speedup"], "threads": opts.threads, "pairs": lat["pairs"]}
-            if bench.free_dims(model) and not check_feeds:
+            if inputs.free_dims(model) and not check_feeds:
                 report["latency_ms"]["free_dims"] = size
         except Exception as e:  # e.g. custom ops onnxruntime lacks
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
@@ -423,7 +423,7 @@ def _nothing_to_do(model: onnx.ModelProto, opts: Options, reason: str, notes: li
     """An unchanged copy and its report, without analysing (quantized models)."""
     out = _unchanged(model)
     feed = count_feed(model, opts.seq_len, opts.input_ranges)
-    macs, params = bench.count_macs_params(model, feed)
+    macs, params = count.count_macs_params(model, feed)
     summary = {"groups": 0, "prunable_groups": 0, "pruned_groups": 0, "reason": reason,
                "options": {"ratio": opts.ratio, "head_ratio": opts.head_ratio, "mlp_ratio": opts.mlp_ratio,
                            "prune_hidden": opts.prune_hidden, "round_to": opts.rounding(),
@@ -441,7 +441,7 @@ def _nothing_to_do(model: onnx.ModelProto, opts: Options, reason: str, notes: li
 def _check_feeds(model: onnx.ModelProto, opts: Options, calib) -> Optional[List[dict]]:
     """Feeds for verify and the benchmark when the user gave data: ``--inputs`` samples, else the
     first two calibration batches (the benchmark uses the first); None: random valid feeds."""
-    names = [i.name for i in bench._graph_inputs(model)]
+    names = [i.name for i in inputs.graph_inputs(model)]
     for n in opts.input_ranges:
         if n not in names:
             raise UsageError(f"--input {n}: the model has no input {n!r} (inputs: {', '.join(names)})")
@@ -469,7 +469,7 @@ def _verify(model, pruned, plan: Plan, pj: dict, an: Analyzed, opts: Options, fe
     v = verify(model, rewrite(an.model, an.analysis, an.root, removed) if removed else _unchanged(model), ej, **kw)
     if "skipped" in v:
         return v
-    probe = feeds if feeds is not None else [bench.random_inputs(model, seed=s, ranges=opts.input_ranges)
+    probe = feeds if feeds is not None else [inputs.random_inputs(model, seed=s, ranges=opts.input_ranges)
                                              for s in (0, 1)]
     try:
         agree = agreement(model, pruned, probe)
@@ -494,8 +494,8 @@ def ensure_runs(model: onnx.ModelProto, pruned: onnx.ModelProto, report: dict, o
     and when onnxruntime cannot run the input model either). Raises GraphpruneError (exit 1)."""
     from .errors import GraphpruneError
 
-    want = [i.name for i in bench._graph_inputs(model)]
-    got = [i.name for i in bench._graph_inputs(pruned)]
+    want = [i.name for i in inputs.graph_inputs(model)]
+    got = [i.name for i in inputs.graph_inputs(pruned)]
     if got != want:
         extra = [n for n in got if n not in want]
         raise GraphpruneError(f"internal error: the pruned model's inputs differ from the input model's "
@@ -507,22 +507,22 @@ def ensure_runs(model: onnx.ModelProto, pruned: onnx.ModelProto, report: dict, o
     feed = feeds[0] if feeds else None
     try:
         if feed is None:
-            feed = bench.random_inputs(model, seed=opts.seed, other=_size_that_runs(model, opts),
+            feed = inputs.random_inputs(model, seed=opts.seed, other=_size_that_runs(model, opts),
                                        ranges=opts.input_ranges)
         else:
-            bench.Runner(model)(feed)
+            runtime.Runner(model)(feed)
     except Exception:
         return          # onnxruntime cannot run the input model either: nothing to compare with
     try:
-        bench.Runner(pruned)(feed)
+        runtime.Runner(pruned)(feed)
     except Exception as e:
         raise GraphpruneError(f"internal error: the pruned model does not run in onnxruntime "
                               f"({_first_line(e)}); nothing written")
 
 
 def _size_that_runs(model, opts: Options) -> int:
-    size, _ = bench.at_free_sizes(model, lambda size: bench.Runner(model)(
-        bench.random_inputs(model, seed=opts.seed, other=size, ranges=opts.input_ranges)))
+    size, _ = inputs.at_free_sizes(model, lambda size: runtime.Runner(model)(
+        inputs.random_inputs(model, seed=opts.seed, other=size, ranges=opts.input_ranges)))
     return size
 
 
@@ -543,28 +543,28 @@ def count_feed(model: onnx.ModelProto, seq_len: int, ranges=None) -> Optional[di
     # with a feed, dims static inference cannot resolve (Swin's window partition) are measured
     # in onnxruntime; never for models whose data stays on disk
     if any(uses_external_data(t) for t in model.graph.initializer):
-        return None if not syms else bench.random_inputs(model, seed=0, batch=1, dims=_seq_dims(model, syms, seq_len),
+        return None if not syms else inputs.random_inputs(model, seed=0, batch=1, dims=_seq_dims(model, syms, seq_len),
                                                          ranges=ranges)
-    return bench.random_inputs(model, seed=0, batch=1, dims=_seq_dims(model, syms, seq_len), ranges=ranges)
+    return inputs.random_inputs(model, seed=0, batch=1, dims=_seq_dims(model, syms, seq_len), ranges=ranges)
 
 
 def count_at(model: onnx.ModelProto, opts: Options):
     """((MACs, params), feed, size) of ``model`` with free dims at ``opts.seq_len``; when the model
     cannot run there (a dim the weights fix at 32 guessed at 64) at the sizes the graph implies,
-    then FREE_SIZES (bench.free_sizes), before unknown dims are counted as 1."""
+    then FREE_SIZES (inputs.free_sizes), before unknown dims are counted as 1."""
     import warnings
 
     def attempt(size):
         feed = count_feed(model, size, opts.input_ranges)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            res = bench.count_macs_params(model, feed)
+            res = count.count_macs_params(model, feed)
         failed = [w for w in caught if "could not run the model" in str(w.message)]
         return res, feed, failed, caught
 
     res, feed, failed, caught = attempt(opts.seq_len)
-    if failed and bench.free_dims(model):
-        for size in bench.free_sizes(model):
+    if failed and inputs.free_dims(model):
+        for size in inputs.free_sizes(model):
             if size == opts.seq_len:
                 continue
             r2, f2, failed2, caught2 = attempt(size)
@@ -580,8 +580,8 @@ def count_at(model: onnx.ModelProto, opts: Options):
 def _seq_dims(model: onnx.ModelProto, syms, seq_len: int) -> dict:
     """Every symbol but the batch takes seq_len; the batch is a symbol named like one, or, when no
     symbol is, one on the first axis of inputs only (tf2onnx names it ``unk__N``)."""
-    named = {s for s in syms if bench.is_batch_symbol(s)}
-    batch = named or bench.batch_symbols(model)       # [seq, batch, d] inputs name their batch
+    named = {s for s in syms if inputs.is_batch_symbol(s)}
+    batch = named or inputs.batch_symbols(model)       # [seq, batch, d] inputs name their batch
     return {s: seq_len for s in syms if s not in batch}
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -147,7 +147,8 @@ def _target(n: int, ratio: float, round_to: int, min_keep: int) -> int:
     return max(min_keep, min(n, k))
 
 
-def _eligible(g: Group, scores: Dict[int, np.ndarray], protect: Sequence[str], allow_inexact: bool) -> bool:
+def eligible(g: Group, scores: Dict[int, np.ndarray], protect: Sequence[str], allow_inexact: bool) -> bool:
+    """Whether ``g`` may lose units: prunable, scored, not protected, exact (or inexact allowed)."""
     if not g.prunable or g.id not in scores or _matches(g, protect):
         return False
     return g.exact or allow_inexact
@@ -175,7 +176,7 @@ def _forced(g: Group, s: np.ndarray) -> np.ndarray:
     return forced
 
 
-def _select(g: Group, s: np.ndarray, k: int, round_to: int) -> Optional[np.ndarray]:
+def select_units(g: Group, s: np.ndarray, k: int, round_to: int) -> Optional[np.ndarray]:
     """Keep mask with about ``k`` units kept, equal per constraint cell, multiples of
     ``round_to`` where it can; None when nothing would be removed."""
     n = len(g.units)
@@ -225,10 +226,10 @@ def make_plan(groups: List[Group], scores: Dict[int, np.ndarray], ratio: float, 
             r = max(r, min_ratio)
         if max_ratio is not None:
             r = min(r, max_ratio)
-        if r <= 0 or not _eligible(g, scores, protect, allow_inexact):
+        if r <= 0 or not eligible(g, scores, protect, allow_inexact):
             continue
         k = _target(n, r, round_to if g.kind != "heads" else 1, min_keep)
-        mask = _select(g, np.asarray(scores[g.id], dtype=np.float64), k, round_to)
+        mask = select_units(g, np.asarray(scores[g.id], dtype=np.float64), k, round_to)
         if mask is not None:
             keep[g.id] = mask
     return Plan(groups, keep, {"ratio": ratio, "round_to": round_to, "protect": list(protect),
@@ -261,7 +262,7 @@ def global_plan(groups: List[Group], scores: Dict[int, np.ndarray], ratio: float
     lowest one whose plan costs at most F of the dense model (bisection). With ``per_cost``
     and a target, a unit's score is divided by what it costs (the dense MACs or params per unit
     of its group), so cheap units are not removed before expensive ones of equal importance."""
-    elig = [g for g in groups if _eligible(g, scores, protect, allow_inexact)]
+    elig = [g for g in groups if eligible(g, scores, protect, allow_inexact)]
     ns: Dict[int, np.ndarray] = {}
     for g in elig:
         s = normalize_scores(scores[g.id], normalize)
@@ -287,7 +288,7 @@ def global_plan(groups: List[Group], scores: Dict[int, np.ndarray], ratio: float
                 continue
             if round_to > 1 and g.kind != "heads":
                 k = min(len(g.units), int(math.ceil(k / round_to)) * round_to)
-            mask = _select(g, s, k, round_to)
+            mask = select_units(g, s, k, round_to)
             if mask is not None:
                 keep[g.id] = mask
         return keep

@@ -39,7 +39,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import onnx
 
-from . import bench
+from . import runtime
 from .analyze import consumer_inputs
 from .calib import ConvSpec, im2col
 from .edit import Editor
@@ -269,7 +269,7 @@ def _pruned_rows(r: np.ndarray, c: Consumer) -> np.ndarray:
     return r if r.shape[1] == len(c.rows) else r[:, c.rows]
 
 
-def _apply(ed: Editor, c: Consumer, W_new: Optional[np.ndarray], b_delta: np.ndarray) -> bool:
+def apply_correction(ed: Editor, c: Consumer, W_new: Optional[np.ndarray], b_delta: np.ndarray) -> bool:
     """Write the refit into the model being edited; True when a new node was inserted (an
     ``Add`` right after the layer)."""
     node = ed.nodes[c.node]
@@ -338,7 +338,7 @@ def repair(dense: onnx.ModelProto, pruned: onnx.ModelProto, an, plan_json: dict,
     # dense pass over the calibration data, kept for every stage when they fit in
     # TARGET_CACHE_BYTES, else recomputed stage by stage (one dense pass per stage)
     all_y = list(dict.fromkeys([c.y for c in consumers] + [c.residual for c in consumers if c.residual]))
-    dense_sess = bench._session(dense, threads, extra_outputs=all_y)
+    dense_sess = runtime.session(dense, threads, extra_outputs=all_y)
     in_dense = {i.name for i in dense_sess.get_inputs()}
 
     def dense_targets(feed, cons) -> Dict[int, np.ndarray]:
@@ -363,7 +363,7 @@ def repair(dense: onnx.ModelProto, pruned: onnx.ModelProto, an, plan_json: dict,
     info["targets"] = "cached" if targets is not None else "per stage"
     for stage in _stages(an, consumers):
         xs = list(dict.fromkeys([c.x for c in stage] + [c.residual for c in stage if c.residual]))
-        psess = bench._session(ed.to_model(), threads, extra_outputs=xs)
+        psess = runtime.session(ed.to_model(), threads, extra_outputs=xs)
         in_pruned = {i.name for i in psess.get_inputs()}
         acc = {id(c): None for c in stage}
         for fi, feed in enumerate(feeds):
@@ -417,7 +417,7 @@ def repair(dense: onnx.ModelProto, pruned: onnx.ModelProto, an, plan_json: dict,
                 mx, my = sx[:-1] / n, sy / n
                 W_new = None
                 b_delta = my - (mx @ Wm + b)
-            _apply(ed, c, W_new, b_delta)
+            apply_correction(ed, c, W_new, b_delta)
             info["repaired"].append(an.graph.labels[c.node])
     return ed.to_model(), info
 

@@ -14,7 +14,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .bench import FREE_SIZES, Runner, at_free_sizes, explain_run_error, free_dims, free_sizes, random_inputs
+from .inputs import FREE_SIZES, at_free_sizes, explain_run_error, free_dims, free_sizes, random_inputs  # noqa: F401
+from .runtime import Runner
 from .errors import InputError
 
 
@@ -140,7 +141,7 @@ def _size(v) -> int:
 
 def verify(dense: onnx.ModelProto, pruned: onnx.ModelProto, plan_json: dict, seeds=(0, 1),
            feeds: Optional[List[Dict[str, np.ndarray]]] = None, dims=None, ranges=None) -> dict:
-    """Masked-dense oracle on random inputs valid for the model (bench.random_inputs; ``ranges``
+    """Masked-dense oracle on random inputs valid for the model (inputs.random_inputs; ``ranges``
     overrides integer inputs' ranges) or on ``feeds``. Returns {max_abs_diff, max_rel_diff,
     passed, ...}. Outputs that are not tensors (sequences of maps) are compared as arrays where
     they convert to one, exactly otherwise."""

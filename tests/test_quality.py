@@ -377,13 +377,13 @@ def test_sequential_obs_adds_up_to_the_joint_obs_error(q):
 
 
 def test_repair_writes_corrections_where_they_belong():
-    """_apply through the graph editor: a MatMul's correction goes into the constant bias Add it
+    """apply_correction through the graph editor: a MatMul's correction goes into the bias Add it
     alone feeds, a MatMul without one gets an Add inserted right after it, and a bias two Gemms
     share is copied for the first and edited in place for the second (then read once)."""
     from onnx import TensorProto, helper, numpy_helper
 
     from graphprune.edit import Editor
-    from graphprune.repair import Consumer, _apply
+    from graphprune.repair import Consumer, apply_correction
 
     f = lambda *s: np.ones(s, np.float32)
     inits = [numpy_helper.from_array(f(4, 3), "Wa"), numpy_helper.from_array(f(3), "ba"),
@@ -404,16 +404,16 @@ def test_repair_writes_corrections_where_they_belong():
 
     def cons(i, op, w, y):
         return Consumer(node=i, op=op, x="x", y=y, weight=w, rows=rows, cols=cols, transB=int(op == "Gemm"))
-    assert not _apply(ed, cons(0, "MatMul", "Wa", "a"), None, delta)           # into ba
+    assert not apply_correction(ed, cons(0, "MatMul", "Wa", "a"), None, delta)           # into ba
     np.testing.assert_allclose(ed.const("ba"), 1 + delta)
-    assert not _apply(ed, cons(4, "Gemm", "Wg2", "g2"), None, delta)            # bg shared: copy
+    assert not apply_correction(ed, cons(4, "Gemm", "Wg2", "g2"), None, delta)            # bg shared: copy
     assert ed.nodes[4].inputs[2].name != "bg"
     np.testing.assert_allclose(ed.const("bg"), 1)
-    assert not _apply(ed, cons(3, "Gemm", "Wg1", "g1"), 2 * np.ones((3, 4)), delta)  # now alone
+    assert not apply_correction(ed, cons(3, "Gemm", "Wg1", "g1"), 2 * np.ones((3, 4)), delta)  # now alone
     assert ed.nodes[3].inputs[2].name == "bg"
     np.testing.assert_allclose(ed.const("bg"), 1 + delta)
     np.testing.assert_allclose(ed.const("Wg1"), 2)
-    assert _apply(ed, cons(2, "MatMul", "Wb", "b"), None, delta)                # Add inserted
+    assert apply_correction(ed, cons(2, "MatMul", "Wb", "b"), None, delta)                # Add inserted
     out = ed.to_model()
     assert [n.op_type for n in out.graph.node] == ["MatMul", "Add", "MatMul", "Add", "Gemm", "Gemm"]
     assert out.graph.node[3].output[0] == "b" and out.graph.node[2].output[0] != "b"

@@ -33,7 +33,7 @@ import quality as Q  # noqa: E402
 import graphprune.score as score_mod  # noqa: E402
 from graphprune import bench  # noqa: E402
 from graphprune.calib import Calibration  # noqa: E402
-from graphprune.plan import Plan, _eligible, _select, global_plan  # noqa: E402
+from graphprune.plan import Plan, eligible, global_plan, select_units  # noqa: E402
 from graphprune.repair import repair  # noqa: E402
 from graphprune.rewrite import rewrite  # noqa: E402
 from models import minilm  # noqa: E402
@@ -58,13 +58,13 @@ def measured_plan(gp, s, target: float, a) -> Plan:
         few.append(f)
         n_s += f["input_ids"].shape[0]
     ref = _sentence_embeddings(gp.an.model, few)
-    elig = [g for g in gp.an.groups if _eligible(g, s, (), False)]
+    elig = [g for g in gp.an.groups if eligible(g, s, (), False)]
     full = {g.id: np.ones(len(g.units), bool) for g in gp.an.groups}
     options: Dict[int, List[Tuple[float, float, Optional[np.ndarray]]]] = {}
     for g in elig:
         n, opts = len(g.units), [(0.0, 0.0, None)]
         for r in sorted({min(float(x), a.max_ratio) for x in a.levels.split(",")}):
-            mask = _select(g, np.asarray(s[g.id], float), max(1, n - int(np.floor(n * r + 1e-9))), 1)
+            mask = select_units(g, np.asarray(s[g.id], float), max(1, n - int(np.floor(n * r + 1e-9))), 1)
             if mask is None:
                 continue
             plan = Plan(gp.an.groups, {**full, g.id: mask}, {})
