@@ -356,7 +356,7 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
     elif do_bench:
         progress("bench")
         def timed(size):                      # free dims: the first size the model runs at (see verify)
-            feed = check_feeds[0] if check_feeds else bench.random_inputs(model, seed=opts.seed, other=size,
+            feed = _bench_feed(model, check_feeds[0]) if check_feeds else bench.random_inputs(model, seed=opts.seed, other=size,
                                                                           ranges=opts.input_ranges)
             return bench.measure_latency(model, pruned, feed, threads=opts.threads, repeats=opts.bench_repeats,
                                          max_seconds=opts.bench_seconds)
@@ -509,6 +509,17 @@ def _check_feeds(model: onnx.ModelProto, opts: Options, calib) -> Optional[List[
     return None
 
 
+def _bench_feed(model: onnx.ModelProto, feed: dict) -> dict:
+    """The first sample of a feed whose inputs all have a symbolic batch (latency is at batch 1,
+    like the random feeds'); the feed as it is otherwise."""
+    syms = bench.batch_symbols(model)
+    for vi in bench._graph_inputs(model):
+        dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else []
+        if not dims or not (dims[0].HasField("dim_param") and dims[0].dim_param in syms):
+            return feed
+    return {k: v[:1] for k, v in feed.items()}
+
+
 def _verify(model, pruned, plan: Plan, pj: dict, an: Analyzed, opts: Options, feeds) -> dict:
     """The masked-dense oracle. When inexact groups lost channels (--allow-inexact,
     --prune-hidden) it checks a rewrite with only the exact groups pruned, and reports the pruned
@@ -551,7 +562,7 @@ def ensure_runs(model: onnx.ModelProto, pruned: onnx.ModelProto, report: dict, o
 
     want = [i.name for i in bench._graph_inputs(model)]
     got = [i.name for i in bench._graph_inputs(pruned)]
-    if got != want:
+    if set(got) != set(want):
         extra = [n for n in got if n not in want]
         raise GraphpruneError(f"internal error: the pruned model's inputs differ from the input model's "
                               f"({len(got)} vs {len(want)}{': ' + ', '.join(extra[:5]) if extra else ''}); "
