@@ -196,6 +196,16 @@ def test_unsorted_graph_is_sorted_on_load(tmp_path, capsys):
     runs(str(tmp_path / "unsorted.pruned.onnx"))
 
 
+def test_a_cycle_is_refused_in_one_whole_sentence(tmp_path, capsys):
+    m = wg.unsorted()
+    next(n for n in m.graph.node if n.name == "conv1").input[0] = "y"      # conv1 <- conv2 <- relu1 <- conv1
+    path = save(tmp_path, "cycle", m)
+    code, _, err = gp(capsys, "run", path)
+    assert code == 3
+    line = [ln for ln in err.splitlines() if ln.startswith("graphprune: error")][0]
+    assert line.endswith("is not output of any previous nodes."), line
+
+
 def test_sort_keeps_subgraph_readers_after_their_producers():
     m = wg.kws_layernorm()
     nodes = list(m.graph.node)
