@@ -34,6 +34,10 @@ class _Progress:
         self._lock = __import__("threading").Lock()
         self._stop = None
         _Progress.active = self
+        import onnxruntime
+        # graphprune catches and reports onnxruntime's failures (trying free-dim sizes, checking
+        # the output); its own error log would print them again, inside a progress line
+        onnxruntime.set_default_logger_severity(4)
         if not quiet:
             import warnings
             self._showwarning = warnings.showwarning

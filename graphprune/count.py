@@ -33,6 +33,29 @@ for _n in ("FLOAT8E8M0", "FLOAT6E2M3", "FLOAT6E3M2", "INT2", "UINT2"):
         _PARAM_TYPES.add(getattr(_T, _n))
 
 
+def _constant_of_shape_params(graph: onnx.GraphProto) -> int:
+    """Elements of float ``ConstantOfShape`` outputs whose shape is an initializer: constant
+    tensors too (onnx's IR-3 'light' models make every weight this way; graphprune folds them
+    into initializers, so counting them keeps before/after comparable)."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in graph.initializer}
+    total = 0
+    for node in graph.node:
+        if node.op_type != "ConstantOfShape" or node.domain not in ("", "ai.onnx") or not node.input:
+            continue
+        t = inits.get(node.input[0])
+        if t is None or t.data_type != _T.INT64 or numel(t.dims) > 8:
+            continue
+        dtype = _T.FLOAT
+        for a in node.attribute:
+            if a.name == "value":
+                dtype = a.t.data_type
+        if dtype in _PARAM_TYPES:
+            total += numel(numpy_helper.to_array(t).reshape(-1).tolist())
+    return total
+
+
 def _count_params_graph(graph: onnx.GraphProto) -> int:
     total = 0
     for t in graph.initializer:
@@ -41,6 +64,7 @@ def _count_params_graph(graph: onnx.GraphProto) -> int:
     for sp in graph.sparse_initializer:
         if sp.values.data_type in _PARAM_TYPES:
             total += numel(sp.dims)
+    total += _constant_of_shape_params(graph)
     for node in graph.node:
         for a in node.attribute:
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):

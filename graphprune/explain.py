@@ -121,7 +121,8 @@ def nothing_pruned_reason(model: onnx.ModelProto, groups, opts) -> str:
         if opts.ratio == 0 and opts.target() is None and not any(opts.kind_ratios().values()):
             return "--ratio is 0"
         return (f"{n_prunable(groups, opts)} groups are prunable but none lost a channel at these settings "
-                "(ratio, rounding, --protect, minimum kept counts)")
+                "(ratio, rounding, --protect, minimum kept counts, or the group's structure: grouped convolutions and "
+                "channel shuffles allow only some removals)")
     flow = control_flow_reason(model)
     if flow:
         return flow

@@ -68,6 +68,14 @@ def first_line(text: str) -> str:
     return str(text).strip() or "unknown error"
 
 
+def _checker_message(e: BaseException, limit: int = 400) -> str:
+    """The checker's message as one line: a first line that ends mid-sentence (``... of node:``
+    followed by the node on the next lines) continues with the lines after it."""
+    text = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
+    text = " ".join(text.split())
+    return (text[:limit - 3] + "...") if len(text) > limit else (text or "unknown error")
+
+
 def _in_error(path: str, reason: str) -> InputError:
     return InputError(_one_line(f"cannot load model {path}: {reason}"))
 
@@ -373,7 +381,7 @@ def load_model(path: str | os.PathLike, lazy: bool | None = None, notes: list | 
         else:
             onnx.checker.check_model(path if external else model)
     except Exception as e:
-        raise _in_error(path, f"fails the ONNX checker: {first_line(e)}") from None
+        raise _in_error(path, f"fails the ONNX checker: {_checker_message(e)}") from None
 
     if external and lazy is None:
         lazy = sum(expected_nbytes(t) or 0 for t in external) > LAZY_EXTERNAL_BYTES

@@ -196,6 +196,16 @@ def test_unsorted_graph_is_sorted_on_load(tmp_path, capsys):
     runs(str(tmp_path / "unsorted.pruned.onnx"))
 
 
+def test_a_cycle_is_refused_in_one_whole_sentence(tmp_path, capsys):
+    m = wg.unsorted()
+    next(n for n in m.graph.node if n.name == "conv1").input[0] = "y"      # conv1 <- conv2 <- relu1 <- conv1
+    path = save(tmp_path, "cycle", m)
+    code, _, err = gp(capsys, "run", path)
+    assert code == 3
+    line = [ln for ln in err.splitlines() if ln.startswith("graphprune: error")][0]
+    assert line.endswith("is not output of any previous nodes."), line
+
+
 def test_sort_keeps_subgraph_readers_after_their_producers():
     m = wg.kws_layernorm()
     nodes = list(m.graph.node)
@@ -303,6 +313,20 @@ def test_free_dim_the_weights_fix_is_found_before_guessing(tmp_path, capsys):
     assert rep["macs"]["before"] == 32 * 16 * 32 * 2          # fc1 + fc2 at time 32, batch 1
 
 
+def test_constant_of_shape_weights_count_as_params():
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = helper.make_graph(
+        [helper.make_node("ConstantOfShape", ["w_shape"], ["w"],
+                          value=numpy_helper.from_array(np.array([0.1], np.float32))),
+         helper.make_node("Conv", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([8, 3, 3, 3], np.int64), "w_shape")])
+    m = onnx.helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    assert bench.count_macs_params(m)[1] == 8 * 3 * 3 * 3
+
+
 def test_zero_params_row_is_not_a_ratio(capsys):
     print_summary({"macs": {"before": 0, "after": 0}, "params": {"before": 0, "after": 0},
                    "summary": {"pruned_groups": 0, "prunable_groups": 0, "groups": 0}})
@@ -331,3 +355,29 @@ def test_minilm_with_token_type_ids_runs_with_default_options(tmp_path, capsys):
     rep = report(str(tmp_path / "minilm3.pruned.onnx"))
     assert rep["verify"]["passed"] and rep["summary"]["pruned_groups"] >= 12
     assert rep["macs"]["before"] / rep["macs"]["after"] > 1.8      # no "unknown dims count as 1"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["light_squeezenet", "light_resnet50"])
+def test_onnx_light_models_ir3_initializer_inputs(tmp_path, capsys, name):
+    """onnx's own IR-3 backend test models (installed with onnx): every weight is also a graph
+    input. Before: exit 3 ('cannot run the input model'), and with --no-verify a model that
+    demanded hundreds of inputs, MACs 3993x. Now: pruned, verified, the output runs."""
+    src = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light", f"{name}.onnx")
+    path = str(tmp_path / f"{name}.onnx")
+    with open(src, "rb") as f, open(path, "wb") as g:
+        g.write(f.read())
+    for extra in ([], ["--no-verify"]):
+        out = str(tmp_path / f"out{len(extra)}.onnx")
+        code, _, err = gp(capsys, "run", path, "-o", out, "--bench-seconds", "1", *extra)
+        assert code == 0, err
+        rep = report(out)
+        assert 2.5 < rep["macs"]["before"] / rep["macs"]["after"] < 5
+        assert 1.5 < rep["params"]["before"] / rep["params"]["after"] < 10
+        src_m = onnx.load(path)
+        inits = {t.name for t in src_m.graph.initializer}
+        assert [i.name for i in onnx.load(out).graph.input] == [i.name for i in src_m.graph.input
+                                                                 if i.name not in inits]
+        runs(out)
+    assert "verify" not in rep          # the --no-verify run; the first one verified:
+    assert report(str(tmp_path / "out0.onnx"))["verify"]["passed"]
