@@ -63,6 +63,11 @@ def allow_lean_heap(on: bool = True) -> None:
     _allowed = bool(on)
 
 
+def lean_heap_active() -> bool:
+    """Whether ``lean_heap`` changed this process's allocator settings."""
+    return _lean
+
+
 def maybe_lean_heap() -> None:
     """``lean_heap()`` when the program allowed it (``allow_lean_heap``), else nothing."""
     if _allowed:

@@ -143,3 +143,14 @@ def test_old_import_paths_and_a_cheap_package_import():
     code = "import sys, graphprune; graphprune.__version__; print('onnxruntime' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_library_leaves_the_allocator_alone_and_the_cli_may_trim_it():
+    """A library must not change its host's allocator: the Python API never calls lean_heap by
+    itself; the command line allows it (memory.allow_lean_heap) before the steps run."""
+    code = ("import graphprune, graphprune.memory as m\n"
+            "from graphprune.demo import build_demo_model\n"
+            "graphprune.prune(build_demo_model(), ratio=0.5, bench=False, verify=False)\n"
+            "a = m.lean_heap_active(); m.allow_lean_heap(); m.maybe_lean_heap(); print(a, m.lean_heap_active())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]

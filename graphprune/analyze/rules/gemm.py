@@ -1,7 +1,7 @@
 """Gemm and MatMul: dense layers with a constant weight; products of two activations."""
 
 from ..engine import AnalysisError
-from . import norm_axis, register
+from . import register
 
 
 @register("Gemm", doc="B constant: output axis 1 is new (B rows/cols per transB, C bias); "

@@ -10,7 +10,6 @@ A *shape value* is a list of items, one per element of a 1-D int tensor:
 
 import numpy as np
 
-from ..engine import AnalysisError
 from . import norm_axis, register
 
 
