@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import onnx
 from onnx import external_data_helper, numpy_helper
+from onnx.external_data_helper import uses_external_data
 
 from .errors import InputError, OutputError, UsageError
 
@@ -129,16 +130,12 @@ def approx_model_bytes(model: onnx.ModelProto) -> int:
     their dims, plus a generous allowance for the graph structure."""
     total = 0
     for t in iter_model_tensors(model):
-        if _uses_external(t):
+        if uses_external_data(t):
             continue
         n = expected_nbytes(t)
         total += (n if n is not None else t.ByteSize()) + 64 + 16 * len(t.dims)
     nodes = len(model.graph.node) + sum(len(f.node) for f in model.functions)
     return total + 512 * nodes + 4096
-
-
-def _uses_external(t: onnx.TensorProto) -> bool:
-    return t.HasField("data_location") and t.data_location == onnx.TensorProto.EXTERNAL
 
 
 def expected_nbytes(t: onnx.TensorProto) -> int | None:
@@ -365,7 +362,7 @@ def load_model(path: str | os.PathLike, lazy: bool | None = None, notes: list | 
         raise _in_error(path, "not an ONNX model (the graph has no nodes)")
 
     folder = os.path.dirname(os.path.abspath(path))
-    external = [t for t in iter_model_tensors(model) if _uses_external(t)]
+    external = [t for t in iter_model_tensors(model) if uses_external_data(t)]
     for t in external:
         _check_external_location(path, folder, t)
 
@@ -396,7 +393,7 @@ def load_model(path: str | os.PathLike, lazy: bool | None = None, notes: list | 
             external_data_helper.load_external_data_for_model(model, folder)
             # onnx's helper skips sparse tensors; load whatever is left.
             for t in iter_model_tensors(model):
-                if _uses_external(t):
+                if uses_external_data(t):
                     external_data_helper.load_external_data_for_tensor(t, folder)
             # Loaded tensors look exactly like tensors that were always inline.
             for t in external:
@@ -440,7 +437,7 @@ def _ext_info(t: onnx.TensorProto) -> dict:
 
 def is_lazy(t: onnx.TensorProto) -> bool:
     """An external tensor left on disk by a lazy load (its location is absolute)."""
-    return _uses_external(t) and os.path.isabs(_ext_info(t).get("location", ""))
+    return uses_external_data(t) and os.path.isabs(_ext_info(t).get("location", ""))
 
 
 def read_tensor(t: onnx.TensorProto) -> np.ndarray:
@@ -462,7 +459,7 @@ def helper_np_dtype(data_type: int):
 
 def tensor_nbytes(t: onnx.TensorProto) -> int:
     """Bytes of a tensor's data, inline or external."""
-    if _uses_external(t):
+    if uses_external_data(t):
         return expected_nbytes(t) or int(_ext_info(t).get("length", "0"))
     return _tensor_bytes(t)
 
@@ -655,7 +652,7 @@ def save_model(
     folder, name = _check_target(path)
     lazy_bytes = 0
     for t in iter_model_tensors(model):
-        if _uses_external(t):
+        if uses_external_data(t):
             if not is_lazy(t):
                 raise _out_error(
                     path, f"tensor {t.name!r} still refers to external data that was not loaded"
@@ -792,7 +789,7 @@ def _external_files(model_path: str) -> list[str]:
     folder = os.path.dirname(os.path.abspath(model_path))
     out = []
     for t in iter_model_tensors(m):
-        if _uses_external(t):
+        if uses_external_data(t):
             for e in t.external_data:
                 if e.key == "location":
                     out.append(os.path.join(folder, e.value))
