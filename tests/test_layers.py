@@ -120,3 +120,22 @@ def test_unregistered_custom_op_blocks_its_channels():
     """Without the entry and the rule the same model is analysed safely: nothing prunes."""
     an = Analyzed(toy_model())
     assert not any(g.prunable and len(g.blocked) < len(g.units) for g in an.groups)
+
+
+def test_sparse_custom_ops_are_counted_by_their_entries():
+    """kernels/README.md's ai.graphprune::SparseMatMul / SparseConv: one MAC per stored value and
+    output position (counted from the layer-traits entries; onnxruntime is not needed)."""
+    from graphprune.count import count_macs_params
+
+    nnz, K, N = 10, 8, 4
+    vals = numpy_helper.from_array(np.ones(nnz, np.float32), "v")
+    idx = numpy_helper.from_array(np.arange(nnz, dtype=np.int32) % K, "i")
+    ptr = numpy_helper.from_array(np.array([0, 3, 5, 9, 10], np.int32), "p")
+    bias = numpy_helper.from_array(np.zeros(N, np.float32), "b")
+    nodes = [helper.make_node("SparseMatMul", ["x", "v", "i", "p", "b"], ["y"], domain="ai.graphprune", K=K, N=N),
+             helper.make_node("SparseConv", ["z", "v", "i", "p", "b"], ["w"], domain="ai.graphprune", K=K, N=N)]
+    vi = lambda n, s: helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+    g = helper.make_graph(nodes, "sparse", [vi("x", [1, 5, K]), vi("z", [1, K, 3, 3])],
+                          [vi("y", [1, 5, N]), vi("w", [1, N, 3, 3])], [vals, idx, ptr, bias])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.graphprune", 1)])
+    assert count_macs_params(m)[0] == 5 * nnz + 9 * nnz
