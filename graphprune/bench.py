@@ -164,7 +164,7 @@ def _session_shared(model: onnx.ModelProto, so: ort.SessionOptions, suffix: onnx
     return ort.InferenceSession(skel.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
 
 
-def _shareable(model: onnx.ModelProto) -> list:
+def shareable(model: onnx.ModelProto) -> list:
     """The large embedded initializers of ``model`` when they are worth sharing, else []."""
     # sizes from dims (reading raw_data would copy every tensor once more)
     sized = [(t, gio._expected_nbytes(t) or 0) for t in model.graph.initializer
@@ -211,7 +211,7 @@ def _session(
     if extra:
         suffix.graph.output.extend(onnx.ValueInfoProto(name=n) for n in extra)
     if gio.approx_model_bytes(model) <= gio.EXTERNAL_DATA_THRESHOLD:
-        big = _shareable(model)
+        big = shareable(model)
         if big:
             return _session_shared(model, so, suffix, big, weights)
         data = model.SerializeToString() + suffix.SerializeToString()
@@ -234,13 +234,14 @@ def _session(
     return sess
 
 
-def make_session(model_or_path: Any, threads: int = 1) -> ort.InferenceSession:
+def make_session(model_or_path: Any, threads: int = 1, **options) -> ort.InferenceSession:
     """CPU onnxruntime session: ``threads`` intra-op threads, 1 inter-op thread,
     sequential execution, all graph optimisations, log severity 3.
 
     Accepts a ModelProto, serialized bytes, or a path.  In-memory models get their
-    IR version pinned (on a copy of the bytes) so that onnxruntime reads them."""
-    return _session(model_or_path, threads)
+    IR version pinned (on a copy of the bytes) so that onnxruntime reads them.
+    ``options``: ``extra_outputs``, ``opt_level``, ``weights``, ``prepack`` as in ``_session``."""
+    return _session(model_or_path, threads, **options)
 
 
 def run_model(

@@ -9,7 +9,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from graphprune import bench
-from graphprune.analyze import consumer_inputs
 from graphprune.calib import Calibration, ConvSpec, Request, collect, im2col
 from graphprune.cost import CostModel
 from graphprune.errors import CalibrationError, UsageError
@@ -377,12 +376,12 @@ def test_sequential_obs_adds_up_to_the_joint_obs_error(q):
 
 
 def test_repair_writes_corrections_where_they_belong():
-    """_apply with its readers index: a MatMul's correction goes into the constant bias Add it
+    """apply_correction with its readers index: a MatMul's correction goes into the constant bias Add it
     alone feeds, a MatMul without one gets an Add inserted after it, and a bias two Gemms share
     is copied for the first and edited in place for the second (then read once)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from graphprune.repair import Consumer, _apply, _Consts
+    from graphprune.repair import Constants, Consumer, apply_correction
 
     f = lambda *s: np.ones(s, np.float32)
     inits = [numpy_helper.from_array(f(4, 3), "Wa"), numpy_helper.from_array(f(3), "ba"),
@@ -397,23 +396,23 @@ def test_repair_writes_corrections_where_they_belong():
     m = helper.make_model(helper.make_graph(nodes, "g", [vi("x", [2, 4])],
                                             [vi(n, [2, 3]) for n in ("a", "b", "g1", "g2")], inits),
                           opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    consts = _Consts(m)
+    consts = Constants(m)
     rows, cols = np.arange(3), np.arange(4)
     delta = np.array([1.0, 2.0, 3.0])
 
     def cons(i, op, w, y):
         return Consumer(node=i, op=op, x="x", y=y, weight=w, rows=rows, cols=cols, transB=int(op == "Gemm"))
-    assert not _apply(m, consts, cons(0, "MatMul", "Wa", "a"), None, delta)           # into ba
+    assert not apply_correction(m, consts, cons(0, "MatMul", "Wa", "a"), None, delta)           # into ba
     np.testing.assert_allclose(numpy_helper.to_array(consts.inits["ba"]), 1 + delta)
     # last nodes first, as repair does: the inserted Add shifts the indices after it
-    assert not _apply(m, consts, cons(4, "Gemm", "Wg2", "g2"), None, delta)            # bg shared: copy
+    assert not apply_correction(m, consts, cons(4, "Gemm", "Wg2", "g2"), None, delta)            # bg shared: copy
     assert m.graph.node[4].input[2] != "bg"
     np.testing.assert_allclose(numpy_helper.to_array(consts.inits["bg"]), 1)
-    assert not _apply(m, consts, cons(3, "Gemm", "Wg1", "g1"), 2 * np.ones((3, 4)), delta)  # now alone
+    assert not apply_correction(m, consts, cons(3, "Gemm", "Wg1", "g1"), 2 * np.ones((3, 4)), delta)  # now alone
     assert m.graph.node[3].input[2] == "bg"
     np.testing.assert_allclose(numpy_helper.to_array(consts.inits["bg"]), 1 + delta)
     np.testing.assert_allclose(numpy_helper.to_array(consts.inits["Wg1"]), 2)
-    assert _apply(m, consts, cons(2, "MatMul", "Wb", "b"), None, delta)                # Add inserted
+    assert apply_correction(m, consts, cons(2, "MatMul", "Wb", "b"), None, delta)                # Add inserted
     assert [n.op_type for n in m.graph.node] == ["MatMul", "Add", "MatMul", "Add", "Gemm", "Gemm"]
     assert m.graph.node[3].output[0] == "b" and m.graph.node[2].output[0] != "b"
     onnx.checker.check_model(m, full_check=True)

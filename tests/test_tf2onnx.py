@@ -16,22 +16,21 @@ from onnx import numpy_helper
 import pytest
 
 from graphprune.analyze.engine import AnalysisError
-from graphprune.analyze.rules.reshape import _runs
+from graphprune.analyze.rules.reshape import axis_runs
 from graphprune.pipeline import Analyzed
-from helpers_graphs import GraphBuilder
-from test_rules import group_of, member, pruned, run_case
+from helpers_graphs import GraphBuilder, group_of, member, pruned, run_case
 
 KERAS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "keras_encoder.onnx")
 
 
 def test_runs_pair_from_both_ends_around_symbolic_dims():
-    assert _runs(["n*t", 64], ["n", 16, 64]) == [([0], [0, 1]), ([1], [2])]
-    assert _runs([8, "n*t", 4, 6], [8, "n", "t", 24]) == [([0], [0]), ([1], [1, 2]), ([2, 3], [3])]
-    assert _runs(["b", 12, 64], ["b", 768]) == [([0], [0]), ([1, 2], [1])]
+    assert axis_runs(["n*t", 64], ["n", 16, 64]) == [([0], [0, 1]), ([1], [2])]
+    assert axis_runs([8, "n*t", 4, 6], [8, "n", "t", 24]) == [([0], [0]), ([1], [1, 2]), ([2, 3], [3])]
+    assert axis_runs(["b", 12, 64], ["b", 768]) == [([0], [0]), ([1, 2], [1])]
     # what cannot be paired is one run; map_reshape blocks any channel axis inside it
-    assert _runs(["a", 4], ["b", 5]) == [([0, 1], [0, 1])]
+    assert axis_runs(["a", 4], ["b", 5]) == [([0, 1], [0, 1])]
     with pytest.raises(AnalysisError):
-        _runs([4, 3], [4])
+        axis_runs([4, 3], [4])
 
 
 def _tensordot(b: GraphBuilder, x: str, cin: int, cout: int, name: str) -> str:
