@@ -7,21 +7,34 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from helpers_graphs import (committed_export, export_file_name, export_reference,  # noqa: E402
+                            run_cli_in_process, run_cli_subprocess)
+
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
-    """Export reference models once per session: exported(name, exporter) -> onnx path."""
-    from models.export import export_named
-
+    """exported(name, exporter, variant=None) -> path of that reference export: the committed file
+    (tests/data/exports, see helpers_graphs.COMMITTED_EXPORTS) when there is one, else a fresh
+    export, made once per session (slow tier)."""
     cache = {}
-    folder = tmp_path_factory.mktemp("exported")
 
-    def get(name, exporter):
-        key = (name, exporter)
+    def get(name, exporter, variant=None):
+        key = (name, exporter, variant)
         if key not in cache:
-            path = str(folder / f"{name}.{exporter}.onnx")
-            export_named(name, path, exporter)
+            path = committed_export(*key)
+            if path is None:
+                folder = tmp_path_factory.mktemp("exported")
+                path = export_reference(name, exporter, str(folder / export_file_name(*key)), variant)
             cache[key] = path
         return cache[key]
 
     return get
+
+
+@pytest.fixture(params=["in-process", pytest.param("subprocess", marks=pytest.mark.slow)])
+def gp(request):
+    """The command line: gp(*args, cwd=None) -> CliResult(returncode, stdout, stderr).
+
+    Every test that takes it runs twice: through graphprune.cli.main in this process (default
+    tier) and as a real ``python -m graphprune`` subprocess (slow tier, ~1 s of imports each)."""
+    return run_cli_in_process if request.param == "in-process" else run_cli_subprocess

@@ -1,8 +1,5 @@
 """Pruning quality: criteria, calibration statistics, allocation to a MACs target, repair."""
 
-import subprocess
-import sys
-
 import numpy as np
 import onnx
 import pytest
@@ -272,7 +269,7 @@ def test_missing_calibration_is_a_clear_usage_error(model):
         assert "needs calibration data" in msg and "--calib" in msg
 
 
-def test_cli_calib_flags_and_errors(model, tmp_path):
+def test_cli_calib_flags_and_errors(gp, model, tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(model, str(path))
     np.savez(tmp_path / "c.npz", x=calib_data(32))
@@ -281,23 +278,22 @@ def test_cli_calib_flags_and_errors(model, tmp_path):
     np.save(tmp_path / "d" / "a.npy", calib_data(16))
     np.save(tmp_path / "d" / "b.npy", calib_data(16, seed=3))
 
-    def gp(*args):
-        return subprocess.run([sys.executable, "-m", "graphprune", *args], capture_output=True, text=True,
-                              cwd=tmp_path)
-    r = gp("run", "m.onnx", "--criterion", "obs", "--calib", "c.npz", "--scope", "global", "--target-macs", "0.5",
+    def run(*args):
+        return gp(*args, cwd=tmp_path)
+    r = run("run", "m.onnx", "--criterion", "obs", "--calib", "c.npz", "--scope", "global", "--target-macs", "0.5",
            "--repair", "lstsq", "--no-bench", "-q")
     assert r.returncode == 0, r.stderr
     import json
     rep = json.loads((tmp_path / "m.pruned.report.json").read_text())
     assert rep["repair"]["mode"] == "lstsq" and rep["verify"]["passed"]
     assert rep["macs"]["after"] <= 0.52 * rep["macs"]["before"]
-    r = gp("run", "m.onnx", "--criterion", "fluctuation", "--calib-dir", "d", "--repair", "bias", "--no-bench", "-q")
+    r = run("run", "m.onnx", "--criterion", "fluctuation", "--calib-dir", "d", "--repair", "bias", "--no-bench", "-q")
     assert r.returncode == 0, r.stderr
-    r = gp("run", "m.onnx", "--criterion", "activation", "--calib", "bad.npz", "--no-bench", "-q")
+    r = run("run", "m.onnx", "--criterion", "activation", "--calib", "bad.npz", "--no-bench", "-q")
     assert r.returncode == 6 and r.stderr.count("\n") == 1 and "float64" in r.stderr, r.stderr
-    r = gp("run", "m.onnx", "--criterion", "activation", "--no-bench", "-q")
+    r = run("run", "m.onnx", "--criterion", "activation", "--no-bench", "-q")
     assert r.returncode == 2 and "needs calibration data" in r.stderr and r.stderr.count("\n") == 1
-    r = gp("analyze", "m.onnx", "--scope", "global", "--target-macs", "0.5", "--plan", "p.json")
+    r = run("analyze", "m.onnx", "--scope", "global", "--target-macs", "0.5", "--plan", "p.json")
     assert r.returncode == 0, r.stderr
     plan = json.loads((tmp_path / "p.json").read_text())
     assert any(g["channels_after"] < g["channels_before"] for g in plan["groups"])
