@@ -271,7 +271,7 @@ def _pruned_rows(r: np.ndarray, c: Consumer) -> np.ndarray:
     return r if r.shape[1] == len(c.rows) else r[:, c.rows]
 
 
-class Constants:
+class _Consts:
     """Read and replace constants of a model (initializers and Constant nodes)."""
 
     def __init__(self, model: onnx.ModelProto):
@@ -336,8 +336,8 @@ class Constants:
         return name
 
 
-def apply_correction(model: onnx.ModelProto, consts: Constants, c: Consumer, W_new: Optional[np.ndarray],
-                     b_delta: np.ndarray) -> bool:
+def _apply(model: onnx.ModelProto, consts: _Consts, c: Consumer, W_new: Optional[np.ndarray],
+           b_delta: np.ndarray) -> bool:
     """Write the refit into the model; True when a new node was inserted (after the layer)."""
     node = model.graph.node[c.node]
     dt = consts.get(c.weight).dtype
@@ -462,7 +462,7 @@ def repair(dense: onnx.ModelProto, pruned: onnx.ModelProto, an, plan_json: dict,
                 else:
                     upd = (Xa.sum(0), Y.sum(0), X.shape[0])
                 acc[id(c)] = upd if a is None else tuple(p + q for p, q in zip(a, upd))
-        consts = Constants(model)
+        consts = _Consts(model)
         for c in sorted(stage, key=lambda c: -c.node):
             a = acc[id(c)]
             if a is None:
@@ -500,7 +500,7 @@ def repair(dense: onnx.ModelProto, pruned: onnx.ModelProto, an, plan_json: dict,
                 mx, my = sx[:-1] / n, sy / n
                 W_new = None
                 b_delta = my - (mx @ Wm + b)
-            if apply_correction(model, consts, cc, W_new, b_delta):
+            if _apply(model, consts, cc, W_new, b_delta):
                 offset[c.node] = offset.get(c.node, 0) + 1
             info["repaired"].append(an.graph.labels[c.node])
     del model.graph.value_info[:]

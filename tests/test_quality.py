@@ -1,5 +1,7 @@
 """Pruning quality: criteria, calibration statistics, allocation to a MACs target, repair."""
 
+import functools
+
 import numpy as np
 import onnx
 import pytest
@@ -278,22 +280,21 @@ def test_cli_calib_flags_and_errors(gp, model, tmp_path):
     np.save(tmp_path / "d" / "a.npy", calib_data(16))
     np.save(tmp_path / "d" / "b.npy", calib_data(16, seed=3))
 
-    def run(*args):
-        return gp(*args, cwd=tmp_path)
-    r = run("run", "m.onnx", "--criterion", "obs", "--calib", "c.npz", "--scope", "global", "--target-macs", "0.5",
+    gp = functools.partial(gp, cwd=tmp_path)
+    r = gp("run", "m.onnx", "--criterion", "obs", "--calib", "c.npz", "--scope", "global", "--target-macs", "0.5",
            "--repair", "lstsq", "--no-bench", "-q")
     assert r.returncode == 0, r.stderr
     import json
     rep = json.loads((tmp_path / "m.pruned.report.json").read_text())
     assert rep["repair"]["mode"] == "lstsq" and rep["verify"]["passed"]
     assert rep["macs"]["after"] <= 0.52 * rep["macs"]["before"]
-    r = run("run", "m.onnx", "--criterion", "fluctuation", "--calib-dir", "d", "--repair", "bias", "--no-bench", "-q")
+    r = gp("run", "m.onnx", "--criterion", "fluctuation", "--calib-dir", "d", "--repair", "bias", "--no-bench", "-q")
     assert r.returncode == 0, r.stderr
-    r = run("run", "m.onnx", "--criterion", "activation", "--calib", "bad.npz", "--no-bench", "-q")
+    r = gp("run", "m.onnx", "--criterion", "activation", "--calib", "bad.npz", "--no-bench", "-q")
     assert r.returncode == 6 and r.stderr.count("\n") == 1 and "float64" in r.stderr, r.stderr
-    r = run("run", "m.onnx", "--criterion", "activation", "--no-bench", "-q")
+    r = gp("run", "m.onnx", "--criterion", "activation", "--no-bench", "-q")
     assert r.returncode == 2 and "needs calibration data" in r.stderr and r.stderr.count("\n") == 1
-    r = run("analyze", "m.onnx", "--scope", "global", "--target-macs", "0.5", "--plan", "p.json")
+    r = gp("analyze", "m.onnx", "--scope", "global", "--target-macs", "0.5", "--plan", "p.json")
     assert r.returncode == 0, r.stderr
     plan = json.loads((tmp_path / "p.json").read_text())
     assert any(g["channels_after"] < g["channels_before"] for g in plan["groups"])
@@ -372,12 +373,12 @@ def test_sequential_obs_adds_up_to_the_joint_obs_error(q):
 
 
 def test_repair_writes_corrections_where_they_belong():
-    """apply_correction with its readers index: a MatMul's correction goes into the constant bias Add it
+    """_apply with its readers index: a MatMul's correction goes into the constant bias Add it
     alone feeds, a MatMul without one gets an Add inserted after it, and a bias two Gemms share
     is copied for the first and edited in place for the second (then read once)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from graphprune.repair import Constants, Consumer, apply_correction
+    from graphprune.repair import Consumer, _apply, _Consts
 
     f = lambda *s: np.ones(s, np.float32)
     inits = [numpy_helper.from_array(f(4, 3), "Wa"), numpy_helper.from_array(f(3), "ba"),
@@ -392,23 +393,23 @@ def test_repair_writes_corrections_where_they_belong():
     m = helper.make_model(helper.make_graph(nodes, "g", [vi("x", [2, 4])],
                                             [vi(n, [2, 3]) for n in ("a", "b", "g1", "g2")], inits),
                           opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    consts = Constants(m)
+    consts = _Consts(m)
     rows, cols = np.arange(3), np.arange(4)
     delta = np.array([1.0, 2.0, 3.0])
 
     def cons(i, op, w, y):
         return Consumer(node=i, op=op, x="x", y=y, weight=w, rows=rows, cols=cols, transB=int(op == "Gemm"))
-    assert not apply_correction(m, consts, cons(0, "MatMul", "Wa", "a"), None, delta)           # into ba
+    assert not _apply(m, consts, cons(0, "MatMul", "Wa", "a"), None, delta)           # into ba
     np.testing.assert_allclose(numpy_helper.to_array(consts.inits["ba"]), 1 + delta)
     # last nodes first, as repair does: the inserted Add shifts the indices after it
-    assert not apply_correction(m, consts, cons(4, "Gemm", "Wg2", "g2"), None, delta)            # bg shared: copy
+    assert not _apply(m, consts, cons(4, "Gemm", "Wg2", "g2"), None, delta)            # bg shared: copy
     assert m.graph.node[4].input[2] != "bg"
     np.testing.assert_allclose(numpy_helper.to_array(consts.inits["bg"]), 1)
-    assert not apply_correction(m, consts, cons(3, "Gemm", "Wg1", "g1"), 2 * np.ones((3, 4)), delta)  # now alone
+    assert not _apply(m, consts, cons(3, "Gemm", "Wg1", "g1"), 2 * np.ones((3, 4)), delta)  # now alone
     assert m.graph.node[3].input[2] == "bg"
     np.testing.assert_allclose(numpy_helper.to_array(consts.inits["bg"]), 1 + delta)
     np.testing.assert_allclose(numpy_helper.to_array(consts.inits["Wg1"]), 2)
-    assert apply_correction(m, consts, cons(2, "MatMul", "Wb", "b"), None, delta)                # Add inserted
+    assert _apply(m, consts, cons(2, "MatMul", "Wb", "b"), None, delta)                # Add inserted
     assert [n.op_type for n in m.graph.node] == ["MatMul", "Add", "MatMul", "Add", "Gemm", "Gemm"]
     assert m.graph.node[3].output[0] == "b" and m.graph.node[2].output[0] != "b"
     onnx.checker.check_model(m, full_check=True)
