@@ -56,17 +56,23 @@ def test_gqa_kv_head_takes_its_query_heads(exported, name, exporter):
     assert sizes == [("in", 32), ("out", 16), ("out", 16), ("out", 32)], sizes
 
 
-@pytest.mark.parametrize("name,exporter", export_params(["minilm"], EXPORTERS))
+BERT = {"minilm": dict(layers=6, heads=12, mlp=1536, macs=698e6), "bert_tiny": dict(layers=2, heads=4, mlp=64, macs=1.57e6)}
+
+
+@pytest.mark.parametrize("name,exporter", export_params(["bert_tiny", "minilm"], EXPORTERS))
 def test_minilm_heads_and_mlp(exported, name, exporter):
+    """MiniLM (real weights), and bert_tiny (the same architecture, random weights; default tier)."""
+    cfg = BERT[name]
     model = onnx.load(exported(name, exporter))
     res = prune(model, Options(head_ratio=0.5, mlp_ratio=0.5, bench=False))
     rep = _check(model, res, ["sequence"])
     heads = [g for g in rep["groups"] if g["kind"] == "heads"]
-    assert len(heads) == 6 and all(g["channels_before"] == 12 and g["channels_after"] == 6 for g in heads)
+    assert len(heads) == cfg["layers"]
+    assert all(g["channels_before"] == cfg["heads"] and g["channels_after"] == cfg["heads"] // 2 for g in heads)
     mlps = [g for g in rep["groups"] if g["kind"] == "channels"]
-    assert len(mlps) == 6 and all(g["channels_after"] == 768 for g in mlps)
+    assert len(mlps) == cfg["layers"] and all(g["channels_after"] == cfg["mlp"] // 2 for g in mlps)
     # attention and MLP MACs halve at sequence 64 (run-time shapes)
-    assert rep["macs"]["before"] == pytest.approx(698e6, rel=0.01)
+    assert rep["macs"]["before"] == pytest.approx(cfg["macs"], rel=0.01)
     assert rep["macs"]["after"] / rep["macs"]["before"] == pytest.approx(0.5, abs=0.01)
 
 
@@ -118,16 +124,20 @@ def test_custom_op_in_attention_blocks_only_that_layer(exported, name, exporter)
     assert res.report["summary"]["pruned_groups"] == 2
 
 
-@pytest.mark.parametrize("name,exporter", export_params(["minilm"], ["legacy"]))
+FUSED = {"minilm": dict(heads=12, hidden=384, layers=6), "bert_tiny": dict(heads=4, hidden=32, layers=2)}
+
+
+@pytest.mark.parametrize("name,exporter", export_params(["bert_tiny", "minilm"], ["legacy"]))
 def test_ort_fused_contrib_ops(exported, name, exporter, tmp_path):
-    """MiniLM after onnxruntime's transformer optimizer: com.microsoft Attention,
-    SkipLayerNormalization, BiasGelu, EmbedLayerNormalization. Heads (num_heads rewritten) and
-    MLP widths prune; the oracle holds."""
+    """MiniLM (and a tiny BERT of the same architecture, in the default tier) after onnxruntime's
+    transformer optimizer: com.microsoft Attention, SkipLayerNormalization, BiasGelu,
+    EmbedLayerNormalization. Heads (num_heads rewritten) and MLP widths prune; the oracle holds."""
     from onnxruntime.transformers import optimizer
 
+    cfg = FUSED[name]
     fused = str(tmp_path / "fused.onnx")
-    opt = optimizer.optimize_model(exported(name, exporter), model_type="bert", num_heads=12,
-                                   hidden_size=384, opt_level=0)
+    opt = optimizer.optimize_model(exported(name, exporter), model_type="bert", num_heads=cfg["heads"],
+                                   hidden_size=cfg["hidden"], opt_level=0)
     opt.save_model_to_file(fused)
     model = onnx.load(fused)
     ops = {(n.domain, n.op_type) for n in model.graph.node}
@@ -135,9 +145,11 @@ def test_ort_fused_contrib_ops(exported, name, exporter, tmp_path):
     res = prune(model, Options(ratio=0.5, bench=False))
     _check(model, res, ["sequence"])
     heads = [g for g in res.report["groups"] if g["kind"] == "heads"]
-    assert len(heads) == 6 and all(g["channels_after"] == 6 for g in heads)
+    assert len(heads) == cfg["layers"] and all(g["channels_after"] == cfg["heads"] // 2 for g in heads)
+    mlps = [g for g in res.report["groups"] if g["kind"] == "channels"]
+    assert len(mlps) == cfg["layers"] and all(g["channels_after"] == g["channels_before"] // 2 for g in mlps)
     attn = [n for n in res.model.graph.node if n.op_type == "Attention"]
-    assert all(a.i == 6 for n in attn for a in n.attribute if a.name == "num_heads")
+    assert all(a.i == cfg["heads"] // 2 for n in attn for a in n.attribute if a.name == "num_heads")
 
 
 def test_unhandled_contrib_op_blocks_with_reason():
