@@ -13,20 +13,22 @@ from helpers_graphs import (committed_export, export_file_name, export_reference
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
-    """exported(name, exporter, variant=None) -> path of that reference export: the committed file
-    (tests/data/exports, see helpers_graphs.COMMITTED_EXPORTS) when there is one, else a fresh
-    export, made once per session (slow tier)."""
-    cache = {}
+    """exported(name, exporter, variant=None, fresh=False) -> path of that reference export: the
+    committed file (tests/data/exports, see helpers_graphs.COMMITTED_EXPORTS) when there is one and
+    ``fresh`` is false, else a fresh export (slow tier) alone in its own folder, made once per
+    session."""
+    made = {}
 
-    def get(name, exporter, variant=None):
+    def get(name, exporter, variant=None, fresh=False):
         key = (name, exporter, variant)
-        if key not in cache:
+        if not fresh:
             path = committed_export(*key)
-            if path is None:
-                folder = tmp_path_factory.mktemp("exported")
-                path = export_reference(name, exporter, str(folder / export_file_name(*key)), variant)
-            cache[key] = path
-        return cache[key]
+            if path is not None:
+                return path
+        if key not in made:
+            folder = tmp_path_factory.mktemp("exported")
+            made[key] = export_reference(name, exporter, str(folder / export_file_name(*key)), variant)
+        return made[key]
 
     return get
 

@@ -13,7 +13,7 @@ import onnx
 import pytest
 
 from helpers_graphs import (COMMITTED_EXPORTS, EXPORTS_DIR, TRANSFORMER_NAMES, assert_same_export, check_export,
-                            committed_export, export_file_name, export_reference, without_stack_traces)
+                            committed_export, export_file_name, without_stack_traces)
 
 MAX_TOTAL_BYTES = 4 << 20
 SPECS = [pytest.param(*spec, id=export_file_name(*spec)[:-len(".onnx")]) for spec in COMMITTED_EXPORTS]
@@ -55,8 +55,8 @@ def test_committed_export_matches_torch(name, exporter, variant):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,exporter,variant", SPECS)
-def test_committed_export_is_current(tmp_path, name, exporter, variant):
+def test_committed_export_is_current(exported, name, exporter, variant):
     """A fresh export equals the committed one (a torch, onnxscript or models/ change that alters
     an export fails here: rewrite the files with tools/make_test_exports.py)."""
-    fresh = onnx.load(export_reference(name, exporter, str(tmp_path / "fresh.onnx"), variant))
+    fresh = onnx.load(exported(name, exporter, variant, fresh=True))
     assert_same_export(without_stack_traces(fresh), onnx.load(committed_export(name, exporter, variant)))

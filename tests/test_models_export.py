@@ -17,9 +17,9 @@ from models.export import EXPORTERS, export, export_named, main
 @pytest.mark.slow
 @pytest.mark.parametrize("exporter", EXPORTERS)
 @pytest.mark.parametrize("name", list(REGISTRY))
-def test_export_matches_torch(name, exporter, tmp_path):
+def test_export_matches_torch(exported, name, exporter):
     model, example = build(name)
-    path = export(model, example, tmp_path / f"{name}.onnx", exporter)
+    path = exported(name, exporter, fresh=True)        # made by export_named(name, ..., seed=0)
     proto = check_export(model, example, path)
     assert proto.ir_version <= 10
     expected_out = (1, 2, 32, 32) if name == "unet" else (1, 10)

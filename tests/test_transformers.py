@@ -56,7 +56,8 @@ def test_gqa_kv_head_takes_its_query_heads(exported, name, exporter):
     assert sizes == [("in", 32), ("out", 16), ("out", 16), ("out", 32)], sizes
 
 
-BERT = {"minilm": dict(layers=6, heads=12, mlp=1536, macs=698e6), "bert_tiny": dict(layers=2, heads=4, mlp=64, macs=1.57e6)}
+BERT = {"minilm": dict(layers=6, heads=12, mlp=1536, macs=698e6),
+        "bert_tiny": dict(layers=2, heads=4, mlp=64, macs=1.57e6)}
 
 
 @pytest.mark.parametrize("name,exporter", export_params(["bert_tiny", "minilm"], EXPORTERS))
