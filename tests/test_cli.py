@@ -1,12 +1,13 @@
 """The command line as a user meets it: the demo, analyze -> edit plan -> prune -> verify,
 determinism, and bad input (one line on stderr, documented exit code, no traceback, input
-untouched, no partial output)."""
+untouched, no partial output).
+
+Each test takes the ``gp`` fixture (conftest.py): it runs in-process in the default tier and as a
+real ``python -m graphprune`` subprocess in the slow tier; tests/test_cli_process.py keeps a few
+real-process checks in the default tier."""
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -14,25 +15,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from graphprune.demo import build_demo_model
-
-
-def gp(*args, cwd=None):
-    env = dict(os.environ)
-    env.pop("GRAPHPRUNE_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "graphprune", *args], cwd=cwd, capture_output=True,
-                          text=True, env=env, timeout=300)
+from helpers_graphs import assert_one_line_error
 
 
 def sha(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
-
-
-def assert_one_line_error(r, code):
-    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("graphprune: error")]
-    assert len(lines) == 1, r.stderr
 
 
 @pytest.fixture()
@@ -42,7 +30,7 @@ def demo(tmp_path):
     return path
 
 
-def test_demo_run_without_model(tmp_path):
+def test_demo_run_without_model(gp, tmp_path):
     r = gp("run", "--no-bench", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "graphprune-demo.pruned.onnx").exists()
@@ -52,7 +40,7 @@ def test_demo_run_without_model(tmp_path):
     assert "MACs" in r.stdout and "verify" in r.stdout
 
 
-def test_run_report_fields_and_table(demo, tmp_path):
+def test_run_report_fields_and_table(gp, demo, tmp_path):
     out = tmp_path / "o.onnx"
     r = gp("run", str(demo), "-o", str(out), "--ratio", "0.3", "--round-to", "4")
     assert r.returncode == 0, r.stderr
@@ -69,14 +57,14 @@ def test_run_report_fields_and_table(demo, tmp_path):
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
 
 
-def test_default_output_paths(demo):
+def test_default_output_paths(gp, demo):
     r = gp("run", str(demo), "--no-bench")
     assert r.returncode == 0, r.stderr
     assert demo.with_name("demo.pruned.onnx").exists()
     assert demo.with_name("demo.pruned.report.json").exists()
 
 
-def test_deterministic_output(demo, tmp_path):
+def test_deterministic_output(gp, demo, tmp_path):
     outs = []
     for k in range(2):
         out = tmp_path / f"o{k}.onnx"
@@ -89,7 +77,7 @@ def test_deterministic_output(demo, tmp_path):
     assert outs[0] == outs[1]
 
 
-def test_analyze_edit_prune_verify(demo, tmp_path):
+def test_analyze_edit_prune_verify(gp, demo, tmp_path):
     plan = tmp_path / "plan.json"
     r = gp("analyze", str(demo), "--plan", str(plan))
     assert r.returncode == 0, r.stderr
@@ -117,7 +105,7 @@ def test_analyze_edit_prune_verify(demo, tmp_path):
     assert_one_line_error(r, 5)
 
 
-def test_inconsistent_plan_is_refused(demo, tmp_path):
+def test_inconsistent_plan_is_refused(gp, demo, tmp_path):
     plan = tmp_path / "plan.json"
     assert gp("analyze", str(demo), "--plan", str(plan)).returncode == 0
     pj = json.loads(plan.read_text())
@@ -152,7 +140,7 @@ def _bad_cases(tmp_path, demo):
     }
 
 
-def test_bad_input_one_line_errors(tmp_path, demo):
+def test_bad_input_one_line_errors(gp, tmp_path, demo):
     cases = _bad_cases(tmp_path, demo)
     before = {p: sha(p) for p in tmp_path.iterdir() if p.is_file()}
     for name, (args, code) in cases.items():
@@ -162,7 +150,7 @@ def test_bad_input_one_line_errors(tmp_path, demo):
     assert before == after  # inputs untouched, nothing partial left behind
 
 
-def test_bad_plan_file(demo, tmp_path):
+def test_bad_plan_file(gp, demo, tmp_path):
     bad = tmp_path / "plan.json"
     bad.write_text("{not json")
     r = gp("prune", str(demo), "--plan", str(bad), "-o", str(tmp_path / "o.onnx"))
@@ -191,7 +179,7 @@ def _conv_model(custom=False):
     return m
 
 
-def test_unknown_op_is_blocked_not_an_error(tmp_path):
+def test_unknown_op_is_blocked_not_an_error(gp, tmp_path):
     path = tmp_path / "custom.onnx"
     onnx.save(_conv_model(custom=True), str(path))
     r = gp("analyze", str(path))
@@ -200,7 +188,7 @@ def test_unknown_op_is_blocked_not_an_error(tmp_path):
     assert "0 prunable" in r.stdout
 
 
-def test_nothing_prunable_writes_unchanged_copy(tmp_path):
+def test_nothing_prunable_writes_unchanged_copy(gp, tmp_path):
     path = tmp_path / "single.onnx"
     m = _conv_model()
     # a conv whose output is the graph output: nothing to prune but conv1's output
@@ -213,7 +201,7 @@ def test_nothing_prunable_writes_unchanged_copy(tmp_path):
     assert sha(out) == sha(path)
 
 
-def test_external_data_model(tmp_path, demo):
+def test_external_data_model(gp, tmp_path, demo):
     ext = tmp_path / "ext"
     ext.mkdir()
     m = onnx.load(str(demo))
@@ -229,7 +217,7 @@ def test_external_data_model(tmp_path, demo):
     assert not (tmp_path / "out2.onnx").exists()
 
 
-def test_round_to_auto_uses_this_machines_simd_block(tmp_path, demo):
+def test_round_to_auto_uses_this_machines_simd_block(gp, tmp_path, demo):
     """--round-to auto resolves to bench.simd_block() (16 with AVX-512, 8 with AVX2): the run
     line says so, the report records the number and every pruned group keeps a multiple of it
     (or all of its channels)."""
@@ -273,7 +261,7 @@ def _qdq_conv_model():
     return m
 
 
-def test_quantized_model_is_left_whole_and_says_why(tmp_path):
+def test_quantized_model_is_left_whole_and_says_why(gp, tmp_path):
     path = tmp_path / "qdq.onnx"
     onnx.save(_qdq_conv_model(), str(path))
     r = gp("analyze", str(path))
@@ -288,7 +276,7 @@ def test_quantized_model_is_left_whole_and_says_why(tmp_path):
     assert w.data_type == TensorProto.INT8 and list(w.dims) == [8, 3, 3, 3]         # unchanged, still int8
 
 
-def test_layers_inside_control_flow_say_why(tmp_path):
+def test_layers_inside_control_flow_say_why(gp, tmp_path):
     rng = np.random.default_rng(6)
     branch = helper.make_graph(
         [helper.make_node("Conv", ["x", "w"], ["b"], pads=[1, 1, 1, 1])], "branch", [],

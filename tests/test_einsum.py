@@ -13,8 +13,7 @@ import pytest
 from graphprune.analyze.engine import AnalysisError
 from graphprune.analyze.rules.einsum import parse
 from graphprune.pipeline import Analyzed
-from helpers_graphs import GraphBuilder
-from test_rules import an_group_of, group_of, member, pruned, run_case
+from helpers_graphs import GraphBuilder, an_group_of, group_of, member, pruned, run_case
 
 T, C, N, H = 6, 16, 4, 8          # tokens, width, heads, head dim
 

@@ -2,7 +2,6 @@
 folded into initializers before analysis, so those layers prune and the oracle checks them."""
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from graphprune.fold import fold_weight_subgraphs

@@ -1,4 +1,6 @@
-"""Hostile inputs through the command line (``python -m graphprune run IN -o OUT``, subprocess).
+"""Hostile inputs through the command line (``graphprune run IN -o OUT``): each test takes the
+``gp`` fixture (conftest.py), so it runs in-process in the default tier and as a real
+``python -m graphprune`` subprocess in the slow tier.
 
 What tests/test_io.py (load_model on bad files, external-data checks, atomic saves) and
 tests/test_cli.py (empty/random/truncated files, ratio 1 / negative, round-to 0, unknown
@@ -18,7 +20,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -26,19 +27,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers_graphs import GraphBuilder
+from helpers_graphs import GraphBuilder, assert_one_line_error, error_lines
 
 F = TensorProto.FLOAT
 
 
 # ----------------------------------------------------------------------------- harness
-
-
-def gp(*args, cwd=None):
-    env = dict(os.environ)
-    env.pop("GRAPHPRUNE_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "graphprune", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, env=env, timeout=300)
 
 
 def folder_state(folder) -> dict:
@@ -54,19 +48,6 @@ def folder_state(folder) -> dict:
     return out
 
 
-def error_lines(r):
-    return [ln for ln in r.stderr.splitlines() if ln.startswith("graphprune: error")]
-
-
-def assert_failed(r, code, *words):
-    assert r.returncode == code, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = error_lines(r)
-    assert len(lines) == 1, r.stderr
-    for w in words:
-        assert w.lower() in lines[0].lower(), lines[0]
-
-
 def assert_ok(r):
     assert r.returncode == 0, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
     assert "Traceback" not in r.stderr and not error_lines(r), r.stderr
@@ -75,7 +56,8 @@ def assert_ok(r):
 class Case:
     """tmp/in/ holds the input model (and any data files), tmp/out/ receives the outputs."""
 
-    def __init__(self, tmp_path, model=None, raw: bytes = None, name="m.onnx", external=False):
+    def __init__(self, gp, tmp_path, model=None, raw: bytes = None, name="m.onnx", external=False):
+        self.gp = gp
         self.indir = tmp_path / "in"
         self.outdir = tmp_path / "out"
         self.indir.mkdir()
@@ -96,12 +78,12 @@ class Case:
         args = [cmd, self.path]
         if cmd == "run":
             args += ["-o", out or self.out, "--no-bench"]
-        r = gp(*args, *extra)
+        r = self.gp(*args, *extra)
         assert folder_state(self.indir) == self.before, "the input folder changed"
         return r
 
     def failed(self, r, code, *words):
-        assert_failed(r, code, *words)
+        assert_one_line_error(r, code, *words)
         assert os.listdir(self.outdir) == [], os.listdir(self.outdir)  # nothing partial, no temp file
 
     def succeeded(self, r) -> dict:
@@ -147,10 +129,10 @@ def run_ort(path_or_model, feed):
 
 
 @pytest.mark.parametrize("what", ["graph", "node", "value_info"])
-def test_valid_protobuf_that_is_not_a_model(tmp_path, what):
+def test_valid_protobuf_that_is_not_a_model(gp, tmp_path, what):
     m = chain()
     raw = {"graph": m.graph, "node": m.graph.node[0], "value_info": m.graph.input[0]}[what].SerializeToString()
-    c = Case(tmp_path, raw=raw)
+    c = Case(gp, tmp_path, raw=raw)
     c.failed(c.run(), 3, "not an onnx model")
 
 
@@ -172,15 +154,15 @@ def _invalid(kind):
 
 @pytest.mark.parametrize("kind", ["cycle", "dangling_input", "duplicate_tensor_name", "duplicate_initializer",
                                   "attribute_wrong_type"])
-def test_model_failing_the_checker(tmp_path, kind):
+def test_model_failing_the_checker(gp, tmp_path, kind):
     m = _invalid(kind)
     with pytest.raises(Exception):
         onnx.checker.check_model(m)
-    c = Case(tmp_path, m)
+    c = Case(gp, tmp_path, m)
     c.failed(c.run(), 3, "checker")
 
 
-def test_duplicate_node_names(tmp_path):
+def test_duplicate_node_names(gp, tmp_path):
     """Node names are not required to be unique by the ONNX checker, but onnxruntime refuses the
     model. Either graphprune copes (exit 0, oracle) or refuses the input (exit 3); an
     onnxruntime error escaping as 'internal error' (exit 1) is a bug."""
@@ -188,15 +170,15 @@ def test_duplicate_node_names(tmp_path):
     for n in m.graph.node:
         n.name = "same"
     onnx.checker.check_model(m)
-    c = Case(tmp_path, m)
+    c = Case(gp, tmp_path, m)
     c.refused_or_ok(c.run())
 
 
-def test_external_data_path_traversal(tmp_path):
+def test_external_data_path_traversal(gp, tmp_path):
     """An external-data location '../secret.bin' is refused before anything is read or written;
     the file it points at is untouched."""
     m = chain()
-    c = Case(tmp_path, m, external=True)
+    c = Case(gp, tmp_path, m, external=True)
     secret = tmp_path / "secret.bin"
     secret.write_bytes((c.indir / "m.onnx.data").read_bytes())
     raw = onnx.load(str(c.path), load_external_data=False)
@@ -211,8 +193,8 @@ def test_external_data_path_traversal(tmp_path):
     assert folder_state(tmp_path)["secret.bin"] == secret_sha
 
 
-def test_external_data_model_prunes_and_leaves_data_alone(tmp_path):
-    c = Case(tmp_path, chain(), external=True)
+def test_external_data_model_prunes_and_leaves_data_alone(gp, tmp_path):
+    c = Case(gp, tmp_path, chain(), external=True)
     assert (c.indir / "m.onnx.data").exists()
     rep = c.succeeded(c.run())
     assert group(rep, "c1")["channels_after"] < group(rep, "c1")["channels_before"]
@@ -231,19 +213,19 @@ def _custom_op_model():
     return b.model(y, output_shapes=[[1, 4, 8, 8]])
 
 
-def test_unknown_domain_op_analyze_lists_it(tmp_path):
-    c = Case(tmp_path, _custom_op_model())
+def test_unknown_domain_op_analyze_lists_it(gp, tmp_path):
+    c = Case(gp, tmp_path, _custom_op_model())
     r = c.run(cmd="analyze")
     assert_ok(r)
     assert "unknown op custom.domain::MyOp" in r.stdout
     assert "1 prunable" in r.stdout  # c2 still is
 
 
-def test_unknown_domain_op_run(tmp_path):
+def test_unknown_domain_op_run(gp, tmp_path):
     """`run` on a model with an op onnxruntime cannot execute: the unknown op blocks only its
     channels (exit 0), or verification is reported as impossible (exit 5, one line). An
     onnxruntime exception escaping as 'internal error' (exit 1) is a bug."""
-    c = Case(tmp_path, _custom_op_model())
+    c = Case(gp, tmp_path, _custom_op_model())
     r = c.run()
     if r.returncode == 0:
         assert_ok(r)
@@ -296,10 +278,10 @@ def _control_flow_model(kind):
 
 
 @pytest.mark.parametrize("kind", ["If", "Loop", "Scan"])
-def test_subgraph_reading_outer_conv_output(tmp_path, kind):
+def test_subgraph_reading_outer_conv_output(gp, tmp_path, kind):
     m = _control_flow_model(kind)
     onnx.checker.check_model(m, full_check=True)
-    c = Case(tmp_path, m)
+    c = Case(gp, tmp_path, m)
     rep = c.succeeded(c.run())
     g1, g2 = group(rep, "c1"), group(rep, "c2")
     assert g1["channels_after"] == g1["channels_before"]
@@ -314,7 +296,7 @@ def test_subgraph_reading_outer_conv_output(tmp_path, kind):
         np.testing.assert_allclose(pruned[1], dense[1], rtol=1e-5)  # the subgraph output is unchanged
 
 
-def test_subgraph_reading_a_weight(tmp_path):
+def test_subgraph_reading_a_weight(gp, tmp_path):
     """An If branch runs a Conv with the outer c5.weight: c5's input channels (c4's group) must
     keep their width, and the pruned model must still run down both branches."""
     b = GraphBuilder(opset=17, seed=3)
@@ -332,7 +314,7 @@ def test_subgraph_reading_a_weight(tmp_path):
                                [helper.make_tensor_value_info("e_out", F, [])])
     sub = b.node("If", [cond], name="if", then_branch=then_g, else_branch=else_g)
     m = b.model(y, sub, output_shapes=[[1, 4, 8, 8], []])
-    c = Case(tmp_path, m)
+    c = Case(gp, tmp_path, m)
     rep = c.succeeded(c.run())
     assert group(rep, "c4")["channels_after"] == 6
     assert group(rep, "c1")["channels_after"] < 8
@@ -345,7 +327,7 @@ def test_subgraph_reading_a_weight(tmp_path):
 # ----------------------------------------------------------------------------- shapes and types
 
 
-def test_symbolic_batch_and_spatial_dims(tmp_path):
+def test_symbolic_batch_and_spatial_dims(gp, tmp_path):
     b = GraphBuilder(opset=17, seed=4)
     x = b.input("x", ["N", 3, "H", "W"])
     h = b.relu(b.bn(b.conv(x, 3, 8, name="c1"), 8))
@@ -353,7 +335,7 @@ def test_symbolic_batch_and_spatial_dims(tmp_path):
     h = b.node("Flatten", [b.node("GlobalAveragePool", [h])], axis=1)
     y = b.gemm(h, 8, 5, name="fc")
     m = b.model(y, output_shapes=[["N", 5]])
-    c = Case(tmp_path, m)
+    c = Case(gp, tmp_path, m)
     rep = c.succeeded(c.run())
     assert group(rep, "c1")["channels_after"] == 4 and group(rep, "c2")["channels_after"] == 4
     pruned = onnx.load(str(c.out))
@@ -380,11 +362,11 @@ def _zero_size(kind):
 
 
 @pytest.mark.parametrize("kind", ["batch", "concat_empty_constant", "spatial"])
-def test_zero_size_tensors(tmp_path, kind):
+def test_zero_size_tensors(gp, tmp_path, kind):
     """Pruned correctly or a one-line refusal (exit 3), never an internal error."""
     m = _zero_size(kind)
     onnx.checker.check_model(m, full_check=True)
-    c = Case(tmp_path, m)
+    c = Case(gp, tmp_path, m)
     r = c.run()
     if kind == "batch" and r.returncode == 0:
         # a zero batch gives empty outputs: the oracle has nothing to compare and says so
@@ -423,11 +405,11 @@ def _cast_model(elem, cast_weights):
     return m
 
 
-def test_float16_model(tmp_path):
+def test_float16_model(gp, tmp_path):
     """float16 input, weights and output: pruned, oracle passes, still float16."""
     m = _cast_model(TensorProto.FLOAT16, cast_weights=False)
     onnx.checker.check_model(m, full_check=True)
-    c = Case(tmp_path, m)
+    c = Case(gp, tmp_path, m)
     rep = c.succeeded(c.run())
     assert group(rep, "c1")["channels_after"] == 4
     pruned = onnx.load(str(c.out))
@@ -435,16 +417,16 @@ def test_float16_model(tmp_path):
 
 
 @pytest.mark.parametrize("elem", [TensorProto.FLOAT16, TensorProto.BFLOAT16], ids=["float16", "bfloat16"])
-def test_low_precision_weights_cast_to_float(tmp_path, elem):
+def test_low_precision_weights_cast_to_float(gp, tmp_path, elem):
     """Weights stored in float16/bfloat16 and Cast to float before the Convs: handled (oracle
     passes; today graphprune prunes nothing here) or refused in one line."""
     m = _cast_model(elem, cast_weights=True)
     onnx.checker.check_model(m, full_check=True)
-    c = Case(tmp_path, m)
+    c = Case(gp, tmp_path, m)
     c.refused_or_ok(c.run())
 
 
-def test_bfloat16_matmul_model(tmp_path):
+def test_bfloat16_matmul_model(gp, tmp_path):
     """A bfloat16 MLP (valid ONNX; onnxruntime's CPU provider has no bfloat16 MatMul): pruned
     correctly or a clear one-line refusal, not an internal error."""
     BF = TensorProto.BFLOAT16
@@ -462,7 +444,7 @@ def test_bfloat16_matmul_model(tmp_path):
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 10
     onnx.checker.check_model(m, full_check=True)
-    c = Case(tmp_path, m)
+    c = Case(gp, tmp_path, m)
     c.refused_or_ok(c.run())
 
 
@@ -496,12 +478,12 @@ def _qdq_model(per_channel: bool):
 
 
 @pytest.mark.parametrize("per_channel", [True, False], ids=["per_channel", "per_tensor"])
-def test_int8_qdq_graph(tmp_path, per_channel):
+def test_int8_qdq_graph(gp, tmp_path, per_channel):
     """Blocked or handled, never wrong: exit 0 and the oracle passes; whatever was pruned keeps
     the int8 weights, their scales and zero points consistent (the model runs)."""
     m = _qdq_model(per_channel)
     onnx.checker.check_model(m, full_check=True)
-    c = Case(tmp_path, m)
+    c = Case(gp, tmp_path, m)
     rep = c.succeeded(c.run())
     xin = np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)
     assert run_ort(c.out, {"x": xin})[0].shape == (1, 4, 8, 8)
@@ -509,28 +491,28 @@ def test_int8_qdq_graph(tmp_path, per_channel):
         assert folder_state(c.outdir)["pruned.onnx"] == c.before["m.onnx"]  # unchanged copy
 
 
-def test_opset_too_old(tmp_path):
+def test_opset_too_old(gp, tmp_path):
     """Opset 7 (Conv/Relu unchanged since): pruned, or refused in one line."""
     m = chain()
     m.opset_import[0].version = 7
     onnx.checker.check_model(m)
-    c = Case(tmp_path, m)
+    c = Case(gp, tmp_path, m)
     c.refused_or_ok(c.run())
 
 
-def test_opset_too_new(tmp_path):
+def test_opset_too_new(gp, tmp_path):
     """Opset 30 (beyond onnx and onnxruntime): a one-line input error (exit 3)."""
     m = chain()
     m.opset_import[0].version = 30
-    c = Case(tmp_path, m)
+    c = Case(gp, tmp_path, m)
     c.failed(c.run(), 3)
 
 
 # ----------------------------------------------------------------------------- output paths
 
 
-def test_output_is_the_input_by_another_spelling(tmp_path):
-    c = Case(tmp_path, chain())
+def test_output_is_the_input_by_another_spelling(gp, tmp_path):
+    c = Case(gp, tmp_path, chain())
     (c.indir / "sub").mkdir()
     os.symlink(c.path, c.indir / "link.onnx")
     c.before = folder_state(c.indir)
@@ -540,16 +522,16 @@ def test_output_is_the_input_by_another_spelling(tmp_path):
     c.failed(c.run("--report", c.path), 2, "input")
 
 
-def test_report_folder_missing_writes_no_model(tmp_path):
-    c = Case(tmp_path, chain())
+def test_report_folder_missing_writes_no_model(gp, tmp_path):
+    c = Case(gp, tmp_path, chain())
     c.failed(c.run("--report", tmp_path / "nowhere" / "r.json"), 4)
 
 
-def test_output_parent_is_a_file(tmp_path):
-    c = Case(tmp_path, chain())
+def test_output_parent_is_a_file(gp, tmp_path):
+    c = Case(gp, tmp_path, chain())
     (c.outdir / "afile").write_text("x")
     r = c.run(out=c.outdir / "afile" / "o.onnx")
-    assert_failed(r, 4)
+    assert_one_line_error(r, 4)
     assert os.listdir(c.outdir) == ["afile"]
 
 
@@ -560,11 +542,11 @@ def _chattr(flag, path) -> bool:
     return subprocess.run([exe, flag, str(path)], capture_output=True).returncode == 0
 
 
-def test_output_folder_read_only(tmp_path):
+def test_output_folder_read_only(gp, tmp_path):
     """A read-only (immutable) output folder: exit 4, nothing left behind. Root ignores mode
     bits, so this uses chattr +i; where chattr does not work the same refusal is checked on
     an output path whose parent is a file."""
-    c = Case(tmp_path, chain())
+    c = Case(gp, tmp_path, chain())
     if _chattr("+i", c.outdir):
         try:
             r = c.run()
@@ -574,26 +556,26 @@ def test_output_folder_read_only(tmp_path):
     else:
         (tmp_path / "plain").write_text("x")
         r = c.run(out=tmp_path / "plain" / "o.onnx")
-        assert_failed(r, 4)
+        assert_one_line_error(r, 4)
         assert os.listdir(c.outdir) == []
 
 
-def test_output_file_immutable(tmp_path):
+def test_output_file_immutable(gp, tmp_path):
     """The target exists and cannot be replaced: exit 4, the old file intact, no temp file."""
-    c = Case(tmp_path, chain())
+    c = Case(gp, tmp_path, chain())
     c.out.write_bytes(b"old")
     if not _chattr("+i", c.out):
         c.out.unlink()
         c.out.mkdir()       # fallback: the target is a directory
         r = c.run()
-        assert_failed(r, 4)
+        assert_one_line_error(r, 4)
         assert os.listdir(c.outdir) == ["pruned.onnx"]
         return
     try:
         r = c.run()
     finally:
         _chattr("-i", c.out)
-    assert_failed(r, 4)
+    assert_one_line_error(r, 4)
     assert c.out.read_bytes() == b"old"
     assert [p for p in os.listdir(c.outdir) if p != "pruned.onnx"] == []
 
@@ -606,28 +588,28 @@ def test_output_file_immutable(tmp_path):
     ["--round-to", "-3"], ["--round-to", "2.5"], ["--round-to", "automatic"], ["--threads", "0"],
     ["--criterion", "L2"],
 ], ids=lambda a: " ".join(a))
-def test_options_out_of_range(tmp_path, args):
-    c = Case(tmp_path, chain())
+def test_options_out_of_range(gp, tmp_path, args):
+    c = Case(gp, tmp_path, chain())
     c.failed(c.run(*args), 2)
 
 
-def test_analyze_options_out_of_range(tmp_path):
-    c = Case(tmp_path, chain())
+def test_analyze_options_out_of_range(gp, tmp_path):
+    c = Case(gp, tmp_path, chain())
     for args in (["--ratio", "nan"], ["--ratio", "-1"], ["--round-to", "0"]):
-        assert_failed(c.run(*args, cmd="analyze"), 2)
+        assert_one_line_error(c.run(*args, cmd="analyze"), 2)
 
 
-def test_round_to_larger_than_every_group(tmp_path):
+def test_round_to_larger_than_every_group(gp, tmp_path):
     """Not an error: nothing can be pruned, an unchanged copy is written (exit 0)."""
-    c = Case(tmp_path, chain())
+    c = Case(gp, tmp_path, chain())
     r = c.run("--round-to", "1000")
     rep = c.succeeded(r)
     assert rep["summary"]["pruned_groups"] == 0
     assert folder_state(c.outdir)["pruned.onnx"] == c.before["m.onnx"]
 
 
-def test_protect_with_no_match_is_a_no_op(tmp_path):
-    c = Case(tmp_path, chain())
+def test_protect_with_no_match_is_a_no_op(gp, tmp_path):
+    c = Case(gp, tmp_path, chain())
     rep = c.succeeded(c.run("--protect", "no_such_node*", "--protect", "nothing"))
     assert rep["summary"]["pruned_groups"] == 2
     first = folder_state(c.outdir)["pruned.onnx"]

@@ -1,6 +1,9 @@
 """Every reference model, from both exporters, pruned at 0.3 and 0.5: checker passes, it runs in
 onnxruntime with the same output shapes, MACs fall, the masked-dense oracle holds; ratio 0 is a
-byte-identical copy with bit-identical outputs."""
+byte-identical copy with bit-identical outputs.
+
+The default tier runs the exports committed under tests/data/exports (a covering subset, see
+helpers_graphs.COMMITTED_EXPORTS); the rest of each matrix is exported afresh in the slow tier."""
 
 import numpy as np
 import onnx
@@ -8,14 +11,14 @@ import pytest
 
 from graphprune.bench import random_inputs, run_model
 from graphprune.pipeline import Options, prune
+from helpers_graphs import EXPORT_VARIANTS, export_params
 from models.cnn import REGISTRY
 
 NAMES = sorted(REGISTRY)
 EXPORTERS = ["legacy", "dynamo"]
 
 
-@pytest.mark.parametrize("exporter", EXPORTERS)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name,exporter", export_params(NAMES, EXPORTERS))
 def test_prune_reference_model(exported, name, exporter):
     model = onnx.load(exported(name, exporter))
     feed = random_inputs(model, seed=3)
@@ -36,8 +39,7 @@ def test_prune_reference_model(exported, name, exporter):
         assert res.model.ir_version <= 13
 
 
-@pytest.mark.parametrize("exporter", EXPORTERS)
-@pytest.mark.parametrize("name", ["resnet_basic", "shufflenetv2", "densenet"])
+@pytest.mark.parametrize("name,exporter", export_params(["resnet_basic", "shufflenetv2", "densenet"], EXPORTERS))
 def test_ratio_zero_is_identity(exported, name, exporter):
     model = onnx.load(exported(name, exporter))
     res = prune(model, Options(ratio=0.0, bench=False))
@@ -55,21 +57,13 @@ def test_ratio_reduces_more_with_higher_ratio(exported):
 
 
 VARIANT_MODELS = ["resnet_basic", "shufflenetv2", "vgg_view", "densenet", "mobilenetv3", "convnext", "resnext"]
-VARIANTS = {"bn-kept": dict(keep_bn=True), "dynamic-batch": dict(dynamic_batch=True),
-            "opset13": dict(opset=13), "opset21": dict(opset=21)}
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-@pytest.mark.parametrize("exporter", EXPORTERS)
-@pytest.mark.parametrize("name", VARIANT_MODELS)
-def test_export_variants(tmp_path, name, exporter, variant):
+@pytest.mark.parametrize("name,exporter,variant", export_params(VARIANT_MODELS, EXPORTERS, sorted(EXPORT_VARIANTS)))
+def test_export_variants(exported, name, exporter, variant):
     """BN kept or folded, dynamic batch, opsets 13 and 21: same guarantees; every group that is
     prunable with a static export stays prunable."""
-    from models.export import export_named
-
-    path = str(tmp_path / "m.onnx")
-    export_named(name, path, exporter, **VARIANTS[variant])
-    model = onnx.load(path)
+    model = onnx.load(exported(name, exporter, variant))
     res = prune(model, Options(ratio=0.5, bench=False))
     rep = res.report
     onnx.checker.check_model(res.model, full_check=True)

@@ -7,8 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from helpers_graphs import GraphBuilder
-from test_rules import group_of, member, pruned, run_case
+from helpers_graphs import GraphBuilder, group_of, member, pruned, run_case
 
 T, C, H, D = 6, 16, 4, 4
 

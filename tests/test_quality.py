@@ -1,7 +1,6 @@
 """Pruning quality: criteria, calibration statistics, allocation to a MACs target, repair."""
 
-import subprocess
-import sys
+import functools
 
 import numpy as np
 import onnx
@@ -9,7 +8,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from graphprune import bench
-from graphprune.analyze import consumer_inputs
 from graphprune.calib import Calibration, ConvSpec, Request, collect, im2col
 from graphprune.cost import CostModel
 from graphprune.errors import CalibrationError, UsageError
@@ -273,7 +271,7 @@ def test_missing_calibration_is_a_clear_usage_error(model):
         assert "needs calibration data" in msg and "--calib" in msg
 
 
-def test_cli_calib_flags_and_errors(model, tmp_path):
+def test_cli_calib_flags_and_errors(gp, model, tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(model, str(path))
     np.savez(tmp_path / "c.npz", x=calib_data(32))
@@ -282,9 +280,7 @@ def test_cli_calib_flags_and_errors(model, tmp_path):
     np.save(tmp_path / "d" / "a.npy", calib_data(16))
     np.save(tmp_path / "d" / "b.npy", calib_data(16, seed=3))
 
-    def gp(*args):
-        return subprocess.run([sys.executable, "-m", "graphprune", *args], capture_output=True, text=True,
-                              cwd=tmp_path)
+    gp = functools.partial(gp, cwd=tmp_path)
     r = gp("run", "m.onnx", "--criterion", "obs", "--calib", "c.npz", "--scope", "global", "--target-macs", "0.5",
            "--repair", "lstsq", "--no-bench", "-q")
     assert r.returncode == 0, r.stderr

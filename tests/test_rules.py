@@ -14,77 +14,12 @@ import pytest
 from onnx import helper, numpy_helper
 
 from graphprune.bench import random_inputs, run_model
-from graphprune.pipeline import Analyzed, Options, prune
+from graphprune.pipeline import Analyzed
 from graphprune.plan import make_plan
 from graphprune.score import score
-from helpers_graphs import FLOAT, GraphBuilder
+from helpers_graphs import FLOAT, GraphBuilder, an_group_of, group_of, init, member, pruned, run_case
 
 OPSETS = (13, 15, 17, 18, 19, 21)
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def run_case(model, expect_pruned=True, check_verify=True, batch=1, **opts):
-    """Prune with bench off and check the invariants every case shares. Returns the Result."""
-    kw = {"ratio": 0.5, "round_to": 1, "bench": False}
-    kw.update(opts)
-    res = prune(model, Options(**kw))
-    onnx.checker.check_model(res.model, full_check=True)
-    if check_verify:
-        v = res.report["verify"]
-        assert v["passed"], f"masked-dense oracle failed: {v}"
-    feed = random_inputs(model, seed=7, batch=batch)
-    dense = run_model(model, feed)
-    pruned = run_model(res.model, feed)
-    assert list(dense) == list(pruned)
-    for k in dense:
-        assert dense[k].shape == pruned[k].shape, (k, dense[k].shape, pruned[k].shape)
-        assert np.isfinite(pruned[k]).all()
-    macs = res.report["macs"]
-    if expect_pruned:
-        assert res.report["summary"]["pruned_groups"] >= 1, res.report["summary"]
-        assert macs["after"] < macs["before"], macs
-    return res
-
-
-def group_of(res, tensor, role=None):
-    """The report group that has a member on `tensor` (optionally with that role)."""
-    for g in res.report["groups"]:
-        for m in g["members"]:
-            if m["tensor"] == tensor and (role is None or m["role"] == role):
-                return g
-    raise AssertionError(f"no group has a member {tensor} ({role})")
-
-
-def member(group, tensor, role=None):
-    for m in group["members"]:
-        if m["tensor"] == tensor and (role is None or m["role"] == role):
-            return m
-    raise AssertionError(f"group {group['id']} has no member {tensor}")
-
-
-def an_group_of(an, tensor, role=None):
-    """The analysis Group with a member on `tensor`."""
-    for g in an.groups:
-        for gm in g.members:
-            if gm.member.tensor == tensor and (role is None or gm.member.role == role):
-                return g
-    raise AssertionError(f"no group has a member {tensor}")
-
-
-def pruned(g):
-    return g["channels_after"] < g["channels_before"]
-
-
-def init(model, name):
-    for t in model.graph.initializer:
-        if t.name == name:
-            return numpy_helper.to_array(t)
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.output[0] == name:
-            return numpy_helper.to_array(n.attribute[0].t)
-    raise KeyError(name)
 
 
 # ----------------------------------------------------------------------------- 1. basic chain

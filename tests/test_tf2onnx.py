@@ -16,22 +16,21 @@ from onnx import numpy_helper
 import pytest
 
 from graphprune.analyze.engine import AnalysisError
-from graphprune.analyze.rules.reshape import _runs
+from graphprune.analyze.rules.reshape import axis_runs
 from graphprune.pipeline import Analyzed
-from helpers_graphs import GraphBuilder
-from test_rules import group_of, member, pruned, run_case
+from helpers_graphs import GraphBuilder, assert_one_line_error, group_of, member, pruned, run_case
 
 KERAS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "keras_encoder.onnx")
 
 
 def test_runs_pair_from_both_ends_around_symbolic_dims():
-    assert _runs(["n*t", 64], ["n", 16, 64]) == [([0], [0, 1]), ([1], [2])]
-    assert _runs([8, "n*t", 4, 6], [8, "n", "t", 24]) == [([0], [0]), ([1], [1, 2]), ([2, 3], [3])]
-    assert _runs(["b", 12, 64], ["b", 768]) == [([0], [0]), ([1, 2], [1])]
+    assert axis_runs(["n*t", 64], ["n", 16, 64]) == [([0], [0, 1]), ([1], [2])]
+    assert axis_runs([8, "n*t", 4, 6], [8, "n", "t", 24]) == [([0], [0]), ([1], [1, 2]), ([2, 3], [3])]
+    assert axis_runs(["b", 12, 64], ["b", 768]) == [([0], [0]), ([1, 2], [1])]
     # what cannot be paired is one run; map_reshape blocks any channel axis inside it
-    assert _runs(["a", 4], ["b", 5]) == [([0, 1], [0, 1])]
+    assert axis_runs(["a", 4], ["b", 5]) == [([0, 1], [0, 1])]
     with pytest.raises(AnalysisError):
-        _runs([4, 3], [4])
+        axis_runs([4, 3], [4])
 
 
 def _tensordot(b: GraphBuilder, x: str, cin: int, cout: int, name: str) -> str:
@@ -100,32 +99,19 @@ def test_tf2onnx_batch_symbol_counts_as_batch_one():
 
 # ----------------------------------------------------------------------------- --static-batch
 
-def _gp(*args, cwd=None):
-    import subprocess
-    import sys
-    return subprocess.run([sys.executable, "-m", "graphprune", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
-
-
-def _one_line_error(r, code=2):
-    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr
-    assert len([ln for ln in r.stderr.splitlines() if ln.startswith("graphprune: error")]) == 1, r.stderr
-
-
-def test_static_batch_lets_heads_merged_into_the_batch_prune(tmp_path):
+def test_static_batch_lets_heads_merged_into_the_batch_prune(gp, tmp_path):
     """tf2onnx flattens [batch, heads] into one symbolic axis for its batched MatMuls: with a
     symbolic batch the heads cannot be followed (analyze says how to fix it); --static-batch 1
     fixes the batch and the heads prune, oracle passed."""
     import json
 
-    r = _gp("analyze", KERAS)
+    r = gp("analyze", KERAS)
     assert r.returncode == 0, r.stderr
     assert "10 groups, 2 prunable" in r.stdout and "with --static-batch 1, 4 groups are prunable" in r.stdout
-    r = _gp("analyze", KERAS, "--static-batch", "1")
+    r = gp("analyze", KERAS, "--static-batch", "1")
     assert "6 groups, 4 prunable" in r.stdout and "hint" not in r.stdout
     out = tmp_path / "k.onnx"
-    r = _gp("run", KERAS, "--static-batch", "1", "-o", str(out), "--no-bench")
+    r = gp("run", KERAS, "--static-batch", "1", "-o", str(out), "--no-bench")
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "k.report.json").read_text())
     assert rep["verify"]["passed"] and rep["summary"]["options"]["static_batch"] == 1
@@ -137,15 +123,16 @@ def test_static_batch_lets_heads_merged_into_the_batch_prune(tmp_path):
     assert original.graph.input[0].type.tensor_type.shape.dim[0].dim_param    # input file untouched
 
 
-def test_static_batch_bad_values(tmp_path):
+def test_static_batch_bad_values(gp, tmp_path):
     from graphprune.demo import build_demo_model
 
-    _one_line_error(_gp("run", KERAS, "--static-batch", "0", "-o", str(tmp_path / "a.onnx")))
-    _one_line_error(_gp("run", KERAS, "--static-batch", "2", "--calib-batch", "3", "-o", str(tmp_path / "a.onnx")))
+    assert_one_line_error(gp("run", KERAS, "--static-batch", "0", "-o", str(tmp_path / "a.onnx")), 2)
+    assert_one_line_error(gp("run", KERAS, "--static-batch", "2", "--calib-batch", "3",
+                             "-o", str(tmp_path / "a.onnx")), 2)
     demo = tmp_path / "demo.onnx"
     onnx.save(build_demo_model(seed=0), str(demo))              # static batch 1: nothing to fix
-    r = _gp("analyze", str(demo), "--static-batch", "1")
-    _one_line_error(r)
+    r = gp("analyze", str(demo), "--static-batch", "1")
+    assert_one_line_error(r, 2)
     assert "no symbolic batch" in r.stderr
     assert not (tmp_path / "a.onnx").exists()
 

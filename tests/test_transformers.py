@@ -1,5 +1,8 @@
 """Transformers: heads, MLP widths and GQA found and pruned automatically, from both exporters,
-with dynamic batch and sequence; MiniLM (real weights) too; unprovable heads are blocked."""
+with dynamic batch and sequence; MiniLM (real weights) too; unprovable heads are blocked.
+
+Models come from the ``exported`` fixture (conftest.py): committed exports in the default tier,
+fresh exports (MiniLM always: its real weights are too large to commit) in the slow tier."""
 
 import numpy as np
 import onnx
@@ -7,30 +10,9 @@ import pytest
 
 from graphprune.bench import random_inputs, run_model
 from graphprune.pipeline import Analyzed, Options, prune
+from helpers_graphs import export_params
 
 EXPORTERS = ["legacy", "dynamo"]
-
-
-@pytest.fixture(scope="module")
-def tmodels(tmp_path_factory):
-    from models.transformers import export_named
-
-    cache = {}
-    folder = tmp_path_factory.mktemp("tf")
-
-    def get(name, exporter):
-        if (name, exporter) not in cache:
-            path = str(folder / f"{name}.{exporter}.onnx")
-            if name == "minilm":
-                from models import minilm
-
-                minilm.export(path, exporter)
-            else:
-                export_named(name, path, exporter)
-            cache[(name, exporter)] = path
-        return cache[(name, exporter)]
-
-    return get
 
 
 def _check(model, res, dims):
@@ -45,10 +27,9 @@ def _check(model, res, dims):
     return rep
 
 
-@pytest.mark.parametrize("exporter", EXPORTERS)
-@pytest.mark.parametrize("name", ["vit", "gpt2", "llama"])
-def test_heads_and_mlp(tmodels, name, exporter):
-    model = onnx.load(tmodels(name, exporter))
+@pytest.mark.parametrize("name,exporter", export_params(["vit", "gpt2", "llama"], EXPORTERS))
+def test_heads_and_mlp(exported, name, exporter):
+    model = onnx.load(exported(name, exporter))
     res = prune(model, Options(ratio=0.5, bench=False))
     rep = _check(model, res, ["sequence"])
     heads = [g for g in rep["groups"] if g["kind"] == "heads"]
@@ -61,11 +42,11 @@ def test_heads_and_mlp(tmodels, name, exporter):
     assert 0.45 < ratio < 0.75, ratio
 
 
-@pytest.mark.parametrize("exporter", EXPORTERS)
-def test_gqa_kv_head_takes_its_query_heads(tmodels, exporter):
+@pytest.mark.parametrize("name,exporter", export_params(["llama"], EXPORTERS))
+def test_gqa_kv_head_takes_its_query_heads(exported, name, exporter):
     """LLaMA config: 4 query heads, 2 KV heads, head dim 16: a unit is one KV head with its two
     query heads; the query projection loses 2 x 16 rows per removed KV head."""
-    model = onnx.load(tmodels("llama", exporter))
+    model = onnx.load(exported(name, exporter))
     res = prune(model, Options(ratio=0.5, bench=False))
     _check(model, res, ["sequence"])
     g = next(g for g in res.report["groups"] if g["kind"] == "heads")
@@ -75,22 +56,30 @@ def test_gqa_kv_head_takes_its_query_heads(tmodels, exporter):
     assert sizes == [("in", 32), ("out", 16), ("out", 16), ("out", 32)], sizes
 
 
-@pytest.mark.parametrize("exporter", EXPORTERS)
-def test_minilm_heads_and_mlp(tmodels, exporter):
-    model = onnx.load(tmodels("minilm", exporter))
+BERT = {"minilm": dict(layers=6, heads=12, mlp=1536, macs=698e6),
+        "bert_tiny": dict(layers=2, heads=4, mlp=64, macs=1.57e6)}
+
+
+@pytest.mark.parametrize("name,exporter", export_params(["bert_tiny", "minilm"], EXPORTERS))
+def test_minilm_heads_and_mlp(exported, name, exporter):
+    """MiniLM (real weights), and bert_tiny (the same architecture, random weights; default tier)."""
+    cfg = BERT[name]
+    model = onnx.load(exported(name, exporter))
     res = prune(model, Options(head_ratio=0.5, mlp_ratio=0.5, bench=False))
     rep = _check(model, res, ["sequence"])
     heads = [g for g in rep["groups"] if g["kind"] == "heads"]
-    assert len(heads) == 6 and all(g["channels_before"] == 12 and g["channels_after"] == 6 for g in heads)
+    assert len(heads) == cfg["layers"]
+    assert all(g["channels_before"] == cfg["heads"] and g["channels_after"] == cfg["heads"] // 2 for g in heads)
     mlps = [g for g in rep["groups"] if g["kind"] == "channels"]
-    assert len(mlps) == 6 and all(g["channels_after"] == 768 for g in mlps)
+    assert len(mlps) == cfg["layers"] and all(g["channels_after"] == cfg["mlp"] // 2 for g in mlps)
     # attention and MLP MACs halve at sequence 64 (run-time shapes)
-    assert rep["macs"]["before"] == pytest.approx(698e6, rel=0.01)
+    assert rep["macs"]["before"] == pytest.approx(cfg["macs"], rel=0.01)
     assert rep["macs"]["after"] / rep["macs"]["before"] == pytest.approx(0.5, abs=0.01)
 
 
-def test_head_ratio_only(tmodels):
-    model = onnx.load(tmodels("vit", "legacy"))
+@pytest.mark.parametrize("name,exporter", export_params(["vit"], ["legacy"]))
+def test_head_ratio_only(exported, name, exporter):
+    model = onnx.load(exported(name, exporter))
     res = prune(model, Options(ratio=0.5, head_ratio=0.5, mlp_ratio=0.0, bench=False))
     for g in res.report["groups"]:
         if g["kind"] == "heads":
@@ -99,9 +88,9 @@ def test_head_ratio_only(tmodels):
             assert g["channels_after"] == g["channels_before"]
 
 
-@pytest.mark.parametrize("name", ["vit", "gpt2"])
-def test_prune_hidden_is_inexact_but_runs(tmodels, name):
-    model = onnx.load(tmodels(name, "legacy"))
+@pytest.mark.parametrize("name,exporter", export_params(["vit", "gpt2"], ["legacy"]))
+def test_prune_hidden_is_inexact_but_runs(exported, name, exporter):
+    model = onnx.load(exported(name, exporter))
     res = prune(model, Options(ratio=0.5, prune_hidden=True, bench=False))
     hidden = [g for g in res.report["groups"] if g["kind"] == "hidden"]
     assert hidden and all(not g["exact"] and g["channels_after"] < g["channels_before"] for g in hidden)
@@ -113,11 +102,12 @@ def test_prune_hidden_is_inexact_but_runs(tmodels, name):
     assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
 
 
-def test_custom_op_in_attention_blocks_only_that_layer(tmodels):
+@pytest.mark.parametrize("name,exporter", export_params(["vit"], ["legacy"]))
+def test_custom_op_in_attention_blocks_only_that_layer(exported, name, exporter):
     """Replace block 1's Softmax with an unknown op: its heads cannot be proven, so they are
     blocked with the op named; block 0's heads and MLP still prune. (Shape inference stops at
     the unknown op, so what lies after it is blocked too, each with its reason.)"""
-    model = onnx.load(tmodels("vit", "legacy"))
+    model = onnx.load(exported(name, exporter))
     for node in model.graph.node:
         if node.op_type == "Softmax" and "blocks.1" in node.name:
             node.op_type = "MySoftmax"
@@ -135,15 +125,20 @@ def test_custom_op_in_attention_blocks_only_that_layer(tmodels):
     assert res.report["summary"]["pruned_groups"] == 2
 
 
-def test_ort_fused_contrib_ops(tmodels, tmp_path):
-    """MiniLM after onnxruntime's transformer optimizer: com.microsoft Attention,
-    SkipLayerNormalization, BiasGelu, EmbedLayerNormalization. Heads (num_heads rewritten) and
-    MLP widths prune; the oracle holds."""
+FUSED = {"minilm": dict(heads=12, hidden=384, layers=6), "bert_tiny": dict(heads=4, hidden=32, layers=2)}
+
+
+@pytest.mark.parametrize("name,exporter", export_params(["bert_tiny", "minilm"], ["legacy"]))
+def test_ort_fused_contrib_ops(exported, name, exporter, tmp_path):
+    """MiniLM (and a tiny BERT of the same architecture, in the default tier) after onnxruntime's
+    transformer optimizer: com.microsoft Attention, SkipLayerNormalization, BiasGelu,
+    EmbedLayerNormalization. Heads (num_heads rewritten) and MLP widths prune; the oracle holds."""
     from onnxruntime.transformers import optimizer
 
+    cfg = FUSED[name]
     fused = str(tmp_path / "fused.onnx")
-    opt = optimizer.optimize_model(tmodels("minilm", "legacy"), model_type="bert", num_heads=12,
-                                   hidden_size=384, opt_level=0)
+    opt = optimizer.optimize_model(exported(name, exporter), model_type="bert", num_heads=cfg["heads"],
+                                   hidden_size=cfg["hidden"], opt_level=0)
     opt.save_model_to_file(fused)
     model = onnx.load(fused)
     ops = {(n.domain, n.op_type) for n in model.graph.node}
@@ -151,9 +146,11 @@ def test_ort_fused_contrib_ops(tmodels, tmp_path):
     res = prune(model, Options(ratio=0.5, bench=False))
     _check(model, res, ["sequence"])
     heads = [g for g in res.report["groups"] if g["kind"] == "heads"]
-    assert len(heads) == 6 and all(g["channels_after"] == 6 for g in heads)
+    assert len(heads) == cfg["layers"] and all(g["channels_after"] == cfg["heads"] // 2 for g in heads)
+    mlps = [g for g in res.report["groups"] if g["kind"] == "channels"]
+    assert len(mlps) == cfg["layers"] and all(g["channels_after"] == g["channels_before"] // 2 for g in mlps)
     attn = [n for n in res.model.graph.node if n.op_type == "Attention"]
-    assert all(a.i == 6 for n in attn for a in n.attribute if a.name == "num_heads")
+    assert all(a.i == cfg["heads"] // 2 for n in attn for a in n.attribute if a.name == "num_heads")
 
 
 def test_unhandled_contrib_op_blocks_with_reason():

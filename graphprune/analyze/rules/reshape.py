@@ -62,7 +62,7 @@ def _runs_from_left(ishape, oshape):
     return runs, i, j
 
 
-def _runs(ishape, oshape):
+def axis_runs(ishape, oshape):
     """Pair contiguous axis runs of equal size product. Returns [(in_axes, out_axes)].
 
     Runs are paired from the left, then from the right; symbolic dimensions that pair with
@@ -102,7 +102,7 @@ def map_reshape(ctx, x, y, ishape, oshape):
     if not desc:
         return {}
     out = {}
-    for ia, ja in _runs(ishape, oshape):
+    for ia, ja in axis_runs(ishape, oshape):
         carried = [a for a in ia if a in desc]
         if not carried:
             continue
