@@ -356,8 +356,10 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
     elif do_bench:
         progress("bench")
         def timed(size):                      # free dims: the first size the model runs at (see verify)
-            feed = _bench_feed(model, check_feeds[0]) if check_feeds else bench.random_inputs(model, seed=opts.seed, other=size,
-                                                                          ranges=opts.input_ranges)
+            if check_feeds:
+                feed = _bench_feed(model, check_feeds[0])
+            else:
+                feed = bench.random_inputs(model, seed=opts.seed, other=size, ranges=opts.input_ranges)
             return bench.measure_latency(model, pruned, feed, threads=opts.threads, repeats=opts.bench_repeats,
                                          max_seconds=opts.bench_seconds)
         try:
