@@ -77,6 +77,13 @@ def test_index_bounds_follow_casts_and_shifts():
     assert bench.run_model(m, bench.random_inputs(m))["y"].shape == (1, 1, 4, 3)
 
 
+def test_synthetic_calibration_indices_are_valid_too():
+    from graphprune.calib import synthetic
+
+    for f in synthetic(wg.bert_like()).feeds:
+        assert f["token_type_ids"].max() <= 1 and f["input_ids"].max() < 30
+
+
 def test_bert_like_prunes_with_default_options(tmp_path, capsys):
     path = save(tmp_path, "bert_like")
     code, out, err = gp(capsys, "run", path)
