@@ -80,6 +80,11 @@ def print_summary(report: dict) -> None:
     for name, b, a, r in rows:
         click.echo(f"{name:12s} {b:>10s} {a:>10s} {r:7.2f}x")
     s = report["summary"]
+    tgt = s.get("target") or {}
+    if "latency" in tgt:
+        state = "within tolerance" if tgt["converged"] else f"NOT within ±{tgt['tolerance']:.0%}: closest shown"
+        click.echo(f"target       latency {tgt['latency']:.3f} of dense: measured {tgt['measured']:.3f} ({state}, "
+                   f"{len(tgt['iterations'])} measurement(s))")
     click.echo(f"groups       {s['pruned_groups']} pruned of {s['prunable_groups']} prunable ({s['groups']} found)")
     v = report.get("verify")
     if v is not None and "skipped" in v:
@@ -197,6 +202,31 @@ def _repair_options(f):
     return f
 
 
+def _latency_options(f):
+    f = click.option("--html", "html_out", default=None, metavar="REPORT.html",
+                     help="also write a self-contained HTML report (per-layer widths, MACs, latency, groups)")(f)
+    f = click.option("--latency-cache", default=None, metavar="DIR",
+                     help="folder of the per-layer timing cache [default: ~/.cache/graphprune; '' turns it off]")(f)
+    f = click.option("--latency-iterations", type=int, default=6, show_default=True,
+                     help="--target-latency: measured bisection steps at most")(f)
+    f = click.option("--latency-tolerance", type=float, default=0.05, show_default=True,
+                     help="--target-latency: accepted relative error of the measured latency")(f)
+    f = click.option("--target-latency", type=float, default=None, metavar="F",
+                     help="prune until the measured latency is F of the dense model's on this machine (implies "
+                          "--scope global unless --scope is given)")(f)
+    return f
+
+
+def _latency(kw: dict) -> dict:
+    """Options fields from the latency flags (--target-latency defaults the scope to global)."""
+    q = {k: kw.pop(k) for k in ("target_latency", "latency_tolerance", "latency_iterations", "latency_cache")}
+    if q["target_latency"] is not None:
+        src = click.get_current_context().get_parameter_source("scope")
+        if src is not None and src.name == "DEFAULT":
+            kw["scope"] = "global"
+    return q
+
+
 QUALITY_KEYS = ("calib", "calib_dir", "calib_batch", "reduce", "normalize", "scope", "target_macs", "target_params",
                 "min_ratio", "max_ratio", "repair", "ridge", "ridge_prior")
 
@@ -242,9 +272,10 @@ def _quality(kw: dict, static_batch: Optional[int] = None) -> dict:
 @click.option("--demo", is_flag=True, help="prune the built-in demo CNN (also used when MODEL is omitted)")
 @_static_batch_option
 @_repair_options
+@_latency_options
 @click.option("-q", "--quiet", is_flag=True)
 def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_inexact, head_ratio, mlp_ratio,
-        prune_hidden, threads, bench, verify, demo, static_batch, quiet, **quality):
+        prune_hidden, threads, bench, verify, demo, static_batch, quiet, html_out, **quality):
     """Prune MODEL end to end: load, analyze, score, plan, rewrite, verify, bench, save."""
     from .io import check_output_path, save_json_atomic, save_model
     from .pipeline import Options, check_verified, prune
@@ -252,7 +283,7 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
     opts = Options(ratio=ratio, round_to=round_to, protect=protect, criterion=criterion, seed=seed,
                    allow_inexact=allow_inexact, head_ratio=head_ratio, mlp_ratio=mlp_ratio,
                    prune_hidden=prune_hidden, threads=threads, bench=bench, verify=verify,
-                   **_quality(quality, static_batch))
+                   **_latency(quality), **_quality(quality, static_batch))
     opts.check()
     if model is None or demo:
         from .demo import write_demo_model
@@ -265,6 +296,8 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
     report_path = report or _default_report(out)
     check_output_path(out, model)
     check_output_path(report_path, model)
+    if html_out:
+        check_output_path(html_out, model)
     m = _load(model, static_batch)
     progress = _Progress(quiet)
     if not quiet:
@@ -284,9 +317,12 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
     check_verified(rep)
     save_model(res.model, out)
     save_json_atomic(rep, report_path)
+    if html_out:
+        from .html_report import write_html
+        write_html(rep, html_out, source=report_path)
     if not quiet:
         print_summary(rep)
-        click.echo(f"wrote {out} and {report_path}")
+        click.echo(f"wrote {out} and {report_path}" + (f" and {html_out}" if html_out else ""))
 
 
 @cli.command("analyze")

@@ -59,6 +59,11 @@ class Options:
     ridge_prior: str = "zero"               # lstsq repair: ridge pulls toward zero (or the kept weights)
     taylor_samples: int = 8
     taylor_eps: float = 1e-2
+    target_latency: Optional[float] = None  # reach this fraction of the dense model's measured latency
+    latency_tolerance: float = 0.05         # relative: |measured / target - 1| <= this
+    latency_iterations: int = 6             # measured bisection steps at most
+    latency_cache: Optional[str] = None     # folder of the layer-timing cache (None: default, "": off)
+    latency_timer: Any = None               # tests: (spec, a, b) -> ms instead of timing in onnxruntime
 
     def kind_ratios(self) -> Dict[str, Optional[float]]:
         return {"heads": self.head_ratio, "channels": self.mlp_ratio}
@@ -90,6 +95,15 @@ class Options:
                 raise UsageError(f"--{name.replace('_', '-')} must be in (0, 1], got {v}")
         if self.target_macs is not None and self.target_params is not None:
             raise UsageError("give --target-macs or --target-params, not both")
+        if self.target_latency is not None:
+            if not (0.0 < self.target_latency <= 1.0):
+                raise UsageError(f"--target-latency must be in (0, 1], got {self.target_latency}")
+            if self.target_macs is not None or self.target_params is not None:
+                raise UsageError("give --target-latency or --target-macs/--target-params, not both")
+            if not (0.0 < self.latency_tolerance < 1.0):
+                raise UsageError(f"--latency-tolerance must be in (0, 1), got {self.latency_tolerance}")
+            if self.latency_iterations < 1:
+                raise UsageError("--latency-iterations must be >= 1")
         if not (0.0 <= self.min_ratio < 1.0):
             raise UsageError(f"--min-ratio must be in [0, 1), got {self.min_ratio}")
         if self.max_ratio is not None and not (self.min_ratio <= self.max_ratio < 1.0):
@@ -229,7 +243,10 @@ def plan_for(an: Analyzed, model: onnx.ModelProto, opts: Options, calib=None,
     if target is not None:
         from .cost import CostModel
         cost = CostModel(an.model, an.analysis, an.root, count_feed(an.model, opts.seq_len))
-    if opts.scope == "global":
+    if opts.target_latency is not None:
+        from .latency import target_latency_plan
+        plan = target_latency_plan(an, scores, opts, progress)
+    elif opts.scope == "global":
         plan = global_plan(an.groups, scores, opts.ratio, opts.rounding(), opts.protect, allow,
                            min_ratio=opts.min_ratio, max_ratio=0.9 if opts.max_ratio is None else opts.max_ratio,
                            normalize=opts.normalize, target=target, cost=cost, per_cost=opts.per_cost)
@@ -274,6 +291,9 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
                     "prune_hidden": opts.prune_hidden, "round_to": opts.rounding(), "criterion": opts.criterion,
                     "protect": list(opts.protect), "seed": opts.seed},
     }
+    if opts.target_latency is not None:
+        report["summary"]["options"]["target_latency"] = opts.target_latency
+        report["layers"] = plan.options.pop("layers", [])
     if opts.scope != "uniform" or opts.target() is not None or opts.repair != "none" \
             or opts.normalize != "mean" or opts.reduce != "mean" or calib is not None:
         report["summary"]["options"].update(
@@ -281,8 +301,8 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
              "target_macs": opts.target_macs, "target_params": opts.target_params, "min_ratio": opts.min_ratio,
              "max_ratio": opts.max_ratio, "repair": opts.repair,
              "calibration_samples": calib.samples() if calib is not None else 0})
-        if "target" in plan.options:
-            report["summary"]["target"] = plan.options["target"]
+    if "target" in plan.options:
+        report["summary"]["target"] = plan.options["target"]
     big = _weight_bytes(model) > AUTO_SKIP_BYTES
     do_verify = opts.verify if opts.verify is not None else not big
     do_bench = opts.bench if opts.bench is not None else not big
