@@ -171,9 +171,17 @@ def _interp(curves: Dict[bool, Tuple[np.ndarray, np.ndarray]], k: int, default: 
         return default
     if k in curves["exact"]:
         return curves["exact"][k]
-    cls = (k % curves["block"] == 0)
-    xs, ys = curves.get(cls) or curves.get(not cls)
-    return float(np.interp(k, xs, ys))
+    blk = curves["block"]
+    al = curves.get(True)
+    if al is None:
+        return float(np.interp(k, *curves[False]))
+    if k % blk == 0:
+        return float(np.interp(k, *al))
+    # off the block: the time of the step above (kernels pad to the block) times the penalty
+    # of the slow path, interpolated from the widths off the block that were timed
+    base = float(np.interp(int(math.ceil(k / blk)) * blk, *al))
+    pen = curves.get("penalty")
+    return base * (float(np.interp(k, *pen)) if pen is not None else 1.0)
 
 
 def sample_widths(n: int, block: int, aligned: int = ALIGNED_POINTS, unaligned: int = UNALIGNED_POINTS) -> List[int]:
@@ -358,7 +366,7 @@ class LatencyModel:
         self.elem_total = fixed + sum(n for n, _ in self.elem)
         self.elem_fixed = fixed
         self.layers_ms = sum(l.dense_ms for l in self.layers)
-        self.calibrate(dense_ms)
+        self.calibrate(self.layers_ms if dense_ms is None else dense_ms)
 
     def calibrate(self, dense_ms: float) -> None:
         """Scale to the dense model's measured time: layers keep their share, the rest is the
@@ -401,10 +409,7 @@ class LatencyModel:
                 b = k * (lay.cout // lay.cin) if lay.shared else lay.cout
                 exact[k] = self._time(lay.spec, k, b, timer)
         curves: dict = {"block": self.block, "exact": exact}
-        for cls in (True, False):
-            xs = [k for k in pts if (k % self.block == 0) == cls]
-            if xs:
-                curves[cls] = (np.array(xs, float), np.array([exact[k] for k in xs]))
+        _fit(curves)
         return curves
 
     @staticmethod
@@ -485,9 +490,29 @@ class LatencyModel:
         rows = []
         for lay in self.layers:
             a, b = lay.widths(d)
+            frac = (b / max(lay.cout, 1)) if lay.shared else (a / max(lay.cin, 1)) * (b / max(lay.cout, 1))
             rows.append({"name": lay.name, "op": lay.op, "cin": [lay.cin, a], "cout": [lay.cout, b],
-                         "ms": [lay.dense_ms * self.scale, lay.time(a, b) * self.scale], "macs": lay.macs})
+                         "ms": [round(lay.dense_ms * self.scale, 5), round(lay.time(a, b) * self.scale, 5)],
+                         "macs": lay.macs, "macs_after": int(round(lay.macs * frac))})
         return rows
+
+
+def _fit(curves: dict) -> None:
+    """Aligned and off-block sample curves, and the off-block penalty (time over the time of
+    the step above), from ``curves["exact"]``."""
+    ex, blk = curves["exact"], curves["block"]
+    pts = sorted(ex)
+    for cls in (True, False):
+        xs = [k for k in pts if (k % blk == 0) == cls]
+        if xs:
+            curves[cls] = (np.array(xs, float), np.array([ex[k] for k in xs]))
+        else:
+            curves.pop(cls, None)
+    curves.pop("penalty", None)
+    if True in curves and False in curves:
+        xs = curves[False][0]
+        up = [float(np.interp(int(math.ceil(x / blk)) * blk, *curves[True])) for x in xs]
+        curves["penalty"] = (xs, np.array([ex[int(x)] / max(u, 1e-12) for x, u in zip(xs, up)]))
 
 
 def _shift(lay: Layer, overhead: float) -> None:
@@ -498,10 +523,7 @@ def _shift(lay: Layer, overhead: float) -> None:
         ex = curves["exact"]
         for k in list(ex):
             ex[k] = max(ex[k] - overhead, 0.1 * ex[k])
-        for cls in (True, False):
-            if cls in curves:
-                xs, _ = curves[cls]
-                curves[cls] = (xs, np.array([ex[int(x)] for x in xs]))
+        _fit(curves)
     fix(lay.b_curve)
     fix(lay.a_curve)
     if lay.a_curve:
@@ -694,7 +716,7 @@ def target_latency_plan(an, scores, opts, progress=None, measure=None):
                                     repeats=max(opts.bench_repeats, 20), threads=threads)
     progress("latency")
     t0 = time.perf_counter()
-    dense_ms = _dense_ms(model, feed, threads) if opts.latency_timer is None else 1.0
+    dense_ms = _dense_ms(model, feed, threads) if opts.latency_timer is None else None
     cache = TimingCache(machine_key(threads), opts.latency_cache, enabled=opts.latency_cache != "")
     from .pipeline import count_feed
     lm = LatencyModel(an, dense_ms, threads, count_feed(model, opts.seq_len), cache=cache, timer=opts.latency_timer)
@@ -707,17 +729,26 @@ def target_latency_plan(an, scores, opts, progress=None, measure=None):
     lo_b, hi_b = None, None              # (predicted, measured) brackets around the target
     fp = F
     best = None
-    for it in range(int(opts.latency_iterations)):
+    measured: Dict[frozenset, float] = {}
+    it = -1
+    idx = 0
+    for _ in range(4 * int(opts.latency_iterations)):
+        if len(measured) >= int(opts.latency_iterations):
+            break
         keep, pred = alloc.at(fp)
         removed = alloc.removed(keep)
-        if not removed:
-            meas, dms = 1.0, dense_ms
+        key = frozenset(removed)
+        if key in measured:                  # the same plan again: its measurement stands
+            meas, idx = measured[key]
         else:
-            meas, dms = measure(removed)
-        iters.append({"predicted_target": round(fp, 5), "predicted": round(pred, 5), "measured": round(meas, 5),
-                      "removed_units": len(removed)})
+            meas = 1.0 if not removed else float(measure(removed)[0])
+            it += 1
+            idx = it
+            measured[key] = (meas, idx)
+            iters.append({"predicted_target": round(float(fp), 5), "predicted": round(float(pred), 5),
+                          "measured": round(meas, 5), "removed_units": len(removed)})
         err = meas / F - 1.0
-        cand = (abs(err), it, keep, meas)
+        cand = (abs(err), idx, keep, meas)
         if best is None or (abs(err) <= tol) > (best[0] <= tol) or \
                 ((abs(err) <= tol) == (best[0] <= tol) and abs(err) < best[0]):
             best = cand
@@ -728,14 +759,14 @@ def target_latency_plan(an, scores, opts, progress=None, measure=None):
         else:
             lo_b = (fp, meas) if lo_b is None or fp > lo_b[0] else lo_b      # too fast: predict higher
         if hi_b is not None and lo_b is not None:
-            (p1, m1), (p2, m2) = lo_b, hi_b                                   # p1 > p2
-            nxt = p2 + (F - m2) * (p1 - p2) / (m1 - m2) if m1 != m2 else (p1 + p2) / 2
-            span = p1 - p2
-            nxt = min(max(nxt, p2 + 0.1 * span), p1 - 0.1 * span)
+            (p1, m1), (p2, m2) = lo_b, hi_b          # p1 too fast, p2 too slow: p1 < p2 normally
+            nxt = p1 + (F - m1) * (p2 - p1) / (m2 - m1) if m1 != m2 else (p1 + p2) / 2
+            a, b = min(p1, p2), max(p1, p2)
+            nxt = min(max(nxt, a + 0.1 * (b - a)), b - 0.1 * (b - a))      # secant, kept inside
         else:
             nxt = fp * F / max(meas, 1e-6)
         nxt = min(max(nxt, 0.02), 1.0)
-        if abs(nxt - fp) < 1e-4:
+        if abs(nxt - fp) < 1e-5:
             break
         fp = nxt
     err, it, keep, meas = best
@@ -746,8 +777,8 @@ def target_latency_plan(an, scores, opts, progress=None, measure=None):
             if opts.scope == "global" else alloc.round_to, "protect": list(opts.protect)}
     info["target"] = {
         "latency": F, "measured": round(meas, 5), "tolerance": tol, "converged": bool(err <= tol),
-        "iterations": iters, "chosen": it, "predicted": round(alloc.fraction(keep), 5),
-        "dense_ms": round(dense_ms, 4), "threads": threads, "provider": PROVIDER, "simd_block": lm.block,
+        "iterations": iters, "chosen": it, "predicted": round(float(alloc.fraction(keep)), 5),
+        "dense_ms": round(lm.dense_measured, 4), "threads": threads, "provider": PROVIDER, "simd_block": lm.block,
         "free_dims": size if bench.free_dims(model) else None,
         "model": {"layers": len(lm.layers), "timed": lm.timed, "cache_hits": cache.hits, "cache": cache.path
                   if cache.enabled else None, "build_s": round(model_s, 3)},
@@ -807,3 +838,16 @@ def _dense_ms(model, feed, threads: int, repeats: int = 15) -> float:
         sess.run(None, f)
         ts.append(clock() - t0)
     return float(np.median(ts)) * 1e3
+
+
+def layer_report(an, removed, opts) -> List[dict]:
+    """The per-layer table (widths, MACs, latency before/after) of a plan, from the layer model
+    (timed now or read from the cache)."""
+    from .pipeline import count_feed
+
+    size, feed = _feed(an.model, opts.seed)
+    cache = TimingCache(machine_key(opts.threads), opts.latency_cache, enabled=opts.latency_cache != "")
+    dense_ms = _dense_ms(an.model, feed, opts.threads) if opts.latency_timer is None else None
+    lm = LatencyModel(an, dense_ms, opts.threads, count_feed(an.model, opts.seq_len), cache=cache,
+                      timer=opts.latency_timer)
+    return lm.layer_table(removed)

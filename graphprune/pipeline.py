@@ -64,6 +64,7 @@ class Options:
     latency_iterations: int = 6             # measured bisection steps at most
     latency_cache: Optional[str] = None     # folder of the layer-timing cache (None: default, "": off)
     latency_timer: Any = None               # tests: (spec, a, b) -> ms instead of timing in onnxruntime
+    layer_table: bool = False               # report["layers"] (widths, MACs, latency per layer) without a target
 
     def kind_ratios(self) -> Dict[str, Optional[float]]:
         return {"heads": self.head_ratio, "channels": self.mlp_ratio}
@@ -214,10 +215,10 @@ def calibrate(an: Analyzed, opts: Options, calib) -> Optional[dict]:
     return collect(an.model, calib, reqs, graph=an.graph, threads=opts.threads)
 
 
-def plan_for(an: Analyzed, model: onnx.ModelProto, opts: Options, calib=None,
-             timings: Optional[dict] = None, progress: "Progress" = None) -> Plan:
-    """Score every group and allocate: uniform ratio or one global threshold, optionally
-    searching for a MACs/params target with the cost model."""
+def scores_for(an: Analyzed, opts: Options, calib=None, timings: Optional[dict] = None,
+               progress: "Progress" = None) -> dict:
+    """Every prunable group's unit scores under the options' criterion (calibration statistics
+    collected first when it needs them)."""
     progress = progress or _noop
     t = timings if timings is not None else {}
     t0 = time.perf_counter()
@@ -235,6 +236,16 @@ def plan_for(an: Analyzed, model: onnx.ModelProto, opts: Options, calib=None,
     progress("score")
     scores = score(an.groups, an.graph, opts.criterion, opts.reduce, opts.seed, normalize=opts.normalize, **kw)
     t["score_s"] = time.perf_counter() - t1
+    return scores
+
+
+def plan_for(an: Analyzed, model: onnx.ModelProto, opts: Options, calib=None,
+             timings: Optional[dict] = None, progress: "Progress" = None) -> Plan:
+    """Score every group and allocate: uniform ratio or one global threshold, optionally
+    searching for a MACs/params target with the cost model."""
+    progress = progress or _noop
+    t = timings if timings is not None else {}
+    scores = scores_for(an, opts, calib, t, progress)
     t1 = time.perf_counter()
     progress("plan")
     target = opts.target()
@@ -294,6 +305,13 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
     if opts.target_latency is not None:
         report["summary"]["options"]["target_latency"] = opts.target_latency
         report["layers"] = plan.options.pop("layers", [])
+    elif opts.layer_table:
+        from .latency import layer_report
+        progress("layers")
+        try:
+            report["layers"] = layer_report(an, removed, opts)
+        except Exception as e:     # a report extra: onnxruntime refusing a layer must not fail the run
+            report["layers_skipped"] = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
     if opts.scope != "uniform" or opts.target() is not None or opts.repair != "none" \
             or opts.normalize != "mean" or opts.reduce != "mean" or calib is not None:
         report["summary"]["options"].update(
