@@ -296,22 +296,19 @@ def _tradeoff(rep: dict, runs: Sequence[dict], sens: Optional[dict]) -> str:
     y_label = kinds.pop() if len(kinds) == 1 else "quality (cosine or MACs kept)"
     for x, y, _, label in pts:
         series.append({"name": label, "points": [(x, y)]})
-    t = (rep.get("summary") or {}).get("target") or {}
-    steps = t.get("iterations") or []
-    if steps and y_label == "MACs kept":
-        pass
-    if steps:
-        series.append({"name": "latency search steps (measured)",
-                       "points": [(s["measured"], s["predicted"]) for s in steps], "color": "#8a93a6"})
-    if sens and sens.get("groups"):
+    steps = ((rep.get("summary") or {}).get("target") or {}).get("iterations") or []
+    if y_label == "MACs kept" and steps and all("macs_kept" in s for s in steps):
+        series.append({"name": "latency search steps", "points": [(s["measured"], s["macs_kept"]) for s in steps],
+                       "color": "#8a93a6"})
+    if sens and sens.get("groups") and y_label == "cosine" and not sens.get("dense_metric"):
         tp = [(tr.get("latency"), tr.get("quality")) for g in sens["groups"].values() for tr in g.get("trials", [])]
         series.append({"name": "sensitivity trials (one group each)", "points": tp, "color": "#c9a227"})
     if not series:
         out.append('<p class="muted">No measured runs.</p></section>')
         return "".join(out)
-    out.append('<p class="sub">x: measured latency as a fraction of the dense model. y: ' + _e(y_label) +
-               " for runs; latency search steps plot the predicted fraction; sensitivity trials plot "
-               "their quality.</p>")
+    out.append('<p class="sub">x: measured latency as a fraction of the dense model; y: ' + _e(y_label) +
+               " (output cosine after repair when the run has one, else the fraction of MACs kept). Give "
+               "other runs' reports with <code>graphprune report --runs</code>.</p>")
     out.append(line_chart(series, "latency / dense", y_label, 620, 320, points_only=True, cls="tradeoff"))
     out.append("</section>")
     return "".join(out)

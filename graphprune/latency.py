@@ -484,6 +484,11 @@ class LatencyModel:
     def fraction(self, removed, what: str = "latency") -> float:
         return self.predict(removed) / max(self.dense_predicted(), 1e-12)
 
+    def macs_fraction(self, removed=()) -> float:
+        """Kept fraction of the timed layers' MACs."""
+        rows = self.layer_table(removed)
+        return sum(r["macs_after"] for r in rows) / max(sum(r["macs"] for r in rows), 1)
+
     def layer_table(self, removed=()) -> List[dict]:
         """Per timed layer: widths and predicted milliseconds before and after."""
         d = self.dead(removed)
@@ -722,7 +727,7 @@ def target_latency_plan(an, scores, opts, progress=None, measure=None):
     lm = LatencyModel(an, dense_ms, threads, count_feed(model, opts.seq_len), cache=cache, timer=opts.latency_timer)
     alloc = _Alloc(lm, an.groups, scores, opts.scope, opts.normalize, opts.protect,
                    opts.allow_inexact or opts.prune_hidden, opts.min_ratio, opts.max_ratio,
-                   opts.round_to if opts.round_to != "auto" else 1)
+                   opts.rounding() if opts.scope == "uniform" else (1 if opts.round_to == "auto" else int(opts.round_to)))
     model_s = time.perf_counter() - t0
     progress("search")
     iters = []
@@ -746,7 +751,8 @@ def target_latency_plan(an, scores, opts, progress=None, measure=None):
             idx = it
             measured[key] = (meas, idx)
             iters.append({"predicted_target": round(float(fp), 5), "predicted": round(float(pred), 5),
-                          "measured": round(meas, 5), "removed_units": len(removed)})
+                          "measured": round(meas, 5), "removed_units": len(removed),
+                          "macs_kept": round(lm.macs_fraction(removed), 5)})
         err = meas / F - 1.0
         cand = (abs(err), idx, keep, meas)
         if best is None or (abs(err) <= tol) > (best[0] <= tol) or \
