@@ -294,7 +294,8 @@ class LatencyModel:
     """Predicted latency (ms) of the model a set of removed units would produce."""
 
     def __init__(self, an, dense_ms: float, threads: int = 1, feed=None, cache: Optional[TimingCache] = None,
-                 timer: Optional[Timer] = None, block: Optional[int] = None, progress=None):
+                 timer: Optional[Timer] = None, block: Optional[int] = None, progress=None,
+                 in_graph: Optional[Dict[str, float]] = None):
         self.threads = threads
         self.block = int(block or bench.simd_block())
         self.cache = cache if cache is not None else TimingCache(machine_key(threads))
@@ -336,7 +337,7 @@ class LatencyModel:
             if lay.in_units is not None:
                 lay.a_curve = self._sweep(lay, "a", timer)
             lay.dense_ms = (lay.a_curve or lay.b_curve)["exact"][lay.cin if lay.a_curve else lay.cout]
-        if timer is None and self.timed:
+        if timer is None:           # cached timings are raw: the empty session's cost comes off every one
             overhead = self.cache.get(f"overhead|{threads}")
             if overhead is None:
                 overhead = _overhead_ms(threads)
@@ -365,6 +366,15 @@ class LatencyModel:
                     fixed += n
         self.elem_total = fixed + sum(n for n, _ in self.elem)
         self.elem_fixed = fixed
+        # each layer's own time in the whole graph (onnxruntime's profiler), where known: its
+        # curve keeps its shape and takes that scale (a layer timed alone pays layout reorders
+        # and misses fusions the whole graph has)
+        self.in_graph = 0
+        for lay in self.layers:
+            t = (in_graph or {}).get(lay.name)
+            if t is not None and t > 0 and lay.dense_ms > 0:
+                _rescale(lay, t / lay.dense_ms)
+                self.in_graph += 1
         self.layers_ms = sum(l.dense_ms for l in self.layers)
         self.calibrate(self.layers_ms if dense_ms is None else dense_ms)
 
@@ -518,6 +528,67 @@ def _fit(curves: dict) -> None:
         xs = curves[False][0]
         up = [float(np.interp(int(math.ceil(x / blk)) * blk, *curves[True])) for x in xs]
         curves["penalty"] = (xs, np.array([ex[int(x)] / max(u, 1e-12) for x, u in zip(xs, up)]))
+
+
+def _rescale(lay: Layer, f: float) -> None:
+    for curves in (lay.a_curve, lay.b_curve):
+        if curves:
+            for k in curves["exact"]:
+                curves["exact"][k] *= f
+            _fit(curves)
+    lay.dense_ms *= f
+
+
+def profile_layers(model: onnx.ModelProto, feed, threads: int = 1, runs: int = 15) -> Dict[str, float]:
+    """Milliseconds of every Conv/Gemm/MatMul node of ``model`` inside the whole graph, from
+    onnxruntime's profiler: per kernel the fastest of ``runs`` runs (the profiler's clock is
+    the wall clock; the fastest run is the one no other process interrupted). Fused kernels are
+    credited to the layer they start from: onnxruntime names a layout-transformed node after
+    its output tensor (``<tensor>_nchwc``), whose producer chain (activation, norm) leads back
+    to the layer."""
+    import onnxruntime as ort
+
+    so = bench._session_options(threads, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    tmp = tempfile.mkdtemp(prefix="graphprune-prof-")
+    so.enable_profiling = True
+    so.profile_file_prefix = os.path.join(tmp, "p")
+    sess = ort.InferenceSession(bench._as_model(model).SerializeToString(), sess_options=so,
+                                providers=[PROVIDER])
+    f = {i.name: feed[i.name] for i in sess.get_inputs() if i.name in feed}
+    sess.run(None, f)
+    for _ in range(runs):
+        sess.run(None, f)
+    path = sess.end_profiling()
+    try:
+        with open(path) as fh:
+            events = json.load(fh)
+    finally:
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+    best: Dict[str, float] = {}
+    for e in events:
+        name = e.get("name", "")
+        if e.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        k = name[: -len("_kernel_time")]
+        d = float(e.get("dur", 0)) / 1e3
+        best[k] = min(best.get(k, math.inf), d)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    by_name = {n.name: n for n in model.graph.node if n.name}
+    out: Dict[str, float] = {}
+    for k, ms in best.items():
+        node = by_name.get(k)
+        if node is None and k.endswith("_nchwc"):
+            node = producer.get(k[: -len("_nchwc")])
+        for _ in range(4):                  # activation / norm / bias add after the layer
+            if node is None or node.op_type in ("Conv", "Gemm", "MatMul"):
+                break
+            ins = [i for i in node.input if i in producer and producer[i].op_type != "Constant"]
+            node = producer.get(ins[0]) if len(ins) == 1 else None
+        if node is not None and node.op_type in ("Conv", "Gemm", "MatMul"):
+            key = node.name or node.output[0]
+            out[key] = out.get(key, 0.0) + ms
+    return out
 
 
 def _shift(lay: Layer, overhead: float) -> None:
@@ -724,7 +795,9 @@ def target_latency_plan(an, scores, opts, progress=None, measure=None):
     dense_ms = _dense_ms(model, feed, threads) if opts.latency_timer is None else None
     cache = TimingCache(machine_key(threads), opts.latency_cache, enabled=opts.latency_cache != "")
     from .pipeline import count_feed
-    lm = LatencyModel(an, dense_ms, threads, count_feed(model, opts.seq_len), cache=cache, timer=opts.latency_timer)
+    prof = profile_layers(model, feed, threads) if opts.latency_timer is None else None
+    lm = LatencyModel(an, dense_ms, threads, count_feed(model, opts.seq_len), cache=cache, timer=opts.latency_timer,
+                      in_graph=prof)
     alloc = _Alloc(lm, an.groups, scores, opts.scope, opts.normalize, opts.protect,
                    opts.allow_inexact or opts.prune_hidden, opts.min_ratio, opts.max_ratio,
                    opts.rounding() if opts.scope == "uniform" else (1 if opts.round_to == "auto" else int(opts.round_to)))
@@ -786,7 +859,7 @@ def target_latency_plan(an, scores, opts, progress=None, measure=None):
         "iterations": iters, "chosen": it, "predicted": round(float(alloc.fraction(keep)), 5),
         "dense_ms": round(lm.dense_measured, 4), "threads": threads, "provider": PROVIDER, "simd_block": lm.block,
         "free_dims": size if bench.free_dims(model) else None,
-        "model": {"layers": len(lm.layers), "timed": lm.timed, "cache_hits": cache.hits, "cache": cache.path
+        "model": {"layers": len(lm.layers), "timed": lm.timed, "cache_hits": cache.hits, "in_graph": lm.in_graph, "cache": cache.path
                   if cache.enabled else None, "build_s": round(model_s, 3)},
     }
     info["layers"] = lm.layer_table(removed)
@@ -854,6 +927,7 @@ def layer_report(an, removed, opts) -> List[dict]:
     size, feed = _feed(an.model, opts.seed)
     cache = TimingCache(machine_key(opts.threads), opts.latency_cache, enabled=opts.latency_cache != "")
     dense_ms = _dense_ms(an.model, feed, opts.threads) if opts.latency_timer is None else None
+    prof = profile_layers(an.model, feed, opts.threads) if opts.latency_timer is None else None
     lm = LatencyModel(an, dense_ms, opts.threads, count_feed(an.model, opts.seq_len), cache=cache,
-                      timer=opts.latency_timer)
+                      timer=opts.latency_timer, in_graph=prof)
     return lm.layer_table(removed)

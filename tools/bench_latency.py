@@ -154,6 +154,28 @@ def run_model(name: str, args) -> dict:
     return row
 
 
+def noise(args) -> None:
+    """The same two models (dense mobilenet_v2 and its --target-latency 0.5 pruning) timed
+    ``--noise`` times: wall-clock median of per-pair ratios (bench.measure_latency) against the
+    thread-CPU-time ratio of medians (latency.measure_fraction), with the load."""
+    from graphprune import bench
+    from graphprune.latency import measure_fraction
+    from graphprune.pipeline import Options, prune
+
+    path = os.path.join(args.work, "mobilenet_v2.onnx")
+    if not os.path.exists(path):
+        latency_models.export("mobilenet_v2", path)
+    dense = onnx.load(path)
+    pruned = prune(dense, Options(target_latency=0.5, bench=False, verify=False)).model
+    feed = bench.random_inputs(dense, seed=0)
+    wall, cpu = [], []
+    for _ in range(args.noise):
+        wall.append(1.0 / bench.measure_latency(dense, pruned, feed, threads=1, repeats=30)["speedup"])
+        cpu.append(measure_fraction(bench.make_session(dense, 1), bench.make_session(pruned, 1), feed, 30)[0])
+    print(json.dumps({"load": round(os.getloadavg()[0], 2), "wall_clock": [round(x, 3) for x in wall],
+                      "thread_cpu": [round(x, 3) for x in cpu]}))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(latency_models.NAMES))
@@ -162,8 +184,11 @@ def main(argv=None):
     ap.add_argument("--work", default="/tmp/lat")
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-tp", action="store_true")
+    ap.add_argument("--noise", type=int, default=0, help="only the timing-noise comparison, this many times")
     args = ap.parse_args(argv)
     os.makedirs(args.work, exist_ok=True)
+    if args.noise:
+        return noise(args)
     rows = []
     for name in args.models:
         t0 = time.perf_counter()
