@@ -207,6 +207,9 @@ def _latency_options(f):
                      help="also write a self-contained HTML report (per-layer widths, MACs, latency, groups)")(f)
     f = click.option("--latency-cache", default=None, metavar="DIR",
                      help="folder of the per-layer timing cache [default: ~/.cache/graphprune; '' turns it off]")(f)
+    f = click.option("--latency-objective", type=click.Choice(["importance", "macs"]), default="importance",
+                     show_default=True, help="--target-latency: remove channels by importance lost per ms saved, "
+                                             "or by MACs per ms saved (keeps the most MACs)")(f)
     f = click.option("--latency-iterations", type=int, default=6, show_default=True,
                      help="--target-latency: measured bisection steps at most")(f)
     f = click.option("--latency-tolerance", type=float, default=0.05, show_default=True,
@@ -219,7 +222,8 @@ def _latency_options(f):
 
 def _latency(kw: dict) -> dict:
     """Options fields from the latency flags (--target-latency defaults the scope to global)."""
-    q = {k: kw.pop(k) for k in ("target_latency", "latency_tolerance", "latency_iterations", "latency_cache")}
+    q = {k: kw.pop(k) for k in ("target_latency", "latency_tolerance", "latency_iterations", "latency_cache",
+                                "latency_objective")}
     if q["target_latency"] is not None:
         src = click.get_current_context().get_parameter_source("scope")
         if src is not None and src.name == "DEFAULT":

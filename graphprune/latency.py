@@ -410,7 +410,15 @@ class LatencyModel:
 
     def _sweep(self, lay: Layer, side: str, timer) -> dict:
         n = lay.cout if side == "b" else lay.cin
-        pts = sample_widths(n, self.block)
+        groups = lay.spec.get("group", 1) if lay.op == "Conv" and not lay.spec.get("depthwise") else 1
+        if groups > 1:              # a grouped conv keeps equal widths per group: multiples of the count
+            steps = sample_widths(n // groups, 1)
+            if len(steps) > ALIGNED_POINTS:
+                idx = np.unique(np.round(np.linspace(0, len(steps) - 1, ALIGNED_POINTS)).astype(int))
+                steps = [steps[i] for i in idx]
+            pts = sorted({k * groups for k in steps} | {n})
+        else:
+            pts = sample_widths(n, self.block)
         exact = {}
         for k in pts:
             if side == "b":
@@ -618,7 +626,8 @@ class _Alloc:
     staircase snapping) or uniform (one ratio, rounded to ``round_to``)."""
 
     def __init__(self, lm: LatencyModel, groups, scores, scope: str, normalize: str, protect, allow_inexact: bool,
-                 min_ratio: float, max_ratio: Optional[float], round_to: int, min_keep: int = 1):
+                 min_ratio: float, max_ratio: Optional[float], round_to: int, min_keep: int = 1,
+                 objective: str = "importance"):
         from .plan import _bounds, _eligible, normalize_scores
 
         self.lm, self.groups, self.scope = lm, groups, scope
@@ -643,6 +652,10 @@ class _Alloc:
             lo, _ = self.bounds[g.id]
             saved = self.dense - self._group_ms(g, lo)
             slope = max(saved, 1e-6 * self.dense) / max(len(g.units) - lo, 1)
+            if objective == "macs":     # a unit is worth the MACs it does: MACs per ms saved
+                mask = self._mask(g, lo)
+                gone = [] if mask is None else g.units[~mask].tolist()
+                slope /= max(1.0 - lm.macs_fraction(gone), 1e-9) / max(len(g.units) - lo, 1)
             v = s / slope if normalize != "std" else s - math.log(slope)
             self.value[g.id] = v
 
@@ -800,7 +813,8 @@ def target_latency_plan(an, scores, opts, progress=None, measure=None):
                       in_graph=prof)
     alloc = _Alloc(lm, an.groups, scores, opts.scope, opts.normalize, opts.protect,
                    opts.allow_inexact or opts.prune_hidden, opts.min_ratio, opts.max_ratio,
-                   opts.rounding() if opts.scope == "uniform" else (1 if opts.round_to == "auto" else int(opts.round_to)))
+                   opts.rounding() if opts.scope == "uniform" else (1 if opts.round_to == "auto" else int(opts.round_to)),
+                   objective=opts.latency_objective)
     model_s = time.perf_counter() - t0
     progress("search")
     iters = []
@@ -852,7 +866,7 @@ def target_latency_plan(an, scores, opts, progress=None, measure=None):
     full = {g.id: np.ones(len(g.units), bool) for g in an.groups}
     full.update(keep)
     removed = alloc.removed(keep)
-    info = {"scope": opts.scope, "normalize": opts.normalize, "round_to": "per-layer staircase"
+    info = {"scope": opts.scope, "normalize": opts.normalize, "objective": opts.latency_objective, "round_to": "per-layer staircase"
             if opts.scope == "global" else alloc.round_to, "protect": list(opts.protect)}
     info["target"] = {
         "latency": F, "measured": round(meas, 5), "tolerance": tol, "converged": bool(err <= tol),

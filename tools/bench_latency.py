@@ -112,7 +112,8 @@ def run_model(name: str, args) -> dict:
     probes = [bench.random_inputs(dense, seed=s) for s in range(1, 5)]
     md = bench.count_macs_params(dense, feed)[0]
     out = {}
-    for label, kw in (("gp", dict(scope="global")), ("uniform", dict(scope="uniform", round_to="auto"))):
+    for label, kw in (("gp", dict(scope="global")), ("gp_macs", dict(scope="global", latency_objective="macs")),
+                      ("uniform", dict(scope="uniform", round_to="auto"))):
         t0 = time.perf_counter()
         res = prune(dense, Options(target_latency=args.target, bench=False, verify=True, **kw))
         t = res.report["summary"]["target"]
@@ -208,9 +209,11 @@ def main(argv=None):
 def print_table(rows):
     print("| model | plan | latency / dense | within ±5 % | MACs kept | speed-up | realization | cosine |")
     print("|---|---|---|---|---|---|---|---|")
-    real = {"gp": [], "uniform": [], "tp": [], "tp_round": []}
+    real = {"gp": [], "gp_macs": [], "uniform": [], "tp": [], "tp_round": []}
     for r in rows:
-        for k, label in (("gp", "graphprune --target-latency"), ("uniform", "graphprune uniform"),
+        for k, label in (("gp", "graphprune --target-latency"),
+                         ("gp_macs", "graphprune --target-latency --latency-objective macs"),
+                         ("uniform", "graphprune uniform"),
                          ("tp", "Torch-Pruning (equal MACs)"), ("tp_round", "Torch-Pruning round_to (equal MACs)")):
             d = r.get(k)
             if not d or "latency" not in d:
