@@ -99,6 +99,20 @@ def test_staircase_snapping_picks_the_block_when_faster(tmp_path):
     assert lm3.layers[0].time(32, 23) < lm3.layers[0].time(32, 24)
 
 
+def test_macs_objective_keeps_more_macs(tmp_path):
+    """--latency-objective macs ranks by MACs per ms saved: at the same predicted latency its plan
+    keeps at least the MACs the importance ranking keeps."""
+    an, lm = _model(conv_net(width=128, hidden=64), stair_timer(), tmp_path)
+    scores = scores_for(an, Options())
+    plans = {}
+    for obj in ("importance", "macs"):
+        al = latency._Alloc(lm, an.groups, scores, "global", "mean", (), False, 0.0, None, 1, objective=obj)
+        keep, pred = al.at(0.6)
+        assert pred <= 0.6
+        plans[obj] = lm.macs_fraction(al.removed(keep))
+    assert plans["macs"] >= plans["importance"]
+
+
 def test_latency_model_predicts_from_the_curves(tmp_path):
     an, lm = _model(conv_net(), stair_timer(), tmp_path)
     assert len(lm.layers) == 3
@@ -142,12 +156,20 @@ def test_real_timing_of_one_layer_and_cache(tmp_path):
     lm2 = latency.LatencyModel(an, dense_ms=0.05, cache=latency.TimingCache(latency.machine_key(1),
                                                                             str(tmp_path / "cache")), block=8)
     assert lm2.timed == 0
+    # every layer's time inside the whole graph, from onnxruntime's profiler (fused kernels included)
+    from graphprune import bench
+    prof = latency.profile_layers(an.model, bench.random_inputs(an.model), runs=3)
+    assert set(prof) == {l.name for l in lm.layers} and all(v > 0 for v in prof.values())
+    lm3 = latency.LatencyModel(an, dense_ms=1.0, cache=cache, block=8, in_graph=prof)
+    assert lm3.in_graph == 3
+    assert [l.dense_ms for l in lm3.layers] == pytest.approx([prof[l.name] for l in lm3.layers])
 
 
 @pytest.mark.parametrize("kw", [dict(target_latency=0.0), dict(target_latency=1.5),
                                 dict(target_latency=0.5, target_macs=0.5),
                                 dict(target_latency=0.5, latency_tolerance=0.0),
-                                dict(target_latency=0.5, latency_iterations=0)])
+                                dict(target_latency=0.5, latency_iterations=0),
+                                dict(target_latency=0.5, latency_objective="flops")])
 def test_target_latency_option_validation(kw):
     with pytest.raises(UsageError):
         Options(**kw).check()
