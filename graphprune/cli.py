@@ -207,9 +207,10 @@ def _latency_options(f):
                      help="also write a self-contained HTML report (per-layer widths, MACs, latency, groups)")(f)
     f = click.option("--latency-cache", default=None, metavar="DIR",
                      help="folder of the per-layer timing cache [default: ~/.cache/graphprune; '' turns it off]")(f)
-    f = click.option("--latency-objective", type=click.Choice(["importance", "macs"]), default="importance",
-                     show_default=True, help="--target-latency: remove channels by importance lost per ms saved, "
-                                             "or by MACs per ms saved (keeps the most MACs)")(f)
+    f = click.option("--latency-objective", type=click.Choice(["auto", "importance", "macs"]), default="auto",
+                     show_default=True, help="--target-latency: remove channels by importance lost per ms saved, or "
+                                             "by MACs per ms saved; auto: search both, keep the plan whose outputs "
+                                             "agree best with the dense model's")(f)
     f = click.option("--latency-iterations", type=int, default=6, show_default=True,
                      help="--target-latency: measured bisection steps at most")(f)
     f = click.option("--latency-tolerance", type=float, default=0.05, show_default=True,

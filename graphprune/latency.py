@@ -781,12 +781,69 @@ class _Alloc:
         return best, bf
 
 
-def target_latency_plan(an, scores, opts, progress=None, measure=None):
+def _search(alloc: "_Alloc", lm: LatencyModel, F: float, tol: float, max_steps: int, measure):
+    """Measured bisection on the predicted target: returns (|error|, chosen step, keep, measured,
+    steps). Stops when a plan lands within half the tolerance (within it counts as converged; the
+    aim is the middle, so the result stays in when it is timed again), when the steps run out or
+    when the bracket closes; the plan closest to the target is kept."""
+    iters = []
+    lo_b, hi_b = None, None              # (predicted, measured) of plans too fast / too slow
+    fp = F
+    best = None
+    measured: Dict[frozenset, Tuple[float, int]] = {}
+    it = -1
+    for _ in range(4 * int(max_steps)):
+        if len(measured) >= int(max_steps):
+            break
+        keep, pred = alloc.at(fp)
+        removed = alloc.removed(keep)
+        key = frozenset(removed)
+        if key in measured:                  # the same plan again: its measurement stands
+            meas, idx = measured[key]
+        else:
+            meas = 1.0 if not removed else float(measure(removed)[0])
+            it += 1
+            idx = it
+            measured[key] = (meas, idx)
+            iters.append({"predicted_target": round(float(fp), 5), "predicted": round(float(pred), 5),
+                          "measured": round(meas, 5), "removed_units": len(removed),
+                          "macs_kept": round(lm.macs_fraction(removed), 5)})
+        err = abs(meas / F - 1.0)
+        if best is None or err < best[0]:
+            best = (err, idx, keep, meas)
+        if err <= tol / 2:
+            break
+        if meas > F:
+            hi_b = (fp, meas) if hi_b is None or fp < hi_b[0] else hi_b      # too slow: predict lower
+        else:
+            lo_b = (fp, meas) if lo_b is None or fp > lo_b[0] else lo_b      # too fast: predict higher
+        if hi_b is not None and lo_b is not None:
+            (p1, m1), (p2, m2) = lo_b, hi_b          # p1 too fast, p2 too slow: p1 < p2 normally
+            nxt = p1 + (F - m1) * (p2 - p1) / (m2 - m1) if m1 != m2 else (p1 + p2) / 2
+            a, b = min(p1, p2), max(p1, p2)
+            nxt = min(max(nxt, a + 0.1 * (b - a)), b - 0.1 * (b - a))      # secant, kept inside
+        else:
+            nxt = fp * F / max(meas, 1e-6)
+        nxt = min(max(nxt, 0.02), 1.0)
+        if abs(nxt - fp) < 1e-5:
+            break
+        fp = nxt
+    return best + (iters,)
+
+
+OBJECTIVES = ("auto", "importance", "macs")
+
+
+def target_latency_plan(an, scores, opts, progress=None, measure=None, probe=None):
     """The plan whose pruned model's measured latency is ``opts.target_latency`` of the dense
-    model's (within ``opts.latency_tolerance``, relative). ``measure(removed) -> fraction``
-    replaces the real measurement (tests)."""
+    model's (within ``opts.latency_tolerance``, relative). ``opts.latency_objective`` ``auto``
+    searches with both rankings (importance per ms, MACs per ms) and keeps the plan whose outputs
+    agree best with the dense model's on ``probe`` (feed dicts: calibration samples, else random
+    inputs), among those within tolerance. ``measure(removed) -> (fraction, dense ms)`` replaces
+    the real measurement (tests)."""
     from .plan import Plan
     from .rewrite import rewrite
+    from .verify import agreement
 
     progress = progress or (lambda s: None)
     F = float(opts.target_latency)
@@ -811,71 +868,47 @@ def target_latency_plan(an, scores, opts, progress=None, measure=None):
     prof = profile_layers(model, feed, threads) if opts.latency_timer is None else None
     lm = LatencyModel(an, dense_ms, threads, count_feed(model, opts.seq_len), cache=cache, timer=opts.latency_timer,
                       in_graph=prof)
-    alloc = _Alloc(lm, an.groups, scores, opts.scope, opts.normalize, opts.protect,
-                   opts.allow_inexact or opts.prune_hidden, opts.min_ratio, opts.max_ratio,
-                   opts.rounding() if opts.scope == "uniform" else (1 if opts.round_to == "auto" else int(opts.round_to)),
-                   objective=opts.latency_objective)
     model_s = time.perf_counter() - t0
-    progress("search")
-    iters = []
-    lo_b, hi_b = None, None              # (predicted, measured) brackets around the target
-    fp = F
-    best = None
-    measured: Dict[frozenset, float] = {}
-    it = -1
-    idx = 0
-    for _ in range(4 * int(opts.latency_iterations)):
-        if len(measured) >= int(opts.latency_iterations):
-            break
-        keep, pred = alloc.at(fp)
-        removed = alloc.removed(keep)
-        key = frozenset(removed)
-        if key in measured:                  # the same plan again: its measurement stands
-            meas, idx = measured[key]
-        else:
-            meas = 1.0 if not removed else float(measure(removed)[0])
-            it += 1
-            idx = it
-            measured[key] = (meas, idx)
-            iters.append({"predicted_target": round(float(fp), 5), "predicted": round(float(pred), 5),
-                          "measured": round(meas, 5), "removed_units": len(removed),
-                          "macs_kept": round(lm.macs_fraction(removed), 5)})
-        err = meas / F - 1.0
-        cand = (abs(err), idx, keep, meas)
-        if best is None or (abs(err) <= tol) > (best[0] <= tol) or \
-                ((abs(err) <= tol) == (best[0] <= tol) and abs(err) < best[0]):
-            best = cand
-        if abs(err) <= tol:
-            break
-        if meas > F:
-            hi_b = (fp, meas) if hi_b is None or fp < hi_b[0] else hi_b      # too slow: predict lower
-        else:
-            lo_b = (fp, meas) if lo_b is None or fp > lo_b[0] else lo_b      # too fast: predict higher
-        if hi_b is not None and lo_b is not None:
-            (p1, m1), (p2, m2) = lo_b, hi_b          # p1 too fast, p2 too slow: p1 < p2 normally
-            nxt = p1 + (F - m1) * (p2 - p1) / (m2 - m1) if m1 != m2 else (p1 + p2) / 2
-            a, b = min(p1, p2), max(p1, p2)
-            nxt = min(max(nxt, a + 0.1 * (b - a)), b - 0.1 * (b - a))      # secant, kept inside
-        else:
-            nxt = fp * F / max(meas, 1e-6)
-        nxt = min(max(nxt, 0.02), 1.0)
-        if abs(nxt - fp) < 1e-5:
-            break
-        fp = nxt
-    err, it, keep, meas = best
+    objectives = ["importance", "macs"] if opts.latency_objective == "auto" else [opts.latency_objective]
+    found = {}
+    for obj in objectives:
+        progress(f"search{'-' + obj if len(objectives) > 1 else ''}")
+        alloc = _Alloc(lm, an.groups, scores, opts.scope, opts.normalize, opts.protect,
+                       opts.allow_inexact or opts.prune_hidden, opts.min_ratio, opts.max_ratio,
+                       opts.rounding() if opts.scope == "uniform"
+                       else (1 if opts.round_to == "auto" else int(opts.round_to)), objective=obj)
+        found[obj] = (alloc,) + _search(alloc, lm, F, tol, opts.latency_iterations, measure)
+        if opts.scope == "uniform":
+            break                           # one ratio for all: the ranking does not matter
+    choice = next(iter(found))
+    summary = {}
+    if len(found) > 1:
+        progress("compare")
+        if probe is None:
+            probe = [bench.random_inputs(model, seed=opts.seed + 1 + i, other=size) for i in range(4)]
+        for obj, (alloc, err, _, keep, meas, _) in found.items():
+            pruned = rewrite(an.model, an.analysis, an.root, alloc.removed(keep))
+            summary[obj] = {"measured": round(meas, 5), "converged": bool(err <= tol),
+                            "cosine": agreement(model, pruned, probe)["cosine"]}
+        ok = [o for o in found if summary[o]["converged"]] or list(found)
+        choice = max(ok, key=lambda o: (summary[o]["cosine"] or -2.0, -found[o][1]))
+    alloc, err, it, keep, meas, iters = found[choice]
     full = {g.id: np.ones(len(g.units), bool) for g in an.groups}
     full.update(keep)
     removed = alloc.removed(keep)
-    info = {"scope": opts.scope, "normalize": opts.normalize, "objective": opts.latency_objective, "round_to": "per-layer staircase"
-            if opts.scope == "global" else alloc.round_to, "protect": list(opts.protect)}
+    info = {"scope": opts.scope, "normalize": opts.normalize, "objective": choice,
+            "round_to": "per-layer staircase" if opts.scope == "global" else alloc.round_to,
+            "protect": list(opts.protect)}
     info["target"] = {
         "latency": F, "measured": round(meas, 5), "tolerance": tol, "converged": bool(err <= tol),
-        "iterations": iters, "chosen": it, "predicted": round(float(alloc.fraction(keep)), 5),
+        "objective": choice, "iterations": iters, "chosen": it, "predicted": round(float(alloc.fraction(keep)), 5),
         "dense_ms": round(lm.dense_measured, 4), "threads": threads, "provider": PROVIDER, "simd_block": lm.block,
         "free_dims": size if bench.free_dims(model) else None,
-        "model": {"layers": len(lm.layers), "timed": lm.timed, "cache_hits": cache.hits, "in_graph": lm.in_graph, "cache": cache.path
-                  if cache.enabled else None, "build_s": round(model_s, 3)},
+        "model": {"layers": len(lm.layers), "timed": lm.timed, "cache_hits": cache.hits, "in_graph": lm.in_graph,
+                  "cache": cache.path if cache.enabled else None, "build_s": round(model_s, 3)},
     }
+    if summary:
+        info["target"]["objectives"] = summary
     info["layers"] = lm.layer_table(removed)
     return Plan(an.groups, full, info)
 

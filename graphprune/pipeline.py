@@ -63,7 +63,7 @@ class Options:
     latency_tolerance: float = 0.05         # relative: |measured / target - 1| <= this
     latency_iterations: int = 6             # measured bisection steps at most
     latency_cache: Optional[str] = None     # folder of the layer-timing cache (None: default, "": off)
-    latency_objective: str = "importance"   # rank units by importance (or MACs) per ms saved
+    latency_objective: str = "auto"         # rank units by importance or MACs per ms saved; auto: both, keep the better
     latency_timer: Any = None               # tests: (spec, a, b) -> ms instead of timing in onnxruntime
     layer_table: bool = False               # report["layers"] (widths, MACs, latency per layer) without a target
 
@@ -106,8 +106,8 @@ class Options:
                 raise UsageError(f"--latency-tolerance must be in (0, 1), got {self.latency_tolerance}")
             if self.latency_iterations < 1:
                 raise UsageError("--latency-iterations must be >= 1")
-            if self.latency_objective not in ("importance", "macs"):
-                raise UsageError(f"--latency-objective must be importance or macs, got {self.latency_objective!r}")
+            if self.latency_objective not in ("auto", "importance", "macs"):
+                raise UsageError(f"--latency-objective must be auto, importance or macs, got {self.latency_objective!r}")
         if not (0.0 <= self.min_ratio < 1.0):
             raise UsageError(f"--min-ratio must be in [0, 1), got {self.min_ratio}")
         if self.max_ratio is not None and not (self.min_ratio <= self.max_ratio < 1.0):
@@ -259,7 +259,8 @@ def plan_for(an: Analyzed, model: onnx.ModelProto, opts: Options, calib=None,
         cost = CostModel(an.model, an.analysis, an.root, count_feed(an.model, opts.seq_len))
     if opts.target_latency is not None:
         from .latency import target_latency_plan
-        plan = target_latency_plan(an, scores, opts, progress)
+        probe = calib.first(8) if calib is not None else None
+        plan = target_latency_plan(an, scores, opts, progress, probe=probe)
     elif opts.scope == "global":
         plan = global_plan(an.groups, scores, opts.ratio, opts.rounding(), opts.protect, allow,
                            min_ratio=opts.min_ratio, max_ratio=0.9 if opts.max_ratio is None else opts.max_ratio,

@@ -207,7 +207,7 @@ def test_bisection_converges_on_the_measurement(tmp_path, monkeypatch):
     an, lm = _model(m, stair_timer(), tmp_path)
     scores = scores_for(an, Options())
     opts = Options(target_latency=0.6, latency_timer=stair_timer(), latency_cache=str(tmp_path / "cache"),
-                   scope="global")
+                   scope="global", latency_objective="importance")
     seen = []
 
     def measure(removed):
@@ -222,7 +222,7 @@ def test_bisection_converges_on_the_measurement(tmp_path, monkeypatch):
     assert plan.removed_units()
     # a tolerance no plan meets (widths move in steps of 8): the closest is kept, and said so
     tight = Options(target_latency=0.6, latency_timer=stair_timer(), latency_cache=str(tmp_path / "cache"),
-                    scope="global", latency_tolerance=0.001)
+                    scope="global", latency_tolerance=0.001, latency_objective="importance")
     t2 = latency.target_latency_plan(an, scores, tight, measure=measure).options["target"]
     assert not t2["converged"] and len(t2["iterations"]) <= tight.latency_iterations
     assert abs(t2["measured"] / 0.6 - 1) == min(abs(i["measured"] / 0.6 - 1) for i in t2["iterations"])
@@ -252,6 +252,11 @@ def test_target_latency_end_to_end_on_a_small_model(tmp_path):
     assert rep["verify"]["passed"]
     assert rep["layers"] and all({"name", "cin", "cout", "ms", "macs"} <= set(r) for r in rep["layers"])
     assert rep["summary"]["options"]["target_latency"] == 0.7
+    # auto: both rankings searched, the one whose outputs agree best (among those that landed) kept
+    objs = t["objectives"]
+    assert set(objs) == {"importance", "macs"} and t["objective"] in objs
+    landed = [o for o in objs if objs[o]["converged"]] or list(objs)
+    assert objs[t["objective"]]["cosine"] == max(objs[o]["cosine"] for o in landed)
 
 
 # --------------------------------------------------------------------------- sensitivity
