@@ -219,7 +219,7 @@ def print_table(rows):
             if not d or "latency" not in d:
                 continue
             within = "yes" if abs(d["latency"] / 0.5 - 1) <= 0.05 else "no"
-            if d.get("objective"):
+            if d.get("objective") and k == "gp":
                 label += f" ({d['objective']})"
             print(f"| {r['model']} | {label} | {d['latency']:.3f} | {within if not k.startswith('tp') else '–'} | "
                   f"{d['macs_kept']:.3f} | {d['speedup']:.2f}x | {d['realization']:.2f} | {d['cosine']:.4f} |")
