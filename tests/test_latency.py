@@ -479,3 +479,21 @@ def test_sensitivity_in_processes_and_on_ray(tmp_path):
             q1 = [t["cosine"] for t in g["trials"]]
             q2 = [t["cosine"] for t in outs[name]["groups"][gid]["trials"]]
             assert np.allclose(q1, q2, atol=1e-6)         # the same trials, wherever they ran
+
+
+def test_target_latency_composes_with_calibration_and_repair(tmp_path):
+    """A calibration criterion ranks, the latency search allocates, repair refits afterwards; the
+    comparison of the two rankings uses the calibration samples."""
+    from graphprune.demo import INPUT_NAME, INPUT_SHAPE, build_demo_model
+
+    rng = np.random.default_rng(0)
+    feeds = [{INPUT_NAME: rng.standard_normal(INPUT_SHAPE).astype(np.float32)} for _ in range(8)]
+    opts = Options(target_latency=0.8, calib=feeds, criterion="activation", repair="lstsq", scope="global",
+                   latency_timer=stair_timer(), latency_cache=str(tmp_path / "cache"), bench=False,
+                   latency_iterations=2)
+    rep = prune(build_demo_model(), opts).report
+    t = rep["summary"]["target"]
+    assert t["latency"] == 0.8 and t["iterations"] and set(t["objectives"]) == {"importance", "macs"}
+    assert rep["summary"]["options"]["criterion"] == "activation"
+    assert rep["repair"]["agreement"]["repaired"]["cosine"] is not None
+    assert rep["verify"]["passed"]
