@@ -84,7 +84,8 @@ def line_chart(series: Sequence[dict], x_label: str, y_label: str, width: int = 
         x0, x1 = x0 - 0.5, x1 + 0.5
     if y1 - y0 < 1e-12:
         y0, y1 = y0 - 0.05, y1 + 0.05
-    L, R, T, B = 44, 10, 20 if title else 8, 34
+    legend = len(series) > 1
+    L, R, T, B = 44, 190 if legend else 10, 20 if title else 8, 34
     w, h = width - L - R, height - T - B
 
     def X(v):
@@ -118,11 +119,14 @@ def line_chart(series: Sequence[dict], x_label: str, y_label: str, width: int = 
         for (a, b), raw in zip(p, s["points"]):
             out.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3.2" fill="{color}"><title>{_e(s["name"])}: '
                        f'{raw[0]:.4g}, {raw[1]:.4g}</title></circle>')
-    if len(series) > 1:
-        for k, s in enumerate(series[:8]):
+    if legend:                              # beside the plot, as many entries as fit
+        rows = max(1, int((height - T - 4) // 13))
+        for k, s in enumerate(series[:rows]):
             color = s.get("color") or PALETTE[k % len(PALETTE)]
-            out.append(f'<circle cx="{L + 10}" cy="{T + 10 + 13 * k}" r="4" fill="{color}"/>'
-                       f'<text x="{L + 18}" y="{T + 14 + 13 * k}">{_e(s["name"])[:28]}</text>')
+            more = k == rows - 1 and len(series) > rows
+            label = f"… {len(series) - rows + 1} more" if more else _e(s["name"])[-30:]
+            out.append(f'<circle cx="{L + w + 12}" cy="{T + 6 + 13 * k}" r="4" fill="{color}"/>'
+                       f'<text x="{L + w + 20}" y="{T + 10 + 13 * k}">{label}</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -197,7 +201,10 @@ def _summary(rep: dict, title: str) -> str:
         out.append(f'<p id="latency-target">Latency target {t["latency"]:.3f} of the dense model '
                    f'({t.get("dense_ms", 0):.3f} ms, {t.get("provider", "")}, {t.get("threads", 1)} thread(s)): '
                    f'measured <b>{t["measured"]:.3f}</b> ±{t.get("tolerance", 0):.0%}, {state}; '
-                   f'{len(t.get("iterations", []))} measured step(s); layer model: '
+                   f'{len(t.get("iterations", []))} measured step(s); ranking: {_e(t.get("objective", ""))}'
+                   + "".join(f' ({_e(o)}: measured {v["measured"]:.3f}, cosine {v["cosine"]:.4f})'
+                             for o, v in (t.get("objectives") or {}).items() if v.get("cosine") is not None)
+                   + '; layer model: '
                    f'{t.get("model", {}).get("layers", 0)} layers, {t.get("model", {}).get("timed", 0)} timed, '
                    f'{t.get("model", {}).get("cache_hits", 0)} from the cache.</p>')
     elif t:
@@ -253,8 +260,8 @@ def _sensitivity(sens: Optional[dict]) -> str:
         l_series.append({"name": f'{gid} {g.get("name", "")}',
                          "points": [(0.0, 1.0)] + [(t["ratio"], t.get("latency")) for t in trials]})
     out.append('<div class="small-multiples">')
-    out.append(line_chart(q_series, "fraction removed", metric, 430, 260, title="quality", cls="sens-quality"))
-    out.append(line_chart(l_series, "fraction removed", "latency / dense", 430, 260, title="latency",
+    out.append(line_chart(q_series, "fraction removed", metric, 560, 300, title="quality", cls="sens-quality"))
+    out.append(line_chart(l_series, "fraction removed", "latency / dense", 560, 300, title="latency",
                           cls="sens-latency"))
     out.append("</div>")
     out.append('<table id="sensitivity-table" class="sortable"><thead><tr><th>group</th><th class="l">name</th>'
@@ -309,7 +316,7 @@ def _tradeoff(rep: dict, runs: Sequence[dict], sens: Optional[dict]) -> str:
     out.append('<p class="sub">x: measured latency as a fraction of the dense model; y: ' + _e(y_label) +
                " (output cosine after repair when the run has one, else the fraction of MACs kept). Give "
                "other runs' reports with <code>graphprune report --runs</code>.</p>")
-    out.append(line_chart(series, "latency / dense", y_label, 620, 320, points_only=True, cls="tradeoff"))
+    out.append(line_chart(series, "latency / dense", y_label, 760, 320, points_only=True, cls="tradeoff"))
     out.append("</section>")
     return "".join(out)
 
