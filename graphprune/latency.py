@@ -36,14 +36,13 @@ import platform
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
 from . import bench
-from .errors import UsageError
 
 PROVIDER = "CPUExecutionProvider"
 CACHE_VERSION = 2
@@ -294,7 +293,7 @@ class LatencyModel:
     """Predicted latency (ms) of the model a set of removed units would produce."""
 
     def __init__(self, an, dense_ms: float, threads: int = 1, feed=None, cache: Optional[TimingCache] = None,
-                 timer: Optional[Timer] = None, block: Optional[int] = None, progress=None,
+                 timer: Optional[Timer] = None, block: Optional[int] = None,
                  in_graph: Optional[Dict[str, float]] = None):
         self.threads = threads
         self.block = int(block or bench.simd_block())
@@ -644,11 +643,8 @@ class _Alloc:
         self._fast: Dict[int, int] = {}
         # importance per millisecond: a group's scores over its latency slope (others dense)
         self.value: Dict[int, np.ndarray] = {}
-        self.order: Dict[int, np.ndarray] = {}
         for g in self.elig:
             s = self.norm[g.id]
-            order = np.array(sorted(range(len(g.units)), key=lambda i: (-s[i], i)))
-            self.order[g.id] = order
             lo, _ = self.bounds[g.id]
             saved = self.dense - self._group_ms(g, lo)
             slope = max(saved, 1e-6 * self.dense) / max(len(g.units) - lo, 1)

@@ -31,7 +31,7 @@ import importlib.util
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -186,13 +186,6 @@ def _run(job: Tuple[int, float]) -> dict:
     return _WORKER.trial(*job)
 
 
-def _meta(cfg: dict) -> dict:
-    w = _WORKER
-    return {"groups": {g.id: {"name": g.name, "channels": len(g.units)} for g in w.an.groups
-                       if g.id in w.scores},
-            "dense_metric": w.dense_metric}
-
-
 # --------------------------------------------------------------------------- the sweep
 
 
@@ -319,7 +312,6 @@ def summarize(local: Worker, results: List[dict], ids: Sequence[int], cfg: Sweep
         for t in trials:
             uniq[round(t["ratio"], 6)] = {k: v for k, v in t.items() if k != "config"}
         trials = [uniq[k] for k in sorted(uniq)]
-        ok = [t["ratio"] for t in trials if t.get("quality") is not None and t["quality"] >= min_quality]
         # the largest ratio whose quality holds, with every smaller tried ratio holding too
         best = 0.0
         for t in trials:
@@ -327,7 +319,6 @@ def summarize(local: Worker, results: List[dict], ids: Sequence[int], cfg: Sweep
                 best = t["ratio"]
             else:
                 break
-        del ok
         g = names[gid]
         groups[str(gid)] = {"name": g.name, "kind": g.kind, "channels": len(g.units), "trials": trials}
         suggested[str(gid)] = best
