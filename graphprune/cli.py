@@ -83,8 +83,9 @@ def print_summary(report: dict) -> None:
     tgt = s.get("target") or {}
     if "latency" in tgt:
         state = "within tolerance" if tgt["converged"] else f"NOT within ±{tgt['tolerance']:.0%}: closest shown"
+        again = f"; {tgt['remeasured']:.3f} timed again" if "remeasured" in tgt else ""
         click.echo(f"target       latency {tgt['latency']:.3f} of dense: measured {tgt['measured']:.3f} ({state}, "
-                   f"{len(tgt['iterations'])} measurement(s))")
+                   f"{len(tgt['iterations'])} measurement(s){again})")
     click.echo(f"groups       {s['pruned_groups']} pruned of {s['prunable_groups']} prunable ({s['groups']} found)")
     v = report.get("verify")
     if v is not None and "skipped" in v:

@@ -200,7 +200,9 @@ def _summary(rep: dict, title: str) -> str:
                  else '<span class="bad">not within tolerance (closest shown)</span>')
         out.append(f'<p id="latency-target">Latency target {t["latency"]:.3f} of the dense model '
                    f'({t.get("dense_ms", 0):.3f} ms, {t.get("provider", "")}, {t.get("threads", 1)} thread(s)): '
-                   f'measured <b>{t["measured"]:.3f}</b> ±{t.get("tolerance", 0):.0%}, {state}; '
+                   f'measured <b>{t["measured"]:.3f}</b> ±{t.get("tolerance", 0):.0%}, {state}'
+                   + (f' (timed again with fresh sessions: {t["remeasured"]:.3f})' if "remeasured" in t else "")
+                   + '; '
                    f'{len(t.get("iterations", []))} measured step(s); ranking: {_e(t.get("objective", ""))}'
                    + "".join(f' ({_e(o)}: measured {v["measured"]:.3f}, cosine {v["cosine"]:.4f})'
                              for o, v in (t.get("objectives") or {}).items() if v.get("cosine") is not None)

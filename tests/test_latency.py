@@ -247,6 +247,7 @@ def test_target_latency_end_to_end_on_a_small_model(tmp_path):
     assert set(t) >= {"latency", "measured", "tolerance", "converged", "iterations", "predicted", "dense_ms", "model"}
     assert 1 <= len(t["iterations"]) <= 3
     assert t["measured"] == pytest.approx(t["iterations"][t["chosen"]]["measured"])
+    assert 0.0 < t["remeasured"] < 2.0                   # the chosen plan timed again, fresh sessions
     if t["converged"]:
         assert abs(t["measured"] / 0.7 - 1) <= t["tolerance"]
     assert rep["verify"]["passed"]
@@ -497,3 +498,16 @@ def test_target_latency_composes_with_calibration_and_repair(tmp_path):
     assert rep["summary"]["options"]["criterion"] == "activation"
     assert rep["repair"]["agreement"]["repaired"]["cosine"] is not None
     assert rep["verify"]["passed"]
+
+
+def test_sensitivity_cli_errors(tmp_path, capsys):
+    mp = tmp_path / "m.onnx"
+    onnx.save(conv_net(), str(mp))
+    for args, code, text in ((["--ratios", "0.5,1.5"], 2, "--ratios must lie in (0, 1)"),
+                             (["--ratios", "a,b"], 2, "--ratios must be comma-separated"),
+                             (["--metric", "nocolon"], 2, "--metric must be"),
+                             (["--jobs", "0"], 2, "--jobs must be >= 1")):
+        c, _, err = _cli(["sensitivity", str(mp), "-o", str(tmp_path / "s.json"), *args], capsys)
+        assert c == code and text in err and len(err.strip().splitlines()) == 1, (args, err)
+    c, _, err = _cli(["sensitivity", str(tmp_path / "missing.onnx")], capsys)
+    assert c == 3 and len(err.strip().splitlines()) == 1
