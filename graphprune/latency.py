@@ -555,11 +555,20 @@ def profile_layers(model: onnx.ModelProto, feed, threads: int = 1, runs: int = 1
     to the layer."""
     import onnxruntime as ort
 
-    so = bench._session_options(threads, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    so = ort.SessionOptions()               # as bench.make_session's, plus the profiler
+    so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 4
     tmp = tempfile.mkdtemp(prefix="graphprune-prof-")
     so.enable_profiling = True
     so.profile_file_prefix = os.path.join(tmp, "p")
-    sess = ort.InferenceSession(bench._as_model(model).SerializeToString(), sess_options=so,
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    from .io import pin_ir_version
+    pin_ir_version(m)                       # an IR version this onnxruntime reads
+    sess = ort.InferenceSession(m.SerializeToString(), sess_options=so,
                                 providers=[PROVIDER])
     f = {i.name: feed[i.name] for i in sess.get_inputs() if i.name in feed}
     sess.run(None, f)
@@ -596,6 +605,19 @@ def profile_layers(model: onnx.ModelProto, feed, threads: int = 1, runs: int = 1
             key = node.name or node.output[0]
             out[key] = out.get(key, 0.0) + ms
     return out
+
+
+def _profile(model, feed, threads: int) -> Optional[Dict[str, float]]:
+    """profile_layers, or None where it cannot run (a model over 2 GiB, a profiler refusing):
+    the layers then keep their own timings."""
+    from .io import approx_model_bytes
+
+    if approx_model_bytes(model) > (1 << 30):
+        return None
+    try:
+        return profile_layers(model, feed, threads)
+    except Exception:
+        return None
 
 
 def _shift(lay: Layer, overhead: float) -> None:
@@ -867,7 +889,7 @@ def target_latency_plan(an, scores, opts, progress=None, measure=None, probe=Non
     dense_ms = _dense_ms(model, feed, threads) if opts.latency_timer is None else None
     cache = TimingCache(machine_key(threads), opts.latency_cache, enabled=opts.latency_cache != "")
     from .pipeline import count_feed
-    prof = profile_layers(model, feed, threads) if opts.latency_timer is None else None
+    prof = _profile(model, feed, threads) if opts.latency_timer is None else None
     lm = LatencyModel(an, dense_ms, threads, count_feed(model, opts.seq_len), cache=cache, timer=opts.latency_timer,
                       in_graph=prof)
     model_s = time.perf_counter() - t0
@@ -979,7 +1001,7 @@ def layer_report(an, removed, opts) -> List[dict]:
     size, feed = _feed(an.model, opts.seed)
     cache = TimingCache(machine_key(opts.threads), opts.latency_cache, enabled=opts.latency_cache != "")
     dense_ms = _dense_ms(an.model, feed, opts.threads) if opts.latency_timer is None else None
-    prof = profile_layers(an.model, feed, opts.threads) if opts.latency_timer is None else None
+    prof = _profile(an.model, feed, opts.threads) if opts.latency_timer is None else None
     lm = LatencyModel(an, dense_ms, opts.threads, count_feed(an.model, opts.seq_len), cache=cache,
                       timer=opts.latency_timer, in_graph=prof)
     return lm.layer_table(removed)
