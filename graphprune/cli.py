@@ -132,6 +132,12 @@ def print_summary(report: dict) -> None:
     for name, b, a, r in rows:
         click.echo(f"{name:12s} {b:>10s} {a:>10s} " + (f"{r:7.2f}x" if r is not None else f"{'-':>8s}"))
     s = report["summary"]
+    tgt = s.get("target") or {}
+    if "latency" in tgt:
+        state = "within tolerance" if tgt["converged"] else f"NOT within ±{tgt['tolerance']:.0%}: closest shown"
+        again = f"; {tgt['remeasured']:.3f} timed again" if "remeasured" in tgt else ""
+        click.echo(f"target       latency {tgt['latency']:.3f} of dense: measured {tgt['measured']:.3f} ({state}, "
+                   f"{len(tgt['iterations'])} measurement(s){again})")
     click.echo(f"groups       {s['pruned_groups']} pruned of {s['prunable_groups']} prunable ({s['groups']} found)")
     v = report.get("verify")
     if v is not None and "skipped" in v:
@@ -304,6 +310,36 @@ def _repair_options(f):
     return f
 
 
+def _latency_options(f):
+    f = click.option("--html", "html_out", default=None, metavar="REPORT.html",
+                     help="also write a self-contained HTML report (per-layer widths, MACs, latency, groups)")(f)
+    f = click.option("--latency-cache", default=None, metavar="DIR",
+                     help="folder of the per-layer timing cache [default: ~/.cache/graphprune; '' turns it off]")(f)
+    f = click.option("--latency-objective", type=click.Choice(["auto", "importance", "macs"]), default="auto",
+                     show_default=True, help="--target-latency: remove channels by importance lost per ms saved, or "
+                                             "by MACs per ms saved; auto: search both, keep the plan whose outputs "
+                                             "agree best with the dense model's")(f)
+    f = click.option("--latency-iterations", type=int, default=6, show_default=True,
+                     help="--target-latency: measured bisection steps at most")(f)
+    f = click.option("--latency-tolerance", type=float, default=0.05, show_default=True,
+                     help="--target-latency: accepted relative error of the measured latency")(f)
+    f = click.option("--target-latency", type=float, default=None, metavar="F",
+                     help="prune until the measured latency is F of the dense model's on this machine (implies "
+                          "--scope global unless --scope is given)")(f)
+    return f
+
+
+def _latency(kw: dict) -> dict:
+    """Options fields from the latency flags (--target-latency defaults the scope to global)."""
+    q = {k: kw.pop(k) for k in ("target_latency", "latency_tolerance", "latency_iterations", "latency_cache",
+                                "latency_objective")}
+    if q["target_latency"] is not None:
+        src = click.get_current_context().get_parameter_source("scope")
+        if src is not None and src.name == "DEFAULT":
+            kw["scope"] = "global"
+    return q
+
+
 QUALITY_KEYS = ("calib", "calib_dir", "calib_batch", "reduce", "normalize", "scope", "target_macs", "target_params",
                 "min_ratio", "max_ratio", "repair", "ridge", "ridge_prior")
 
@@ -353,10 +389,11 @@ def _quality(kw: dict, static_batch: Optional[int] = None) -> dict:
 @_feed_options
 @click.option("--bench-seconds", type=float, default=10.0, show_default=True,
               help="the latency benchmark stops after about this long (at least 3 pairs of runs)")
+@_latency_options
 @click.option("-q", "--quiet", is_flag=True)
 def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_inexact, head_ratio, mlp_ratio,
         prune_hidden, threads, bench, verify, demo, static_batch, quiet, keep_initializer_inputs, input_ranges,
-        inputs_npz, bench_seconds, **quality):
+        inputs_npz, bench_seconds, html_out, **quality):
     """Prune MODEL end to end: load, analyze, score, plan, rewrite, verify, bench, save."""
     from .io import check_output_path, save_json_atomic, save_model
     from .pipeline import Options, check_verified, prune
@@ -365,7 +402,8 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
                    allow_inexact=allow_inexact, head_ratio=head_ratio, mlp_ratio=mlp_ratio,
                    prune_hidden=prune_hidden, threads=threads, bench=bench, verify=verify,
                    keep_initializer_inputs=keep_initializer_inputs, bench_seconds=bench_seconds,
-                   **_parse_feeds(input_ranges, inputs_npz), **_quality(quality, static_batch))
+                   **_parse_feeds(input_ranges, inputs_npz), layer_table=bool(html_out), **_latency(quality),
+                   **_quality(quality, static_batch))
     opts.check()
     if bench_seconds <= 0:
         raise UsageError(f"--bench-seconds must be > 0, got {bench_seconds}")
@@ -380,6 +418,8 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
     report_path = report or _default_report(out)
     check_output_path(out, model)
     check_output_path(report_path, model)
+    if html_out:
+        check_output_path(html_out, model)
     m = _load(model, static_batch, keep_initializer_inputs, quiet)
     progress = _Progress(quiet)
     if not quiet:
@@ -397,9 +437,12 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
     check_verified(rep)
     save_model(res.model, out)
     save_json_atomic(rep, report_path)
+    if html_out:
+        from .html_report import write_html
+        write_html(rep, html_out, source=report_path)
     if not quiet:
         print_summary(rep)
-        click.echo(f"wrote {out} and {report_path}")
+        click.echo(f"wrote {out} and {report_path}" + (f" and {html_out}" if html_out else ""))
 
 
 @cli.command("analyze")
@@ -528,6 +571,109 @@ def verify_cmd(dense, pruned, plan_in):
     if not v["passed"]:
         raise VerifyError("verification failed: pruned model disagrees with the masked-dense oracle "
                           f"(max abs diff {v.get('max_abs_diff')})")
+
+
+def _ratios(text: str) -> list:
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--ratios must be comma-separated numbers, got {text!r}")
+    if not vals:
+        raise UsageError("--ratios is empty")
+    return sorted(set(vals))
+
+
+@cli.command("sensitivity")
+@click.argument("model")
+@click.option("-o", "--output", "out", default=None, help="result JSON [default: IN.sensitivity.json]")
+@click.option("--ratios", default="0.25,0.5,0.75", show_default=True, help="fractions of each group to remove")
+@click.option("--criterion", default="l2", show_default=True, help="which channels go first (as in run)")
+@click.option("--calib", default=None, metavar="FILE.npz", help="calibration samples: quality is measured on them")
+@click.option("--calib-dir", default=None, metavar="DIR", help="calibration samples: a folder of .npz/.npy files")
+@click.option("--calib-batch", type=int, default=16, show_default=True)
+@click.option("--samples", type=int, default=8, show_default=True, help="samples the quality is measured on")
+@click.option("--metric", default=None, metavar="MODULE:FUNCTION",
+              help="user quality metric: FUNCTION(model, feeds) -> float, higher is better [default: output cosine]")
+@click.option("--min-quality", type=float, default=None,
+              help="a ratio is suggested while quality stays >= this [default: cosine 0.99, or 0.99 x the dense "
+                   "model's metric]")
+@click.option("--round-to", type=int, default=1, show_default=True, help="kept counts are multiples of N")
+@click.option("--group", "only", type=int, multiple=True, help="only this group id (repeatable)")
+@click.option("--jobs", type=int, default=1, show_default=True, help="parallel worker processes (or Ray actors)")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="run the trials on a Ray cluster (ray.init(address=ADDRESS); 'local' starts one here)")
+@click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime threads per trial")
+@click.option("--repeats", type=int, default=20, show_default=True, help="timed runs per trial")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_static_batch_option
+@click.option("-q", "--quiet", is_flag=True)
+def sensitivity_cmd(model, out, ratios, criterion, calib, calib_dir, calib_batch, samples, metric, min_quality,
+                    round_to, only, jobs, ray_address, threads, repeats, seed, static_batch, quiet):
+    """Prune each group of MODEL alone at several ratios; write per-group quality and latency
+    curves, a suggested ratio per group and a plan for `prune --plan`. Resumable: finished trials
+    are kept in OUT.trials.jsonl and skipped by a rerun."""
+    from .io import check_output_path, load_model
+    from .score import CRITERIA
+    from .sensitivity import SweepConfig, sweep
+
+    if criterion not in CRITERIA:
+        raise UsageError(f"unknown criterion {criterion!r}; choose from {', '.join(sorted(CRITERIA))}")
+    if calib and calib_dir:
+        raise UsageError("give --calib or --calib-dir, not both")
+    for name, v in (("--samples", samples), ("--round-to", round_to), ("--threads", threads),
+                    ("--repeats", repeats), ("--calib-batch", calib_batch)):
+        if v < 1:
+            raise UsageError(f"{name} must be >= 1")
+    out = out or ((model[:-5] if model.endswith(".onnx") else model) + ".sensitivity.json")
+    check_output_path(out, model)
+    load_model(model)                     # a bad input: one line, exit 3, before any worker starts
+    cfg = SweepConfig(model=model, ratios=_ratios(ratios), criterion=criterion, calib=calib, calib_dir=calib_dir,
+                      calib_batch=calib_batch, samples=samples, seed=seed, threads=threads, repeats=repeats,
+                      round_to=round_to, metric=metric, static_batch=static_batch, groups=list(only) or None)
+    say = (lambda s: None) if quiet else (lambda s: click.echo(f"  {s}", err=True))
+    res = sweep(cfg, out, jobs=jobs, ray_address=ray_address, min_quality=min_quality, progress=say)
+    if not quiet:
+        click.echo(f"{'group':>5s}  {'channels':>8s}  " + "  ".join(f"q@{r:<5g}" for r in res["ratios"])
+                   + "  suggested  name")
+        for gid, g in res["groups"].items():
+            by = {round(t["ratio"], 6): t for t in g["trials"]}
+            qs = "  ".join(f"{by[round(r, 6)]['quality']:7.4f}" if round(r, 6) in by else f"{'-':>7s}"
+                           for r in res["ratios"])
+            click.echo(f"{gid:>5s}  {g['channels']:8d}  {qs}  {res['suggested'][gid]:9.2f}  {g['name']}")
+        base = out[:-5] if out.endswith(".json") else out
+        click.echo(f"wrote {out}, {base}.trials.jsonl ({res['trials_run']} run, {res['trials_reused']} reused) "
+                   f"and {base}.plan.json")
+
+
+@cli.command("report")
+@click.argument("report_json")
+@click.option("-o", "--output", "out", default=None, help="HTML path [default: REPORT.html]")
+@click.option("--sensitivity", "sens", default=None, metavar="SENS.json", help="a `graphprune sensitivity` result")
+@click.option("--runs", multiple=True, metavar="REPORT.json", help="other reports for the trade-off chart")
+def report_cmd(report_json, out, sens, runs):
+    """Render a run's report (REPORT.json) as one self-contained HTML page."""
+    from .html_report import write_html
+    from .io import check_output_path
+
+    rep = _load_json(report_json, "report")
+    out = out or ((report_json[:-5] if report_json.endswith(".json") else report_json) + ".html")
+    check_output_path(out, report_json)
+    s = None
+    if sens:
+        try:
+            with open(sens, encoding="utf-8") as fh:
+                s = json.load(fh)
+        except (OSError, ValueError) as e:
+            raise InputError(f"sensitivity {sens} cannot be read: {str(e).splitlines()[0]}")
+        if not isinstance(s, dict) or not isinstance(s.get("groups"), dict):
+            raise InputError(f"sensitivity {sens} has no 'groups' object")
+    others = []
+    for r in runs:
+        o = _load_json(r, "report")
+        o["_label"] = os.path.basename(r)
+        others.append(o)
+    write_html(rep, out, source=report_json, sensitivity=s, runs=others)
+    click.echo(f"wrote {out}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

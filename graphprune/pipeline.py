@@ -93,6 +93,13 @@ class Options:
     input_ranges: Dict[str, tuple] = field(default_factory=dict)   # name -> (low, high): random feeds
     sample: Any = None                      # feed dicts for verify and the benchmark (--inputs FILE.npz)
     bench_seconds: float = 10.0             # the benchmark stops after this long (at least 3 pairs)
+    target_latency: Optional[float] = None  # reach this fraction of the dense model's measured latency
+    latency_tolerance: float = 0.05         # relative: |measured / target - 1| <= this
+    latency_iterations: int = 6             # measured bisection steps at most
+    latency_cache: Optional[str] = None     # folder of the layer-timing cache (None: default, "": off)
+    latency_objective: str = "auto"         # rank units by importance or MACs per ms saved; auto: both, keep the better
+    latency_timer: Any = None               # tests: (spec, a, b) -> ms instead of timing in onnxruntime
+    layer_table: bool = False               # report["layers"] (widths, MACs, latency per layer) without a target
 
     def kind_ratios(self) -> Dict[str, Optional[float]]:
         return {"heads": self.head_ratio, "channels": self.mlp_ratio}
@@ -124,6 +131,17 @@ class Options:
                 raise UsageError(f"--{name.replace('_', '-')} must be in (0, 1], got {v}")
         if self.target_macs is not None and self.target_params is not None:
             raise UsageError("give --target-macs or --target-params, not both")
+        if self.target_latency is not None:
+            if not (0.0 < self.target_latency <= 1.0):
+                raise UsageError(f"--target-latency must be in (0, 1], got {self.target_latency}")
+            if self.target_macs is not None or self.target_params is not None:
+                raise UsageError("give --target-latency or --target-macs/--target-params, not both")
+            if not (0.0 < self.latency_tolerance < 1.0):
+                raise UsageError(f"--latency-tolerance must be in (0, 1), got {self.latency_tolerance}")
+            if self.latency_iterations < 1:
+                raise UsageError("--latency-iterations must be >= 1")
+            if self.latency_objective not in ("auto", "importance", "macs"):
+                raise UsageError(f"--latency-objective must be auto, importance or macs, got {self.latency_objective!r}")
         if not (0.0 <= self.min_ratio < 1.0):
             raise UsageError(f"--min-ratio must be in [0, 1), got {self.min_ratio}")
         if self.max_ratio is not None and not (self.min_ratio <= self.max_ratio < 1.0):
@@ -240,10 +258,10 @@ def calibrate(an: Analyzed, opts: Options, calib) -> Optional[dict]:
     return collect(an.model, calib, reqs, graph=an.graph, threads=opts.threads)
 
 
-def plan_for(an: Analyzed, model: onnx.ModelProto, opts: Options, calib=None,
-             timings: Optional[dict] = None, progress: "Progress" = None) -> Plan:
-    """Score every group and allocate: uniform ratio or one global threshold, optionally
-    searching for a MACs/params target with the cost model."""
+def scores_for(an: Analyzed, opts: Options, calib=None, timings: Optional[dict] = None,
+               progress: "Progress" = None) -> dict:
+    """Every prunable group's unit scores under the options' criterion (calibration statistics
+    collected first when it needs them)."""
     progress = progress or _noop
     t = timings if timings is not None else {}
     t0 = time.perf_counter()
@@ -261,6 +279,16 @@ def plan_for(an: Analyzed, model: onnx.ModelProto, opts: Options, calib=None,
     progress("score")
     scores = score(an.groups, an.graph, opts.criterion, opts.reduce, opts.seed, normalize=opts.normalize, **kw)
     t["score_s"] = time.perf_counter() - t1
+    return scores
+
+
+def plan_for(an: Analyzed, model: onnx.ModelProto, opts: Options, calib=None,
+             timings: Optional[dict] = None, progress: "Progress" = None) -> Plan:
+    """Score every group and allocate: uniform ratio or one global threshold, optionally
+    searching for a MACs/params target with the cost model."""
+    progress = progress or _noop
+    t = timings if timings is not None else {}
+    scores = scores_for(an, opts, calib, t, progress)
     t1 = time.perf_counter()
     progress("plan")
     target = opts.target()
@@ -269,7 +297,11 @@ def plan_for(an: Analyzed, model: onnx.ModelProto, opts: Options, calib=None,
     if target is not None:
         from .cost import CostModel
         cost = CostModel(an.model, an.analysis, an.root, count_feed(an.model, opts.seq_len))
-    if opts.scope == "global":
+    if opts.target_latency is not None:
+        from .latency import target_latency_plan
+        probe = calib.first(8) if calib is not None else None
+        plan = target_latency_plan(an, scores, opts, progress, probe=probe)
+    elif opts.scope == "global":
         plan = global_plan(an.groups, scores, opts.ratio, opts.rounding(), opts.protect, allow,
                            min_ratio=opts.min_ratio, max_ratio=0.9 if opts.max_ratio is None else opts.max_ratio,
                            normalize=opts.normalize, target=target, cost=cost, per_cost=opts.per_cost)
@@ -339,6 +371,16 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
                     "criterion": criterion_name(opts.criterion),
                     "protect": list(opts.protect), "seed": opts.seed},
     }
+    if opts.target_latency is not None:
+        report["summary"]["options"]["target_latency"] = opts.target_latency
+        report["layers"] = plan.options.pop("layers", [])
+    elif opts.layer_table:
+        from .latency import layer_report
+        progress("layers")
+        try:
+            report["layers"] = layer_report(an, removed, opts)
+        except Exception as e:     # a report extra: onnxruntime refusing a layer must not fail the run
+            report["layers_skipped"] = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
     if opts.scope != "uniform" or opts.target() is not None or opts.repair != "none" \
             or opts.normalize != "mean" or opts.reduce != "mean" or calib is not None:
         report["summary"]["options"].update(
@@ -346,8 +388,8 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
              "target_macs": opts.target_macs, "target_params": opts.target_params, "min_ratio": opts.min_ratio,
              "max_ratio": opts.max_ratio, "repair": opts.repair,
              "calibration_samples": calib.samples() if calib is not None else 0})
-        if "target" in plan.options:
-            report["summary"]["target"] = plan.options["target"]
+    if "target" in plan.options:
+        report["summary"]["target"] = plan.options["target"]
     if notes:
         report["summary"]["notes"] = notes
     if plan.n_pruned_groups() == 0:
