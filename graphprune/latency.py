@@ -649,16 +649,16 @@ class _Alloc:
     def __init__(self, lm: LatencyModel, groups, scores, scope: str, normalize: str, protect, allow_inexact: bool,
                  min_ratio: float, max_ratio: Optional[float], round_to: int, min_keep: int = 1,
                  objective: str = "importance"):
-        from .plan import _bounds, _eligible, normalize_scores
+        from .plan import kept_bounds, eligible, normalize_scores
 
         self.lm, self.groups, self.scope = lm, groups, scope
         self.scores = scores
         self.protect, self.allow = protect, allow_inexact
         self.min_ratio, self.max_ratio, self.round_to = min_ratio, max_ratio, max(1, int(round_to))
-        self.elig = [g for g in groups if _eligible(g, scores, protect, allow_inexact)]
+        self.elig = [g for g in groups if eligible(g, scores, protect, allow_inexact)]
         self.norm = {g.id: normalize_scores(scores[g.id], normalize) for g in self.elig}
         mr = 0.9 if max_ratio is None and scope == "global" else max_ratio
-        self.bounds = {g.id: _bounds(len(g.units), min_ratio, mr, min_keep) for g in self.elig}
+        self.bounds = {g.id: kept_bounds(len(g.units), min_ratio, mr, min_keep) for g in self.elig}
         self.dense = lm.dense_predicted()
         self.base_dead = lm.dead(())
         self._snapped: Dict[Tuple[int, int], int] = {}
@@ -678,8 +678,8 @@ class _Alloc:
             self.value[g.id] = v
 
     def _mask(self, g, k: int) -> Optional[np.ndarray]:
-        from .plan import _select
-        return _select(g, self.norm[g.id], k, 1)
+        from .plan import select_units
+        return select_units(g, self.norm[g.id], k, 1)
 
     def _group_ms(self, g, k: int) -> float:
         """Predicted model latency with only group ``g`` pruned to ``k`` units."""

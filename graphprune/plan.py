@@ -140,7 +140,7 @@ def _matches(g: Group, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(n, p) or n == p for n in names for p in patterns)
 
 
-def _target(n: int, ratio: float, round_to: int, min_keep: int) -> int:
+def kept_count(n: int, ratio: float, round_to: int, min_keep: int) -> int:
     k = n - int(math.floor(n * ratio + 1e-9))
     if round_to > 1 and k < n:
         k = min(n, int(math.ceil(k / round_to)) * round_to)
@@ -200,7 +200,7 @@ def select_units(g: Group, s: np.ndarray, k: int, round_to: int) -> Optional[np.
     return mask
 
 
-def _bounds(n: int, min_ratio: float, max_ratio: Optional[float], min_keep: int) -> Tuple[int, int]:
+def kept_bounds(n: int, min_ratio: float, max_ratio: Optional[float], min_keep: int) -> Tuple[int, int]:
     """(least, most) units a group may keep."""
     lo = max(min_keep, n - int(math.floor(n * (max_ratio if max_ratio is not None else 1.0) + 1e-9)))
     hi = n - int(math.floor(n * min_ratio + 1e-9))
@@ -228,7 +228,7 @@ def make_plan(groups: List[Group], scores: Dict[int, np.ndarray], ratio: float, 
             r = min(r, max_ratio)
         if r <= 0 or not eligible(g, scores, protect, allow_inexact):
             continue
-        k = _target(n, r, round_to if g.kind != "heads" else 1, min_keep)
+        k = kept_count(n, r, round_to if g.kind != "heads" else 1, min_keep)
         mask = select_units(g, np.asarray(scores[g.id], dtype=np.float64), k, round_to)
         if mask is not None:
             keep[g.id] = mask
@@ -274,7 +274,7 @@ def global_plan(groups: List[Group], scores: Dict[int, np.ndarray], ratio: float
             unit_cost = max(1.0 - c, 1e-12) / len(g.units)
             s = ns[g.id]
             ns[g.id] = s / unit_cost if normalize != "std" else s - np.log(unit_cost)
-    bounds = {g.id: _bounds(len(g.units), min_ratio, max_ratio, min_keep) for g in elig}
+    bounds = {g.id: kept_bounds(len(g.units), min_ratio, max_ratio, min_keep) for g in elig}
     forced = {g.id: np.array([u in g.blocked for u in g.units.tolist()]) for g in elig}
 
     def plan_at(t: float) -> Dict[int, np.ndarray]:

@@ -144,15 +144,15 @@ class Worker:
     def trial(self, gid: int, ratio: float) -> dict:
         from . import bench
         from .latency import measure_fraction
-        from .plan import _select, _target
+        from .plan import select_units, kept_count
         from .rewrite import rewrite
         from .verify import agreement
 
         t0 = time.perf_counter()
         g = next(x for x in self.an.groups if x.id == gid)
         n = len(g.units)
-        k = _target(n, ratio, self.cfg.round_to if g.kind != "heads" else 1, 1)
-        mask = _select(g, np.asarray(self.scores[gid], dtype=np.float64), k, self.cfg.round_to)
+        k = kept_count(n, ratio, self.cfg.round_to if g.kind != "heads" else 1, 1)
+        mask = select_units(g, np.asarray(self.scores[gid], dtype=np.float64), k, self.cfg.round_to)
         out = {"group": gid, "ratio": ratio, "channels": n}
         if mask is None:
             out.update({"kept": n, "quality": self.dense_metric if self.metric else 1.0, "cosine": 1.0,
@@ -220,7 +220,7 @@ def sweep(cfg: SweepConfig, out: str, jobs: int = 1, ray_address: Optional[str] 
     """Run (or resume) the sweep; write ``out`` (curves + suggested ratios), ``out``'s
     ``.trials.jsonl`` and ``.plan.json``. Returns the result dict."""
     from .io import save_json_atomic
-    from .plan import Plan, _select, _target
+    from .plan import Plan, select_units, kept_count
 
     progress = progress or (lambda s: None)
     for r in cfg.ratios:
@@ -283,8 +283,8 @@ def sweep(cfg: SweepConfig, out: str, jobs: int = 1, ray_address: Optional[str] 
     for g in local.an.groups:
         r = result["suggested"].get(str(g.id), 0.0)
         if r > 0:
-            k = _target(len(g.units), r, cfg.round_to if g.kind != "heads" else 1, 1)
-            mask = _select(g, np.asarray(local.scores[g.id], dtype=np.float64), k, cfg.round_to)
+            k = kept_count(len(g.units), r, cfg.round_to if g.kind != "heads" else 1, 1)
+            mask = select_units(g, np.asarray(local.scores[g.id], dtype=np.float64), k, cfg.round_to)
             if mask is not None:
                 keep[g.id] = mask
     full = {g.id: np.ones(len(g.units), bool) for g in local.an.groups}
