@@ -170,11 +170,18 @@ static void spmm_t(const gp_csr* w, const float* xt, int64_t ldx, const float* b
   for (; mb < m1; mb += 8) {
     const __m256i m = lane_mask(m1 - mb);
     for (int64_t n = n0; n < n1; ++n) {
-      __m256 a0 = _mm256_set1_ps(bias[n]);
-      for (int64_t j = w->ptr[n]; j < w->ptr[n + 1]; ++j)
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(w->val[j]), _mm256_maskload_ps(xt + (int64_t)w->idx[j] * ldx + mb, m),
-                             a0);
-      _mm256_maskstore_ps(yt + n * ldy + mb, m, a0);
+      __m256 a0 = _mm256_set1_ps(bias[n]), a1 = _mm256_setzero_ps(), a2 = a1, a3 = a1;
+      const float* xb = xt + mb;
+      int64_t j = w->ptr[n], e = w->ptr[n + 1];
+      for (; j + 4 <= e; j += 4) {
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(w->val[j]), _mm256_maskload_ps(xb + (int64_t)w->idx[j] * ldx, m), a0);
+        a1 = _mm256_fmadd_ps(_mm256_set1_ps(w->val[j + 1]), _mm256_maskload_ps(xb + (int64_t)w->idx[j + 1] * ldx, m), a1);
+        a2 = _mm256_fmadd_ps(_mm256_set1_ps(w->val[j + 2]), _mm256_maskload_ps(xb + (int64_t)w->idx[j + 2] * ldx, m), a2);
+        a3 = _mm256_fmadd_ps(_mm256_set1_ps(w->val[j + 3]), _mm256_maskload_ps(xb + (int64_t)w->idx[j + 3] * ldx, m), a3);
+      }
+      for (; j < e; ++j)
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(w->val[j]), _mm256_maskload_ps(xb + (int64_t)w->idx[j] * ldx, m), a0);
+      _mm256_maskstore_ps(yt + n * ldy + mb, m, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
     }
   }
 }

@@ -167,11 +167,22 @@ static void spmm_t(const gp_csr* w, const float* xt, int64_t ldx, const float* b
   for (; mb < m1; mb += 16) {
     __mmask16 m = tail_mask(m1 - mb);
     for (int64_t n = n0; n < n1; ++n) {
-      __m512 a0 = _mm512_set1_ps(bias[n]);
-      for (int64_t j = w->ptr[n]; j < w->ptr[n + 1]; ++j)
-        a0 = _mm512_fmadd_ps(_mm512_set1_ps(w->val[j]),
-                             _mm512_maskz_loadu_ps(m, xt + (int64_t)w->idx[j] * ldx + mb), a0);
-      _mm512_mask_storeu_ps(yt + n * ldy + mb, m, a0);
+      /* four independent chains over the nonzeros hide the FMA latency */
+      __m512 a0 = _mm512_set1_ps(bias[n]), a1 = _mm512_setzero_ps(), a2 = a1, a3 = a1;
+      const float* xb = xt + mb;
+      int64_t j = w->ptr[n], e = w->ptr[n + 1];
+      for (; j + 4 <= e; j += 4) {
+        a0 = _mm512_fmadd_ps(_mm512_set1_ps(w->val[j]), _mm512_maskz_loadu_ps(m, xb + (int64_t)w->idx[j] * ldx), a0);
+        a1 = _mm512_fmadd_ps(_mm512_set1_ps(w->val[j + 1]), _mm512_maskz_loadu_ps(m, xb + (int64_t)w->idx[j + 1] * ldx),
+                             a1);
+        a2 = _mm512_fmadd_ps(_mm512_set1_ps(w->val[j + 2]), _mm512_maskz_loadu_ps(m, xb + (int64_t)w->idx[j + 2] * ldx),
+                             a2);
+        a3 = _mm512_fmadd_ps(_mm512_set1_ps(w->val[j + 3]), _mm512_maskz_loadu_ps(m, xb + (int64_t)w->idx[j + 3] * ldx),
+                             a3);
+      }
+      for (; j < e; ++j)
+        a0 = _mm512_fmadd_ps(_mm512_set1_ps(w->val[j]), _mm512_maskz_loadu_ps(m, xb + (int64_t)w->idx[j] * ldx), a0);
+      _mm512_mask_storeu_ps(yt + n * ldy + mb, m, _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
     }
   }
 }

@@ -168,18 +168,6 @@ static int conforms_nm24(const gp_csr* w) {
   return 1;
 }
 
-static int conforms_blkn(const gp_csr* w, int64_t bn) {
-  for (int64_t c = 0; c * bn < w->N; ++c) {
-    int64_t n0 = c * bn, ne = n0 + bn < w->N ? n0 + bn : w->N;
-    int64_t len = w->ptr[n0 + 1] - w->ptr[n0];
-    for (int64_t n = n0 + 1; n < ne; ++n) {
-      if (w->ptr[n + 1] - w->ptr[n] != len) return 0;
-      if (memcmp(w->idx + w->ptr[n], w->idx + w->ptr[n0], (size_t)len * sizeof(int32_t))) return 0;
-    }
-  }
-  return 1;
-}
-
 static int pack_sell(const gp_csr* w, int S, gp_packed* p) {
   p->layout = GP_LAYOUT_SELL;
   p->lanes = S;
@@ -239,32 +227,59 @@ static int pack_nm24(const gp_csr* w, int S, gp_packed* p) {
   return 1;
 }
 
+/* Blocks of bn consecutive outputs: each block column lists the union of the k its outputs read (zeros
+ * fill the gaps), so it is exact for block-sparse weights and a dense-like layout for dense-ish ones. */
+static int64_t blkn_entries(const gp_csr* w, int bn, int32_t* mark) {
+  int64_t total = 0;
+  for (int64_t c = 0; c * bn < w->N; ++c) {
+    int64_t ne = c * bn + bn < w->N ? c * bn + bn : w->N;
+    for (int64_t n = c * bn; n < ne; ++n)
+      for (int64_t j = w->ptr[n]; j < w->ptr[n + 1]; ++j)
+        if (mark[w->idx[j]] != (int32_t)c + 1) mark[w->idx[j]] = (int32_t)c + 1, ++total;
+  }
+  return total;
+}
+
 static int pack_blkn(const gp_csr* w, int bn, gp_packed* p) {
   p->layout = GP_LAYOUT_BLKN;
   p->bn = bn;
   p->nslices = (w->N + bn - 1) / bn;
+  int32_t* mark = (int32_t*)calloc((size_t)w->K, sizeof(int32_t));
+  int32_t* pos = (int32_t*)malloc((size_t)w->K * sizeof(int32_t));
   p->sptr = (int64_t*)xalloc((size_t)(p->nslices + 1) * sizeof(int64_t));
-  if (!p->sptr) return 0;
-  p->sptr[0] = 0;
-  for (int64_t c = 0; c < p->nslices; ++c) p->sptr[c + 1] = p->sptr[c] + (w->ptr[c * bn + 1] - w->ptr[c * bn]);
-  int64_t ent = p->sptr[p->nslices];
+  if (!mark || !pos || !p->sptr) goto fail;
+  int64_t ent = blkn_entries(w, bn, mark);
+  memset(mark, 0, (size_t)w->K * sizeof(int32_t));
   p->val = (float*)xalloc((size_t)ent * bn * sizeof(float));
   p->idx = (uint16_t*)xalloc((size_t)ent * sizeof(uint16_t));
-  if (!p->val || !p->idx) return 0;
+  if (!p->val || !p->idx) goto fail;
+  memset(p->val, 0, (size_t)ent * bn * sizeof(float));
+  int64_t e = 0;
+  p->sptr[0] = 0;
   for (int64_t c = 0; c < p->nslices; ++c) {
-    for (int64_t t = 0; t < p->sptr[c + 1] - p->sptr[c]; ++t) {
-      int64_t e = p->sptr[c] + t;
-      p->idx[e] = (uint16_t)w->idx[w->ptr[c * bn] + t];
-      for (int i = 0; i < bn; ++i) {
-        int64_t n = c * bn + i;
-        p->val[e * bn + i] = n < w->N ? w->val[w->ptr[n] + t] : 0.f;
-      }
-    }
+    int64_t n0 = c * bn, ne = n0 + bn < w->N ? n0 + bn : w->N;
+    for (int64_t n = n0; n < ne; ++n)
+      for (int64_t j = w->ptr[n]; j < w->ptr[n + 1]; ++j) mark[w->idx[j]] = (int32_t)c + 1;
+    for (int64_t k = 0; k < w->K; ++k) /* ascending k within the column */
+      if (mark[k] == (int32_t)c + 1) pos[k] = (int32_t)(e - p->sptr[c]), p->idx[e++] = (uint16_t)k;
+    p->sptr[c + 1] = e;
+    for (int64_t n = n0; n < ne; ++n)
+      for (int64_t j = w->ptr[n]; j < w->ptr[n + 1]; ++j)
+        p->val[(p->sptr[c] + pos[w->idx[j]]) * bn + (n - n0)] = w->val[j];
   }
+  free(mark);
+  free(pos);
   return 1;
+fail:
+  free(mark);
+  free(pos);
+  return 0;
 }
 
-/* GRAPHPRUNE_KERNELS_LAYOUT=csr|sell|nm24|blkn forces a layout when the data allow it (benchmarks). */
+/* The layout is chosen by an estimate of the batch-1 cost, in bytes streamed (measured on AVX-512 and
+ * AVX2: the sliced-ELL gather loop costs about as much per nonzero as streaming 8.5 bytes; the 2:4 and
+ * block loops run at memory speed). The pattern hint only sets the block width tried.
+ * GRAPHPRUNE_KERNELS_LAYOUT=csr|sell|nm24|blkn forces a layout when the data allow it (benchmarks). */
 static OrtStatus* pack(gp_kernel* k) {
   const gp_csr* w = &k->csr;
   const gp_isa* isa = k->isa;
@@ -277,28 +292,49 @@ static OrtStatus* pack(gp_kernel* k) {
     else if (!strcmp(force, "nm24")) want = GP_LAYOUT_NM24;
     else if (!strcmp(force, "blkn")) want = GP_LAYOUT_BLKN;
   }
-  int ok = 1;
   memset(&k->pk, 0, sizeof k->pk);
   k->pk.K = w->K;
   k->pk.N = w->N;
-  int can_nm24 = isa->lanes > 0 && isa->nm24_m1 && conforms_nm24(w);
-  int can_blkn = small_k && isa->blkn_m1 && k->block_n >= 2 && k->block_n <= 64 && conforms_blkn(w, k->block_n);
-  int can_sell = small_k && isa->lanes > 0 && isa->sell_m1;
-  if (want == GP_LAYOUT_CSR) {
-    k->pk.layout = GP_LAYOUT_CSR;
-  } else if ((want == GP_LAYOUT_NM24 || (want < 0 && k->pattern == 1 && k->pattern_n == 2 && k->pattern_m == 4)) &&
-             can_nm24) {
-    ok = pack_nm24(w, isa->lanes, &k->pk);
-  } else if ((want == GP_LAYOUT_BLKN || (want < 0 && k->pattern == 2)) && can_blkn) {
-    ok = pack_blkn(w, (int)k->block_n, &k->pk);
-  } else if (can_sell) {
-    ok = pack_sell(w, isa->lanes, &k->pk);
-  } else {
-    k->pk.layout = GP_LAYOUT_CSR;
+  const int S = isa->lanes;
+  int bn = (k->pattern == 2 && k->block_n >= 2 && k->block_n <= 64) ? (int)k->block_n : (S ? S : 8);
+  double cost[4] = {1e300, 1e300, 1e300, 1e300};
+  cost[GP_LAYOUT_CSR] = 12.0 * (double)w->nnz + 8.0 * (double)w->N;
+  if (S > 0 && isa->nm24_m1 && conforms_nm24(w))
+    cost[GP_LAYOUT_NM24] = (double)((w->N + S - 1) / S) * (double)((w->K + 3) / 4) * (8.0 * S + 8.0);
+  if (small_k && S > 0 && isa->sell_m1) {
+    double steps = 0;
+    for (int64_t n0 = 0; n0 < w->N; n0 += S) {
+      int64_t L = 0;
+      for (int64_t n = n0; n < n0 + S && n < w->N; ++n)
+        if (w->ptr[n + 1] - w->ptr[n] > L) L = w->ptr[n + 1] - w->ptr[n];
+      steps += (double)L;
+    }
+    cost[GP_LAYOUT_SELL] = 8.5 * steps * S;
   }
+  if (small_k && isa->blkn_m1) {
+    int32_t* mark = (int32_t*)calloc((size_t)w->K, sizeof(int32_t));
+    if (!mark) return gp_err(GP_ORT_FAIL, "%s: out of memory packing the sparse weight", op_name(k));
+    cost[GP_LAYOUT_BLKN] = (double)blkn_entries(w, bn, mark) * (4.0 * bn + 2.0);
+    free(mark);
+  }
+  int best = GP_LAYOUT_CSR;
+  for (int l = 1; l < 4; ++l)
+    if (cost[l] < cost[best]) best = l;
+  if (want >= 0 && cost[want] < 1e300) best = want;
+  int ok = 1;
+  if (best == GP_LAYOUT_NM24) ok = pack_nm24(w, S, &k->pk);
+  else if (best == GP_LAYOUT_BLKN) ok = pack_blkn(w, bn, &k->pk);
+  else if (best == GP_LAYOUT_SELL) ok = pack_sell(w, S, &k->pk);
+  else k->pk.layout = GP_LAYOUT_CSR;
   if (!ok) {
     free_packed(&k->pk);
     return gp_err(GP_ORT_FAIL, "%s: out of memory packing the sparse weight", op_name(k));
+  }
+  if (getenv_i64("GRAPHPRUNE_KERNELS_VERBOSE", 0) > 0) {
+    static const char* names[4] = {"csr", "sell", "nm24", "blkn"};
+    fprintf(stderr, "graphprune kernels: %s K=%lld N=%lld nnz=%lld isa=%s layout=%s%s\n", op_name(k),
+            (long long)w->K, (long long)w->N, (long long)w->nnz, isa->name, names[k->pk.layout],
+            k->pk.layout == GP_LAYOUT_BLKN ? (bn == 4 ? "(4)" : bn == 8 ? "(8)" : bn == 16 ? "(16)" : "(n)") : "");
   }
   return NULL;
 }
@@ -385,7 +421,7 @@ static OrtStatus* create_kernel(int opk, const OrtKernelInfo* info, void** out) 
     return st;
   }
   k->isa = choose_isa();
-  k->spmm_min_m = getenv_i64("GRAPHPRUNE_KERNELS_SPMM_MIN_M", 4);
+  k->spmm_min_m = getenv_i64("GRAPHPRUNE_KERNELS_SPMM_MIN_M", 2);
   /* Constant weights (initializers) are packed once, here. Otherwise they are read per call. */
   const OrtValue* cv[4] = {0};
   int all_const = 1;
@@ -442,7 +478,10 @@ typedef struct job {
   int64_t n_tiles, m_tiles;
   int64_t batch_stride_x, batch_stride_y; /* conv: per image */
   int mode;                /* 0 = packed m1, 1 = csr m1, 2 = spmm_t */
+  float* y_rows;           /* MatMul SpMM: final [M][N] output, each task transposes its tile into it */
 } job;
+
+static void transpose(const float* a, int64_t rows, int64_t cols, int64_t lda, float* b, int64_t ldb);
 
 static void run_task(void* vj, size_t t) {
   const job* j = (const job*)vj;
@@ -468,6 +507,8 @@ static void run_task(void* vj, size_t t) {
     int64_t m0 = mt * j->mchunk, m1 = m0 + j->mchunk < j->M ? m0 + j->mchunk : j->M;
     isa->spmm_t(j->w, j->x + b * j->batch_stride_x, j->ldx, j->bias, j->y + b * j->batch_stride_y, j->ldy, n0, n1,
                 m0, m1);
+    if (j->y_rows) /* the tile is still in cache: write it out row-major now */
+      transpose(j->y + n0 * j->ldy + m0, n1 - n0, m1 - m0, j->ldy, j->y_rows + m0 * j->k->N + n0, j->k->N);
   }
 }
 
@@ -501,8 +542,10 @@ static OrtStatus* rows_m1(OrtKernelContext* ctx, const gp_kernel* k, const gp_cs
 
 /* transposed SpMM over images: x [B][K][P] -> y [B][N][P] */
 static OrtStatus* spmm(OrtKernelContext* ctx, const gp_kernel* k, const gp_csr* w, const float* xt, int64_t ldx,
-                       const float* bias, float* yt, int64_t ldy, int64_t P, int64_t B, int64_t bsx, int64_t bsy) {
+                       const float* bias, float* yt, int64_t ldy, int64_t P, int64_t B, int64_t bsx, int64_t bsy,
+                       float* y_rows) {
   job j = {0};
+  j.y_rows = y_rows;
   j.k = k, j.w = w, j.x = xt, j.bias = bias, j.y = yt, j.M = P, j.ldx = ldx, j.ldy = ldy, j.mode = 2;
   j.batch_stride_x = bsx, j.batch_stride_y = bsy;
   j.mchunk = P < 256 ? P : 256;
@@ -510,6 +553,20 @@ static OrtStatus* spmm(OrtKernelContext* ctx, const gp_kernel* k, const gp_csr* 
   j.nchunk = k->N < 64 ? k->N : 64;
   j.n_tiles = (k->N + j.nchunk - 1) / j.nchunk;
   return run_tasks(ctx, &j, B * j.n_tiles * j.m_tiles, B * P * w->nnz);
+}
+
+/* Per-thread scratch for the transposed activations, kept between calls (no allocation, no page faults
+ * per call); each thread that runs a session holds at most the largest size it needed. */
+static __thread float* t_scratch;
+static __thread size_t t_scratch_n;
+
+static float* scratch(size_t n) {
+  if (n > t_scratch_n) {
+    free(t_scratch);
+    t_scratch = (float*)xalloc(n * sizeof(float));
+    t_scratch_n = t_scratch ? n : 0;
+  }
+  return t_scratch;
 }
 
 static void transpose(const float* a, int64_t rows, int64_t cols, int64_t lda, float* b, int64_t ldb) {
@@ -584,21 +641,14 @@ static OrtStatus* compute(void* kp, OrtKernelContext* ctx) {
   if (k->op == OP_MATMUL || P == 1) { /* rows of K: [M, K] -> [M, N] */
     if (M < k->spmm_min_m) return rows_m1(ctx, k, w, x, bias, y, M);
     int64_t ld = (M + 15) / 16 * 16;
-    float* xt = (float*)xalloc((size_t)(k->K * ld) * sizeof(float));
-    float* yt = (float*)xalloc((size_t)(k->N * ld) * sizeof(float));
-    if (!xt || !yt) {
-      free(xt), free(yt);
-      return gp_err(GP_ORT_FAIL, "%s: out of memory", op);
-    }
+    float* xt = scratch((size_t)(k->K + k->N) * ld);
+    if (!xt) return gp_err(GP_ORT_FAIL, "%s: out of memory", op);
+    float* yt = xt + k->K * ld;
     transpose(x, M, k->K, k->K, xt, ld);
-    OrtStatus* st = spmm(ctx, k, w, xt, ld, bias, yt, ld, M, 1, 0, 0);
-    if (!st) transpose(yt, k->N, M, ld, y, k->N);
-    free(xt);
-    free(yt);
-    return st;
+    return spmm(ctx, k, w, xt, ld, bias, yt, ld, M, 1, 0, 0, y);
   }
   /* pointwise conv: each image is already [K][P], the transposed layout */
-  return spmm(ctx, k, w, x, P, bias, y, P, P, B, k->K * P, k->N * P);
+  return spmm(ctx, k, w, x, P, bias, y, P, P, B, k->K * P, k->N * P, NULL);
 }
 
 static OrtStatus* compute_v2(void* kp, OrtKernelContext* ctx) { return compute(kp, ctx); }

@@ -16,21 +16,25 @@ import pytest
 from graphprune import kernels
 
 ISAS = ("portable", "avx2", "avx512")
-SPMM_MIN_M = 4  # gp_ops.c default: from this many rows the transposed SpMM kernel runs
+SPMM_MIN_M = 2  # gp_ops.c default: from this many rows the transposed SpMM kernel runs
 
 
 def _unstructured(rng, N, K, density):
     return rng.random((N, K)) < density
 
 
-def _nm(rng, N, K, n=2, m=4):
+def _nm(rng, N, K, n=2, m=4, thin=True):
     mask = np.zeros((N, K), bool)
     for g in range(0, K, m):
         w = min(m, K - g)
         keep = np.argsort(rng.random((N, w)), axis=1)[:, :min(n, w)]
         np.put_along_axis(mask[:, g:g + w], keep, True, axis=1)
-    # thin some groups below n: still a valid n:m weight
-    return mask & (rng.random((N, K)) < 0.9)
+    if not thin:
+        return mask
+    # thin some groups below n (still a valid n:m weight), keep output 2 full (n of every m)
+    thinned = mask & (rng.random((N, K)) < 0.9)
+    thinned[2 % N] = mask[2 % N]
+    return thinned
 
 
 def _blocks(rng, N, K, bk, bn, density):
@@ -39,10 +43,13 @@ def _blocks(rng, N, K, bk, bn, density):
 
 
 def _weights(rng, mask, special=True):
+    """Weights on the mask; with `special`, output 1 empty and output 2 fully dense (True) or as dense as
+    the pattern allows ("pattern")."""
     W = (rng.standard_normal(mask.shape) * mask).astype(np.float32)
     if special and mask.shape[0] > 3:
-        W[1] = 0.0                      # an empty output
-        W[2] = rng.standard_normal(mask.shape[1])  # a fully dense output
+        W[1] = 0.0
+        if special is True:
+            W[2] = rng.standard_normal(mask.shape[1])
     return W
 
 
@@ -84,12 +91,12 @@ def _ref_conv(X, W, b):
     return Y + b.reshape((1, -1) + (1,) * (X.ndim - 2))
 
 
-def _run_all(op, shapes, weights_as_inputs=False, threads=1):
+def _run_all(op, shapes, weights_as_inputs=False, threads=1, patterns=None):
     rng = np.random.default_rng(7)
     cases = 0
     for lead, K, N in shapes:
-        for name, attrs, make in PATTERNS:
-            W = _weights(rng, make(rng, N, K))
+        for name, attrs, make in patterns or PATTERNS:
+            W = _weights(rng, make(rng, N, K), special="pattern" if name == "2:4" else True)
             b = rng.standard_normal(N).astype(np.float32)
             if op == "SparseMatMul":
                 xs = tuple(lead) + (K,)
@@ -130,6 +137,12 @@ def test_sparse_conv_every_pattern_and_shape(isa):
     assert _run_all("SparseConv", CONV_SHAPES) == len(CONV_SHAPES) * len(PATTERNS)
 
 
+def test_batch1_kernels_on_many_rows(monkeypatch):
+    """The batch-1 kernels, row by row, on every shape (normally only M = 1 reaches them)."""
+    monkeypatch.setenv("GRAPHPRUNE_KERNELS_SPMM_MIN_M", "1000000")
+    assert _run_all("SparseMatMul", MATMUL_SHAPES) > 0
+
+
 def test_weights_as_graph_inputs(monkeypatch):
     """Non-constant weights are checked and used per call (no packing)."""
     assert _run_all("SparseMatMul", MATMUL_SHAPES[:5], weights_as_inputs=True) > 0
@@ -149,19 +162,16 @@ def test_multithreaded_large_layers():
         _check(_session(m, threads=2).run(None, {"X": X})[0], _ref_matmul(X, W, b))
 
 
-def test_forced_layouts_agree(monkeypatch):
-    """Every layout, forced (the benchmark does), gives the dense result; one the data do not allow falls
-    back to the general one."""
-    rng = np.random.default_rng(5)
-    for mask, attrs in [(_blocks(rng, 48, 40, 1, 8, 0.5), {"pattern": 2, "block_k": 1, "block_n": 8}),
-                        (_nm(rng, 48, 42), {"pattern": 1, "pattern_n": 2, "pattern_m": 4})]:
-        W = _weights(rng, mask, special=False)
-        b = rng.standard_normal(48).astype(np.float32)
-        X = rng.standard_normal((1, W.shape[1])).astype(np.float32)
-        for layout in ("csr", "sell", "nm24", "blkn"):
-            monkeypatch.setenv("GRAPHPRUNE_KERNELS_LAYOUT", layout)
-            m = kernels.single_op_model("SparseMatMul", W, b, **attrs)
-            _check(_session(m).run(None, {"X": X})[0], _ref_matmul(X, W, b))
+@pytest.mark.parametrize("isa_name", ["avx2", "avx512"])
+def test_every_layout_on_every_pattern(monkeypatch, isa_name):
+    """Each packed layout forced (the benchmark does; otherwise a cost estimate picks one), through the
+    batch-1 kernels on every pattern; a layout the data do not allow (2:4 on other data) falls back."""
+    monkeypatch.setenv("GRAPHPRUNE_KERNELS_ISA", isa_name)
+    monkeypatch.setenv("GRAPHPRUNE_KERNELS_SPMM_MIN_M", "1000000")
+    shapes = [((1,), 37, 19), ((1,), 64, 40), ((3,), 130, 70), ((1,), 9, 8)]
+    for layout in ("csr", "sell", "nm24", "blkn"):
+        monkeypatch.setenv("GRAPHPRUNE_KERNELS_LAYOUT", layout)
+        assert _run_all("SparseMatMul", shapes) == len(shapes) * len(PATTERNS)
 
 
 def test_pack_unpack_roundtrip():
