@@ -146,6 +146,19 @@ static void csr_m1(const gp_csr* w, const float* x, const float* bias, float* y,
 static void spmm_t(const gp_csr* w, const float* xt, int64_t ldx, const float* bias, float* yt, int64_t ldy,
                    int64_t n0, int64_t n1, int64_t m0, int64_t m1) {
   int64_t mb = m0;
+  for (; mb + 128 <= m1; mb += 128) { /* 8 chains: both FMA pipes busy, index/value loads amortized */
+    for (int64_t n = n0; n < n1; ++n) {
+      __m512 a[8];
+      for (int i = 0; i < 8; ++i) a[i] = _mm512_set1_ps(bias[n]);
+      for (int64_t j = w->ptr[n]; j < w->ptr[n + 1]; ++j) {
+        const __m512 vb = _mm512_set1_ps(w->val[j]);
+        const float* r = xt + (int64_t)w->idx[j] * ldx + mb;
+        for (int i = 0; i < 8; ++i) a[i] = _mm512_fmadd_ps(vb, _mm512_loadu_ps(r + 16 * i), a[i]);
+      }
+      float* o = yt + n * ldy + mb;
+      for (int i = 0; i < 8; ++i) _mm512_storeu_ps(o + 16 * i, a[i]);
+    }
+  }
   for (; mb + 64 <= m1; mb += 64) {
     for (int64_t n = n0; n < n1; ++n) {
       __m512 a0 = _mm512_set1_ps(bias[n]), a1 = a0, a2 = a0, a3 = a0;

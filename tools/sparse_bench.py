@@ -101,6 +101,29 @@ def sparse_model(Ws, bs, M, attrs):
                                                helper.make_opsetid(kernels.DOMAIN, 1)], ir_version=8)
 
 
+def conv_models(Ws, bs, HW, attrs):
+    """Pointwise Conv (dense, onnxruntime) and SparseConv on X [1, K, HW, HW]."""
+    K, N = Ws[0].shape[1], Ws[0].shape[0]
+    xs, ys = [1, K, HW, HW], [1, N, HW, HW]
+    d_nodes, d_inits, s_nodes, s_inits, outs = [], [], [], [], []
+    for r, (W, b) in enumerate(zip(Ws, bs)):
+        d_inits += [numpy_helper.from_array(W.reshape(N, K, 1, 1), f"W{r}"), numpy_helper.from_array(b, f"b{r}")]
+        d_nodes.append(helper.make_node("Conv", ["X", f"W{r}", f"b{r}"], [f"Y{r}"]))
+        v, i, p = kernels.pack_csr(W)
+        names = [f"v{r}", f"i{r}", f"p{r}", f"b{r}"]
+        s_inits += [numpy_helper.from_array(a, n) for a, n in zip((v, i, p, b), names)]
+        s_nodes.append(helper.make_node("SparseConv", ["X", *names], [f"Y{r}"], domain=kernels.DOMAIN, K=K, N=N,
+                                        **attrs))
+        outs.append(helper.make_tensor_value_info(f"Y{r}", TensorProto.FLOAT, ys))
+    x = [helper.make_tensor_value_info("X", TensorProto.FLOAT, xs)]
+    dm = helper.make_model(helper.make_graph(d_nodes, "dense", x, outs, initializer=d_inits),
+                           opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    sm = helper.make_model(helper.make_graph(s_nodes, "sparse", x, outs, initializer=s_inits),
+                           opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(kernels.DOMAIN, 1)],
+                           ir_version=8)
+    return dm, sm
+
+
 def s2d_model(R, K, N, M):
     """com.microsoft SparseToDenseMatMul: Yt[N, M] = A[N, K] (CSR sparse input) @ Xt[K, M] (transposes of X
     and Y are left out, in its favour)."""
@@ -181,7 +204,7 @@ def measure_bandwidth(mb=512, reps=5):
     return 2 * a.nbytes / best
 
 
-def bench_one(rng, K, N, M, pname, threads, pairs, budget, with_s2d, bw, flush):
+def bench_one(rng, K, N, M, pname, threads, pairs, budget, with_s2d, bw, flush, layout="auto", op="matmul"):
     spec = PATTERNS[pname]
     layer = K * N * 4
     R = int(max(1, min(8, budget // layer)))
@@ -190,14 +213,24 @@ def bench_one(rng, K, N, M, pname, threads, pairs, budget, with_s2d, bw, flush):
         mask = make_mask(rng, K, N, spec)
         Ws.append((rng.standard_normal((N, K)) * mask).astype(np.float32))
         bs.append(rng.standard_normal(N).astype(np.float32))
-    X = rng.standard_normal((M, K)).astype(np.float32)
+    # conv: M is the feature map side, X [1, K, M, M]; the rows of the MatMul view are its M*M positions
+    X = rng.standard_normal((M, K) if op == "matmul" else (1, K, M, M)).astype(np.float32)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    dense = ort.InferenceSession(dense_model(Ws, bs, M).SerializeToString(), so)
-    sparse = ort.InferenceSession(sparse_model(Ws, bs, M, attrs_of(spec)).SerializeToString(),
-                                  kernels.session_options(threads))
-    outs = {f"Y{r}": (M, N) for r in range(R)}
+    if op == "conv":
+        dm, sm = conv_models(Ws, bs, M, attrs_of(spec))
+        with_s2d = False
+    else:
+        dm, sm = dense_model(Ws, bs, M), sparse_model(Ws, bs, M, attrs_of(spec))
+    dense = ort.InferenceSession(dm.SerializeToString(), so)
+    if layout == "auto":
+        os.environ.pop("GRAPHPRUNE_KERNELS_LAYOUT", None)
+    else:
+        os.environ["GRAPHPRUNE_KERNELS_LAYOUT"] = layout  # read when the session creates its kernels
+    sparse = ort.InferenceSession(sm.SerializeToString(), kernels.session_options(threads))
+    os.environ.pop("GRAPHPRUNE_KERNELS_LAYOUT", None)
+    outs = {f"Y{r}": (M, N) if op == "matmul" else (1, N, M, M) for r in range(R)}
     run_d = bound_runner(dense, {"X": X}, outs)
     run_s = bound_runner(sparse, {"X": X}, outs)
     # correctness of what we time
@@ -213,30 +246,33 @@ def bench_one(rng, K, N, M, pname, threads, pairs, budget, with_s2d, bw, flush):
         if run_t:
             run_t()
     td, ts, tt = [], [], []
-    for _ in range(pairs):
+    for i in range(pairs):
         flush()
         td.append(run_d())
         flush()
         ts.append(run_s())
-        if run_t:
+        if run_t and (i < 3 or tt[0] < 0.25):  # SparseToDenseMatMul can take seconds: 3 rounds then
             flush()
             tt.append(run_t())
     nnz = int(sum(np.count_nonzero(W) for W in Ws) / R)
-    act = (M * K + M * N) * 4
+    rows_ = M if op == "matmul" else M * M
+    act = (rows_ * K + rows_ * N) * 4
     dense_bytes, sparse_bytes = layer + act, packed_bytes(spec, nnz, K, N) + act
-    row = dict(K=K, N=N, M=M, pattern=pname, threads=threads, R=R, density=nnz / (K * N),
+    row = dict(op=op, K=K, N=N, M=M, pattern=pname, layout=layout, threads=threads, R=R, density=nnz / (K * N),
                dense_us=statistics.median(td) / R * 1e6, sparse_us=statistics.median(ts) / R * 1e6,
                speedup=statistics.median(a / b for a, b in zip(td, ts)),
                bytes_limit=dense_bytes / sparse_bytes,
                sparse_floor_us=sparse_bytes / bw * 1e6, dense_floor_us=dense_bytes / bw * 1e6, rel_err=err)
     if run_t:
         row["s2d_us"] = statistics.median(tt) / R * 1e6
-        row["vs_s2d"] = statistics.median(c / b for c, b in zip(tt, ts))
+        row["vs_s2d"] = statistics.median(c / b for c, b in zip(tt, ts[:len(tt)]))
     return row
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--op", choices=("matmul", "conv"), default="matmul",
+                    help="conv: pointwise Conv vs SparseConv on [1, K, M, M] (--rows are feature-map sides)")
     ap.add_argument("--shapes", default="768x3072,3072x768,4096x4096", help="KxN list")
     ap.add_argument("--rows", default="1,8,64", help="M list (batch rows)")
     ap.add_argument("--patterns", default=",".join(PATTERNS), help=f"from {', '.join(PATTERNS)}")
@@ -246,33 +282,36 @@ def main(argv=None):
     ap.add_argument("--cache", choices=("cold", "warm"), default="cold",
                     help="cold: evict the caches before every timed run (default); warm: weights may stay cached")
     ap.add_argument("--no-s2d", action="store_true", help="skip com.microsoft SparseToDenseMatMul")
+    ap.add_argument("--layouts", default="auto", help="auto (the kernel's choice) and/or csr, sell, nm24, blkn "
+                    "(forced; the batch-1 kernels only)")
     ap.add_argument("--json", default=None, help="also write the rows here")
     a = ap.parse_args(argv)
     kernels.library_path()
     bw = measure_bandwidth()
     print(f"# onnxruntime {ort.__version__}, kernels {kernels.library_info()}, cpus {os.cpu_count()}, "
           f"numpy-copy bandwidth {bw / 1e9:.1f} GB/s", flush=True)
-    hdr = (f"{'thr':>3} {'K':>5} {'N':>5} {'M':>3} {'pattern':>7} {'R':>2} {'dense us':>9} {'sparse us':>9} "
+    hdr = (f"{'thr':>3} {'K':>5} {'N':>5} {'M':>3} {'pattern':>7} {'layout':>6} {'R':>2} {'dense us':>9} {'sparse us':>9} "
            f"{'speedup':>7} {'bytes lim':>9} {'floor us':>8} {'s2d us':>9} {'vs s2d':>7}")
     print(hdr, flush=True)
     rng = np.random.default_rng(0)
     flush = Flusher(a.cache == "cold")
-    print(f"# cache: {a.cache}, {a.pairs} interleaved rounds per row", flush=True)
+    print(f"# op: {a.op}; cache: {a.cache}, {a.pairs} interleaved rounds per row", flush=True)
     rows = []
     for threads in [int(t) for t in a.threads.split(",")]:
         for shape in a.shapes.split(","):
             K, N = (int(v) for v in shape.lower().split("x"))
             for pname in a.patterns.split(","):
-                for M in [int(m) for m in a.rows.split(",")]:
-                    r = bench_one(rng, K, N, M, pname, threads, a.pairs, a.budget_mb * 2 ** 20, not a.no_s2d, bw,
-                                  flush)
-                    rows.append(r)
-                    print(f"{threads:>3} {K:>5} {N:>5} {M:>3} {pname:>7} {r['R']:>2} {r['dense_us']:>9.1f} "
-                          f"{r['sparse_us']:>9.1f} {r['speedup']:>6.2f}x {r['bytes_limit']:>8.2f}x "
-                          f"{r['sparse_floor_us']:>8.1f} {r.get('s2d_us', float('nan')):>9.1f} "
-                          f"{r.get('vs_s2d', float('nan')):>6.2f}x", flush=True)
-                    if r["rel_err"] > 1e-4:
-                        print(f"    WARNING: sparse differs from dense by {r['rel_err']:.2e} (relative)", flush=True)
+                for layout in a.layouts.split(","):
+                    for M in [int(m) for m in a.rows.split(",")]:
+                        r = bench_one(rng, K, N, M, pname, threads, a.pairs, a.budget_mb * 2 ** 20, not a.no_s2d, bw,
+                                      flush, layout, a.op)
+                        rows.append(r)
+                        print(f"{threads:>3} {K:>5} {N:>5} {M:>3} {pname:>7} {layout:>6} {r['R']:>2} {r['dense_us']:>9.1f} "
+                              f"{r['sparse_us']:>9.1f} {r['speedup']:>6.2f}x {r['bytes_limit']:>8.2f}x "
+                              f"{r['sparse_floor_us']:>8.1f} {r.get('s2d_us', float('nan')):>9.1f} "
+                              f"{r.get('vs_s2d', float('nan')):>6.2f}x", flush=True)
+                        if r["rel_err"] > 1e-4:
+                            print(f"    WARNING: sparse differs from dense by {r['rel_err']:.2e} (relative)", flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(dict(bandwidth=bw, onnxruntime=ort.__version__, rows=rows), f, indent=1)
