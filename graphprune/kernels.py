@@ -36,7 +36,7 @@ DOMAIN = "ai.graphprune"
 OPSET = 1
 OPS = ("SparseMatMul", "SparseConv")
 LIB_NAME = "libgraphprune_kernels.so"
-SOURCES = ("gp_ort.h", "gp_kernels.h", "gp_ops.c", "gp_portable.c", "gp_avx2.c", "gp_avx512.c")
+SOURCES = ("gp_ort.h", "gp_common.h", "gp_kernels.h", "gp_ops.c", "gp_portable.c", "gp_avx2.c", "gp_avx512.c")
 CFLAGS = ("-O3", "-std=c11", "-D_GNU_SOURCE", "-fPIC", "-shared", "-fvisibility=hidden", "-Wall")
 LDFLAGS = ("-lpthread",)
 
@@ -91,44 +91,23 @@ def _compiler_id(cc: str) -> str:
     return cc + "\n" + (out.splitlines()[0] if out else "")
 
 
-def build(defines: Sequence[str] = (), cache: Optional[os.PathLike] = None, quiet: bool = False,
-          opt: str = "-O3") -> Path:
-    """Compile the library (unless the cache already holds this exact build); returns its path.
-
-    ``defines``: extra ``NAME=VALUE`` preprocessor definitions (tests use ``GP_ORT_API_VERSION``).
-    ``cache``: cache root instead of :func:`cache_root`. ``opt``: the optimization flag (tests build -O0). The build goes to a temporary file in the target
-    directory and is renamed into place, so concurrent builders never see a partial library.
-    """
-    src = source_dir()
-    cc = find_compiler()
-    flags = [opt if f == "-O3" else f for f in CFLAGS] + [f"-D{d}" for d in defines]
-    h = hashlib.sha256()
-    for s in SOURCES:
-        h.update(s.encode() + b"\0" + (src / s).read_bytes() + b"\0")
-    h.update("\0".join(flags + list(LDFLAGS)).encode())
-    h.update(_compiler_id(cc).encode())
-    out_dir = Path(cache) if cache is not None else cache_root()
-    out_dir = out_dir / "kernels" / h.hexdigest()[:16]
-    lib = out_dir / LIB_NAME
+def _cached_build(key: bytes, lib_name: str, cache: Optional[os.PathLike], what: str, tool: str, compile_fn) -> Path:
+    """Runs ``compile_fn(tmp_path, scratch_dir)`` unless the cache holds a build with this key; the result is
+    renamed into ``<cache>/kernels/<hash>/<lib_name>`` so concurrent builders never see a partial library."""
+    out_dir = (Path(cache) if cache is not None else cache_root()) / "kernels" / hashlib.sha256(key).hexdigest()[:16]
+    lib = out_dir / lib_name
     if lib.is_file():
         return lib
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise KernelsError(f"cannot create the kernel cache directory {out_dir}: {e.strerror}") from None
-    if not quiet:
-        print(f"graphprune: building the sparse kernels with {os.path.basename(cc)} into {lib}", file=sys.stderr,
-              flush=True)
+    print(f"graphprune: building the {what} with {tool} into {lib}", file=sys.stderr, flush=True)
     fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=out_dir)
     os.close(fd)
-    cmd = [cc, *flags, "-o", tmp, *[str(src / s) for s in SOURCES if s.endswith(".c")], *LDFLAGS]
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            err = (r.stderr or r.stdout).strip().splitlines()
-            first = next((line for line in err if "error" in line), err[0] if err else "")
-            raise KernelsError(f"building the sparse kernels failed ({os.path.basename(cc)} exit {r.returncode}): "
-                               f"{first}")
+        with tempfile.TemporaryDirectory(prefix=".obj-", dir=out_dir) as scratch:
+            compile_fn(tmp, scratch)
         os.replace(tmp, lib)
     finally:
         if os.path.exists(tmp):
@@ -136,12 +115,96 @@ def build(defines: Sequence[str] = (), cache: Optional[os.PathLike] = None, quie
     return lib
 
 
+def _run_compiler(cmd: Sequence[str], what: str) -> None:
+    r = subprocess.run(list(cmd), capture_output=True, text=True)
+    if r.returncode != 0:
+        err = (r.stderr or r.stdout).strip().splitlines()
+        first = next((line for line in err if "error" in line), err[0] if err else "")
+        raise KernelsError(f"building the {what} failed ({os.path.basename(cmd[0])} exit {r.returncode}): {first}")
+
+
+def _source_key(src: Path, files: Iterable[str]) -> bytes:
+    h = hashlib.sha256()
+    for s in files:
+        h.update(s.encode() + b"\0" + (src / s).read_bytes() + b"\0")
+    return h.digest()
+
+
+def build(defines: Sequence[str] = (), cache: Optional[os.PathLike] = None, opt: str = "-O3") -> Path:
+    """Compile the CPU library (unless the cache already holds this exact build); returns its path.
+
+    ``defines``: extra ``NAME=VALUE`` preprocessor definitions (tests use ``GP_ORT_API_VERSION``).
+    ``cache``: cache root instead of :func:`cache_root`. ``opt``: the optimization flag (tests build -O0).
+    """
+    src = source_dir()
+    cc = find_compiler()
+    flags = [opt if f == "-O3" else f for f in CFLAGS] + [f"-D{d}" for d in defines]
+    key = _source_key(src, SOURCES) + "\0".join(flags + list(LDFLAGS)).encode() + _compiler_id(cc).encode()
+
+    def compile_fn(tmp, scratch):
+        _run_compiler([cc, *flags, "-o", tmp, *[str(src / s) for s in SOURCES if s.endswith(".c")], *LDFLAGS],
+                      "sparse kernels")
+    return _cached_build(key, LIB_NAME, cache, "sparse kernels", os.path.basename(cc), compile_fn)
+
+
+CUDA_SOURCES = ("cuda/gp_cuda.cu",)
+CUDA_LIB_NAME = "libgraphprune_kernels_cuda.so"
+# sm_80 (A100) and sm_90 (H100/H200) code, plus PTX that newer GPUs compile at load
+CUDA_ARCH = ("-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=[sm_90,compute_90]")
+
+
+def find_nvcc() -> str:
+    cands = [os.environ["NVCC"]] if os.environ.get("NVCC") else ["nvcc", "/usr/local/cuda/bin/nvcc"]
+    for c in cands:
+        p = shutil.which(c)
+        if p:
+            return p
+    raise KernelsError(f"nvcc not found (tried {', '.join(cands)}): the CUDA kernels need the CUDA toolkit; "
+                       "the CPU kernels (graphprune.kernels.library_path()) do not")
+
+
+def build_cuda(cache: Optional[os.PathLike] = None) -> Path:
+    """Compile the CUDA library: the CPU ops plus the same ops for CUDAExecutionProvider, in one library
+    (register it instead of the CPU one). Needs nvcc (and a C compiler); running needs an NVIDIA GPU and
+    onnxruntime-gpu. cudart is linked statically."""
+    src = source_dir()
+    cc = find_compiler()
+    nvcc = find_nvcc()
+    for s in CUDA_SOURCES:
+        if not (src / s).is_file():
+            raise KernelsError(f"CUDA kernel source {src / s} not found")
+    cflags = [f for f in CFLAGS if f != "-shared"] + ["-DGP_WITH_CUDA", "-c"]
+    arch = tuple(os.environ["GRAPHPRUNE_CUDA_ARCH"].split()) if os.environ.get("GRAPHPRUNE_CUDA_ARCH") else CUDA_ARCH
+    nvflags = ["-O3", "-std=c++17", "-Xcompiler", "-fPIC,-fvisibility=hidden", *arch, "-c"]
+    key = (_source_key(src, SOURCES + CUDA_SOURCES) + "\0".join(cflags + nvflags).encode()
+           + _compiler_id(cc).encode() + _compiler_id(nvcc).encode())
+
+    def compile_fn(tmp, scratch):
+        objs = []
+        for s in SOURCES:
+            if s.endswith(".c"):
+                o = os.path.join(scratch, s[:-2] + ".o")
+                _run_compiler([cc, *cflags, "-o", o, str(src / s)], "CUDA kernels (host part)")
+                objs.append(o)
+        for s in CUDA_SOURCES:
+            o = os.path.join(scratch, os.path.basename(s)[:-3] + ".o")
+            _run_compiler([nvcc, *nvflags, "-o", o, str(src / s)], "CUDA kernels")
+            objs.append(o)
+        _run_compiler([nvcc, "-shared", "-cudart", "static", "-o", tmp, *objs, "-lpthread"], "CUDA kernels (link)")
+    return _cached_build(key, CUDA_LIB_NAME, cache, "CUDA sparse kernels", "nvcc", compile_fn)
+
+
 _LIB: Optional[Path] = None
+_CUDA_LIB: Optional[Path] = None
 
 
-def library_path() -> str:
-    """Path of the compiled custom-op library (built on first use)."""
-    global _LIB
+def library_path(cuda: bool = False) -> str:
+    """Path of the compiled custom-op library (built on first use); ``cuda=True``: the CUDA one."""
+    global _LIB, _CUDA_LIB
+    if cuda:
+        if _CUDA_LIB is None or not _CUDA_LIB.is_file():
+            _CUDA_LIB = build_cuda()
+        return str(_CUDA_LIB)
     if _LIB is None or not _LIB.is_file():
         _LIB = build()
     return str(_LIB)
@@ -156,15 +219,16 @@ def register(so, path: Optional[str] = None):
     return so
 
 
-def session_options(threads: int = 1, so=None):
+def session_options(threads: int = 1, so=None, cuda: bool = False):
     """onnxruntime SessionOptions with graphprune's ops registered (intra-op threads = ``threads``;
-    the ops run multi-threaded on that same pool)."""
+    the ops run multi-threaded on that same pool). ``cuda=True`` registers the CUDA library (CPU and
+    CUDAExecutionProvider kernels); create the session with providers=["CUDAExecutionProvider", ...]."""
     import onnxruntime as ort
     if so is None:
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-    return register(so)
+    return register(so, library_path(cuda=cuda))
 
 
 def explain_load_error(exc: BaseException) -> Optional[str]:

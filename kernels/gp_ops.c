@@ -12,15 +12,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gp_common.h"
 #include "gp_kernels.h"
-#include "gp_ort.h"
 
 #define GP_EXPORT __attribute__((visibility("default")))
 #define GP_DOMAIN "ai.graphprune"
 
-static const OrtApi* g_api; /* the table the runtime handed us (version GP_ORT_API_VERSION) */
+const OrtApi* g_api; /* the table the runtime handed us (version GP_ORT_API_VERSION) */
 
-static OrtStatus* gp_err(int code, const char* fmt, ...) {
+OrtStatus* gp_err(int code, const char* fmt, ...) {
   char buf[1024];
   va_list ap;
   va_start(ap, fmt);
@@ -29,11 +29,6 @@ static OrtStatus* gp_err(int code, const char* fmt, ...) {
   return GP_API(g_api, CreateStatus)(code, buf);
 }
 
-#define TRY(expr)                     \
-  do {                                \
-    OrtStatus* st_ = (expr);          \
-    if (st_) return st_;              \
-  } while (0)
 
 /* ------------------------------------------------------------------ ISA choice */
 
@@ -94,15 +89,8 @@ static void free_packed(gp_packed* p) {
 
 /* ------------------------------------------------------------------ tensor helpers */
 
-typedef struct tensor {
-  int type;
-  size_t rank;
-  int64_t dims[16];
-  int64_t count;
-  void* data;
-} tensor;
 
-static OrtStatus* read_tensor(const OrtValue* v, tensor* t) {
+OrtStatus* read_tensor(const OrtValue* v, tensor* t) {
   OrtTensorTypeAndShapeInfo* info = NULL;
   size_t cnt = 0;
   TRY(GP_API(g_api, GetTensorTypeAndShape)(v, &info));
@@ -670,7 +658,11 @@ static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 /* Which instruction set the kernels will use on this CPU (for tools and logs). */
 GP_EXPORT const char* GraphpruneKernelsInfo(void) {
   static char buf[128];
+#ifdef GP_WITH_CUDA
+  snprintf(buf, sizeof buf, "isa=%s api=%d cuda=yes", choose_isa()->name, GP_ORT_API_VERSION);
+#else
   snprintf(buf, sizeof buf, "isa=%s api=%d", choose_isa()->name, GP_ORT_API_VERSION);
+#endif
   return buf;
 }
 
@@ -700,6 +692,11 @@ GP_EXPORT OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const OrtApiB
     st = GP_API(api, CreateCustomOpDomain)(GP_DOMAIN, &d);
     if (!st) st = GP_API(api, CustomOpDomain_Add)(d, &g_matmul_op);
     if (!st) st = GP_API(api, CustomOpDomain_Add)(d, &g_conv_op);
+#ifdef GP_WITH_CUDA /* the CUDA library: the same ops for CUDAExecutionProvider, beside the CPU ones */
+    const void* cuda_ops[4];
+    int n_cuda = gp_cuda_ops(cuda_ops, 4);
+    for (int i = 0; i < n_cuda && !st; ++i) st = GP_API(api, CustomOpDomain_Add)(d, cuda_ops[i]);
+#endif
     if (!st) g_domain = d; /* lives as long as the process: sessions may outlive any one registration */
   }
   if (!st) st = GP_API(api, AddCustomOpDomain)(options, g_domain);
