@@ -137,6 +137,12 @@ static OrtStatus* check_weights(const gp_kernel* k, const tensor* val, const ten
     if (ix[j] < 0 || ix[j] >= k->K)
       return gp_err(GP_ORT_INVALID_ARGUMENT, "%s: index %d at position %lld is outside [0, K=%lld)", op, ix[j],
                     (long long)j, (long long)k->K);
+  for (int64_t n = 0; n < k->N; ++n)
+    for (int64_t j = p[n] + 1; j < p[n + 1]; ++j)
+      if (ix[j] <= ix[j - 1])
+        return gp_err(GP_ORT_INVALID_ARGUMENT,
+                      "%s: indices of output %lld are not strictly ascending (%d then %d at position %lld)", op,
+                      (long long)n, ix[j - 1], ix[j], (long long)j);
   return NULL;
 }
 
@@ -253,7 +259,7 @@ static int pack_blkn(const gp_csr* w, int bn, gp_packed* p) {
     p->sptr[c + 1] = e;
     for (int64_t n = n0; n < ne; ++n)
       for (int64_t j = w->ptr[n]; j < w->ptr[n + 1]; ++j)
-        p->val[(p->sptr[c] + pos[w->idx[j]]) * bn + (n - n0)] = w->val[j];
+        p->val[(p->sptr[c] + pos[w->idx[j]]) * bn + (n - n0)] += w->val[j]; /* += : repeated k add up */
   }
   free(mark);
   free(pos);

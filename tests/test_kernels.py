@@ -196,6 +196,15 @@ def test_bad_weights_give_a_clear_error():
     idx.raw_data = arr.tobytes()
     with pytest.raises(Exception, match=r"outside \[0, K=10\)"):
         _session(m)
+    m = kernels.single_op_model("SparseMatMul", W)
+    idx = next(t for t in m.graph.initializer if t.name == "indices")
+    ptr = np.frombuffer(next(t for t in m.graph.initializer if t.name == "indptr").raw_data, np.int32)
+    n = int(np.argmax(np.diff(ptr) >= 2))  # an output with two indices: swap them
+    arr = np.frombuffer(idx.raw_data, np.int32).copy()
+    arr[ptr[n]], arr[ptr[n] + 1] = arr[ptr[n] + 1], arr[ptr[n]]
+    idx.raw_data = arr.tobytes()
+    with pytest.raises(Exception, match=r"not strictly ascending"):
+        _session(m)
     m = kernels.single_op_model("SparseMatMul", W, x_shape=["M", "k"])
     with pytest.raises(Exception, match=r"last dimension must be K = 10"):
         _session(m).run(None, {"X": np.zeros((1, 9), np.float32)})

@@ -281,6 +281,8 @@ def main(argv=None):
     ap.add_argument("--cache", choices=("cold", "warm"), default="cold",
                     help="cold: evict the caches before every timed run (default); warm: weights may stay cached")
     ap.add_argument("--no-s2d", action="store_true", help="skip com.microsoft SparseToDenseMatMul")
+    ap.add_argument("--s2d-max-rows", type=int, default=8,
+                    help="time SparseToDenseMatMul only up to this many rows (it takes seconds per op beyond)")
     ap.add_argument("--layouts", default="auto", help="auto (the kernel's choice) and/or csr, sell, nm24, blkn "
                     "(forced; the batch-1 kernels only)")
     ap.add_argument("--json", default=None, help="also write the rows here")
@@ -302,7 +304,8 @@ def main(argv=None):
             for pname in a.patterns.split(","):
                 for layout in a.layouts.split(","):
                     for M in [int(m) for m in a.rows.split(",")]:
-                        r = bench_one(rng, K, N, M, pname, threads, a.pairs, a.budget_mb * 2 ** 20, not a.no_s2d, bw,
+                        r = bench_one(rng, K, N, M, pname, threads, a.pairs, a.budget_mb * 2 ** 20,
+                                      not a.no_s2d and M <= a.s2d_max_rows, bw,
                                       flush, layout, a.op)
                         rows.append(r)
                         print(f"{threads:>3} {K:>5} {N:>5} {M:>3} {pname:>7} {layout:>6} {r['R']:>2} {r['dense_us']:>9.1f} "

@@ -108,6 +108,11 @@ OrtStatus* check_csr(const CudaKernel* k, const tensor* val, const tensor* idx, 
     if (hi[j] < 0 || hi[j] >= k->K)
       st = gp_err(GP_ORT_INVALID_ARGUMENT, "%s: index %d at position %lld is outside [0, K=%lld)", op, hi[j],
                   (long long)j, (long long)k->K);
+  for (int64_t n = 0; !st && n < k->N; ++n)
+    for (int64_t j = hp[n] + 1; !st && j < hp[n + 1]; ++j)
+      if (hi[j] <= hi[j - 1])
+        st = gp_err(GP_ORT_INVALID_ARGUMENT, "%s: indices of output %lld are not strictly ascending", op,
+                    (long long)n);
   free(hp);
   free(hi);
   return st;
