@@ -84,6 +84,7 @@ static void free_packed(gp_packed* p) {
   free(p->val);
   free(p->idx);
   free(p->bits);
+  free(p->perm);
   memset(p, 0, sizeof *p);
 }
 
@@ -162,18 +163,32 @@ static int conforms_nm24(const gp_csr* w) {
   return 1;
 }
 
+/* Sliced ELL over outputs sorted by their nonzero count (longest first), so each slice's lanes have
+ * similar lengths and little padding; perm maps slice lanes back to outputs. */
 static int pack_sell(const gp_csr* w, int S, gp_packed* p) {
   p->layout = GP_LAYOUT_SELL;
   p->lanes = S;
   p->nslices = (w->N + S - 1) / S;
+  int64_t maxlen = 0;
+  for (int64_t n = 0; n < w->N; ++n)
+    if (w->ptr[n + 1] - w->ptr[n] > maxlen) maxlen = w->ptr[n + 1] - w->ptr[n];
+  int64_t* start = (int64_t*)calloc((size_t)maxlen + 2, sizeof(int64_t));
+  p->perm = (int32_t*)xalloc((size_t)p->nslices * S * sizeof(int32_t));
   p->sptr = (int64_t*)xalloc((size_t)(p->nslices + 1) * sizeof(int64_t));
-  if (!p->sptr) return 0;
+  if (!start || !p->perm || !p->sptr) {
+    free(start);
+    return 0;
+  }
+  /* counting sort by length, descending, stable */
+  for (int64_t n = 0; n < w->N; ++n) start[maxlen - (w->ptr[n + 1] - w->ptr[n]) + 1]++;
+  for (int64_t l = 1; l <= maxlen + 1; ++l) start[l] += start[l - 1];
+  for (int64_t n = 0; n < w->N; ++n) p->perm[start[maxlen - (w->ptr[n + 1] - w->ptr[n])]++] = (int32_t)n;
+  free(start);
+  for (int64_t i = w->N; i < p->nslices * S; ++i) p->perm[i] = -1;
   p->sptr[0] = 0;
   for (int64_t s = 0; s < p->nslices; ++s) {
-    int64_t L = 0;
-    for (int64_t n = s * S; n < (s + 1) * S && n < w->N; ++n)
-      if (w->ptr[n + 1] - w->ptr[n] > L) L = w->ptr[n + 1] - w->ptr[n];
-    p->sptr[s + 1] = p->sptr[s] + L;
+    int32_t n = p->perm[s * S]; /* the longest of its slice */
+    p->sptr[s + 1] = p->sptr[s] + (w->ptr[n + 1] - w->ptr[n]);
   }
   int64_t steps = p->sptr[p->nslices];
   p->val = (float*)xalloc((size_t)steps * S * sizeof(float));
@@ -181,8 +196,8 @@ static int pack_sell(const gp_csr* w, int S, gp_packed* p) {
   if (!p->val || !p->idx) return 0;
   for (int64_t s = 0; s < p->nslices; ++s) {
     for (int l = 0; l < S; ++l) {
-      int64_t n = s * S + l;
-      int64_t b = n < w->N ? w->ptr[n] : 0, e = n < w->N ? w->ptr[n + 1] : 0;
+      int32_t n = p->perm[s * S + l];
+      int64_t b = n >= 0 ? w->ptr[n] : 0, e = n >= 0 ? w->ptr[n + 1] : 0;
       /* padding reads an index the output already reads (times 0), so it adds no new inf/nan */
       uint16_t pad = e > b ? (uint16_t)w->idx[e - 1] : 0;
       for (int64_t t = 0; t < p->sptr[s + 1] - p->sptr[s]; ++t) {
@@ -271,7 +286,7 @@ fail:
 }
 
 /* The layout is chosen by an estimate of the batch-1 cost, in bytes streamed (measured on AVX-512 and
- * AVX2: the sliced-ELL gather loop costs about as much per nonzero as streaming 8.5 bytes; the 2:4 and
+ * AVX2: the sliced-ELL loop costs about as much per stored nonzero as streaming 6.5 bytes; the 2:4 and
  * block loops run at memory speed). The pattern hint only sets the block width tried.
  * GRAPHPRUNE_KERNELS_LAYOUT=csr|sell|nm24|blkn forces a layout when the data allow it (benchmarks). */
 static OrtStatus* pack(gp_kernel* k) {
@@ -296,14 +311,20 @@ static OrtStatus* pack(gp_kernel* k) {
   if (S > 0 && isa->nm24_m1 && conforms_nm24(w))
     cost[GP_LAYOUT_NM24] = (double)((w->N + S - 1) / S) * (double)((w->K + 3) / 4) * (8.0 * S + 8.0);
   if (small_k && S > 0 && isa->sell_m1) {
+    /* outputs sorted by length, S per slice: each slice costs S times its longest output */
+    int64_t maxlen = 0;
+    for (int64_t n = 0; n < w->N; ++n)
+      if (w->ptr[n + 1] - w->ptr[n] > maxlen) maxlen = w->ptr[n + 1] - w->ptr[n];
+    int64_t* hist = (int64_t*)calloc((size_t)maxlen + 1, sizeof(int64_t));
+    if (!hist) return gp_err(GP_ORT_FAIL, "%s: out of memory packing the sparse weight", op_name(k));
+    for (int64_t n = 0; n < w->N; ++n) hist[w->ptr[n + 1] - w->ptr[n]]++;
     double steps = 0;
-    for (int64_t n0 = 0; n0 < w->N; n0 += S) {
-      int64_t L = 0;
-      for (int64_t n = n0; n < n0 + S && n < w->N; ++n)
-        if (w->ptr[n + 1] - w->ptr[n] > L) L = w->ptr[n + 1] - w->ptr[n];
-      steps += (double)L;
-    }
-    cost[GP_LAYOUT_SELL] = 8.5 * steps * S;
+    int64_t seen = 0;
+    for (int64_t len = maxlen; len >= 0; --len)
+      for (int64_t c = 0; c < hist[len]; ++c, ++seen)
+        if (seen % S == 0) steps += (double)len;
+    free(hist);
+    cost[GP_LAYOUT_SELL] = 6.5 * steps * S;
   }
   if (small_k && isa->blkn_m1) {
     int32_t* mark = (int32_t*)calloc((size_t)w->K, sizeof(int32_t));
