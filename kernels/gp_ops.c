@@ -492,7 +492,7 @@ typedef struct job {
   int64_t nchunk, mchunk;  /* SpMM tiles */
   int64_t n_tiles, m_tiles;
   int64_t batch_stride_x, batch_stride_y; /* conv: per image */
-  int mode;                /* 0 = packed m1, 1 = csr m1, 2 = spmm_t, 3 = transpose out */
+  int mode;                /* 0 = packed m1, 1 = csr m1, 2 = spmm_t, 3 = transpose out, 4 = 2:4 rows */
   float* y_rows;           /* mode 3: the final [M][N] output the transposed result is copied into */
 } job;
 
@@ -504,6 +504,11 @@ static void run_task(void* vj, size_t t) {
   if (j->mode == 3) { /* yt [N][ldy] -> y_rows [M][N], rows [t*chunk, ...) of y */
     int64_t m0 = (int64_t)t * j->chunk, m1 = m0 + j->chunk < j->M ? m0 + j->chunk : j->M;
     transpose(j->y + m0, j->k->N, m1 - m0, j->ldy, j->y_rows + m0 * j->k->N, j->k->N);
+    return;
+  }
+  if (j->mode == 4) { /* 2:4, all rows at once, slices [t*chunk, ...) */
+    int64_t s0 = (int64_t)t * j->chunk, s1 = s0 + j->chunk < j->units ? s0 + j->chunk : j->units;
+    isa->nm24_mr(j->pk, j->x, j->k->K, j->M, j->bias, j->y, j->k->N, s0, s1);
     return;
   }
   if (j->mode == 0 || j->mode == 1) {
@@ -665,6 +670,14 @@ static OrtStatus* compute(void* kp, OrtKernelContext* ctx) {
   }
   if (k->op == OP_MATMUL || P == 1) { /* rows of K: [M, K] -> [M, N] */
     if (M < k->spmm_min_m) return rows_m1(ctx, k, w, x, bias, y, M);
+    if (k->packed_ok && k->pk.layout == GP_LAYOUT_NM24 && k->isa->nm24_mr && M <= k->isa->mr_rows) {
+      /* 2:4 on a few rows: the packed weights (half the bytes of CSR) read once per 8 (4) rows */
+      job j = {0};
+      j.k = k, j.pk = &k->pk, j.x = x, j.bias = bias, j.y = y, j.M = M, j.mode = 4;
+      j.units = k->pk.nslices;
+      j.chunk = (j.units + 15) / 16;
+      return run_tasks(ctx, &j, (j.units + j.chunk - 1) / j.chunk, M * w->nnz);
+    }
     int64_t ld = (M + 15) / 16 * 16;
     float* xt = scratch((size_t)(k->K + k->N) * ld);
     if (!xt) return gp_err(GP_ORT_FAIL, "%s: out of memory", op);

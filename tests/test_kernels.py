@@ -172,6 +172,12 @@ def test_every_layout_on_every_pattern(monkeypatch, isa_name):
     for layout in ("csr", "sell", "nm24", "blkn"):
         monkeypatch.setenv("GRAPHPRUNE_KERNELS_LAYOUT", layout)
         assert _run_all("SparseMatMul", shapes) == len(shapes) * len(PATTERNS)
+    # 2:4 on a few rows at once (up to 8 per pass on AVX-512, 4 on AVX2, then several passes)
+    monkeypatch.setenv("GRAPHPRUNE_KERNELS_SPMM_MIN_M", "2")
+    monkeypatch.setenv("GRAPHPRUNE_KERNELS_LAYOUT", "nm24")
+    nm = [p for p in PATTERNS if p[0] == "2:4"]
+    assert _run_all("SparseMatMul", [((3,), 130, 70), ((2, 5), 66, 24), ((11,), 40, 33), ((16,), 9, 17)],
+                    patterns=nm) == 4
 
 
 def test_pack_unpack_roundtrip():
