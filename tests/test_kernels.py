@@ -257,6 +257,20 @@ def test_missing_sources_is_a_clear_error(monkeypatch, tmp_path):
         kernels.source_dir()
 
 
+def test_sources_ship_as_package_data():
+    """A non-editable install carries the C sources: graphprune/_kernels (a symlink to kernels/) holds them
+    and pyproject's package-data globs cover every one."""
+    import fnmatch
+    import pathlib
+    import tomllib
+    root = pathlib.Path(kernels.__file__).resolve().parent.parent
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["graphprune"]
+    pkg = pathlib.Path(kernels.__file__).parent / "_kernels"
+    for f in kernels.SOURCES + kernels.CUDA_SOURCES:
+        assert (pkg / f).is_file(), f
+        assert any(fnmatch.fnmatch("_kernels/" + f, g) for g in globs), f
+
+
 def test_cli_prints_the_library_path_last():
     r = subprocess.run([sys.executable, "-m", "graphprune", "kernels"], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": os.getcwd()})
