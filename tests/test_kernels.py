@@ -260,11 +260,14 @@ def test_missing_sources_is_a_clear_error(monkeypatch, tmp_path):
 def test_sources_ship_as_package_data():
     """A non-editable install carries the C sources: graphprune/_kernels (a symlink to kernels/) holds them
     and pyproject's package-data globs cover every one."""
+    import ast
     import fnmatch
     import pathlib
-    import tomllib
     root = pathlib.Path(kernels.__file__).resolve().parent.parent
-    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["graphprune"]
+    text = (root / "pyproject.toml").read_text()
+    section = text.split("[tool.setuptools.package-data]", 1)[1]
+    line = next(ln for ln in section.splitlines() if ln.startswith("graphprune ="))
+    globs = ast.literal_eval(line.split("=", 1)[1].strip())
     pkg = pathlib.Path(kernels.__file__).parent / "_kernels"
     for f in kernels.SOURCES + kernels.CUDA_SOURCES:
         assert (pkg / f).is_file(), f
