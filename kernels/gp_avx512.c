@@ -288,4 +288,4 @@ static void nm24_mr(const gp_packed* p, const float* x, int64_t ldx, int64_t row
   }
 }
 
-const gp_isa gp_isa_avx512 = {"avx512", 16, sell_m1, nm24_m1, blkn_m1, csr_m1, spmm_t, nm24_mr, 64};
+const gp_isa gp_isa_avx512 = {"avx512", 16, sell_m1, nm24_m1, blkn_m1, csr_m1, spmm_t, nm24_mr, 1 << 30};

@@ -54,7 +54,7 @@ typedef struct gp_isa {
   gp_csr_m1_fn csr_m1;
   gp_spmm_t_fn spmm_t;
   gp_mr_fn nm24_mr;   /* 2:4 for a few rows (NULL: not available) */
-  int mr_rows;        /* the most rows nm24_mr is worth it for */
+  int64_t mr_rows;    /* the most rows nm24_mr is used for */
 } gp_isa;
 
 extern const gp_isa gp_isa_portable;

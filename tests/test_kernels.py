@@ -178,6 +178,7 @@ def test_every_layout_on_every_pattern(monkeypatch, isa_name):
     nm = [p for p in PATTERNS if p[0] == "2:4"]
     assert _run_all("SparseMatMul", [((3,), 130, 70), ((2, 5), 66, 24), ((11,), 40, 33), ((16,), 9, 17)],
                     patterns=nm) == 4
+    assert _run_all("SparseConv", CONV_SHAPES, patterns=nm) == len(CONV_SHAPES)  # images as rows
 
 
 def test_pack_unpack_roundtrip():
