@@ -220,8 +220,9 @@ def register(so, path: Optional[str] = None):
 
 
 def session_options(threads: int = 1, so=None, cuda: bool = False):
-    """onnxruntime SessionOptions with graphprune's ops registered (intra-op threads = ``threads``;
-    the ops run multi-threaded on that same pool). ``cuda=True`` registers the CUDA library (CPU and
+    """onnxruntime SessionOptions with graphprune's ops registered. A new one gets intra-op threads =
+    ``threads`` (the ops run multi-threaded on that same pool); a given ``so`` is registered on and
+    returned with its own settings kept. ``cuda=True`` registers the CUDA library (CPU and
     CUDAExecutionProvider kernels); create the session with providers=["CUDAExecutionProvider", ...]."""
     import onnxruntime as ort
     if so is None:
