@@ -292,7 +292,6 @@ def single_op_model(op: str, w_rows: np.ndarray, bias: Optional[np.ndarray] = No
     > 1; benchmarks use that to amortize sess.run overhead). ``w_rows`` is the dense [N, K] weight.
     ``x_shape``: X's shape, None standing for K (MatMul: last dim; Conv: dim 1).
     ``weights_as_inputs``: values/indices/indptr/bias become graph inputs instead of initializers."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
     N, K = w_rows.shape
     vals, idx, ptr = pack_csr(w_rows)
