@@ -181,6 +181,21 @@ def test_every_layout_on_every_pattern(monkeypatch, isa_name):
     assert _run_all("SparseConv", CONV_SHAPES, patterns=nm) == len(CONV_SHAPES)  # images as rows
 
 
+def test_edge_weights_and_sizes(monkeypatch):
+    """An all-zero weight (nnz = 0), one output, K beyond uint16 indices (CSR and SpMM paths), each layout."""
+    rng = np.random.default_rng(11)
+    big = np.zeros((3, 70000), np.float32)
+    big[:, rng.integers(0, 70000, 50)] = rng.standard_normal(50)
+    for layout in ("", "sell", "nm24", "blkn"):
+        monkeypatch.setenv("GRAPHPRUNE_KERNELS_LAYOUT", layout)
+        for W in (np.zeros((5, 12), np.float32), rng.standard_normal((1, 9)).astype(np.float32), big):
+            b = rng.standard_normal(W.shape[0]).astype(np.float32)
+            for M in (1, 3):
+                X = rng.standard_normal((M, W.shape[1])).astype(np.float32)
+                m = kernels.single_op_model("SparseMatMul", W, b)
+                _check(_session(m).run(None, {"X": X})[0], _ref_matmul(X, W, b))
+
+
 def test_pack_unpack_roundtrip():
     rng = np.random.default_rng(1)
     W = _weights(rng, _unstructured(rng, 11, 29, 0.3))
