@@ -196,6 +196,20 @@ def test_edge_weights_and_sizes(monkeypatch):
                 _check(_session(m).run(None, {"X": X})[0], _ref_matmul(X, W, b))
 
 
+def test_one_session_run_from_several_threads():
+    """Kernels keep no per-call state (scratch is per thread): concurrent runs of one session agree."""
+    from concurrent.futures import ThreadPoolExecutor
+    rng = np.random.default_rng(12)
+    W = _weights(rng, _unstructured(rng, 200, 300, 0.2))
+    b = rng.standard_normal(200).astype(np.float32)
+    sess = _session(kernels.single_op_model("SparseMatMul", W, b))
+    xs = [rng.standard_normal((M, 300)).astype(np.float32) for M in (1, 5, 40, 7, 1, 64)] * 3
+    with ThreadPoolExecutor(4) as ex:
+        ys = list(ex.map(lambda X: sess.run(None, {"X": X})[0], xs))
+    for X, y in zip(xs, ys):
+        _check(y, _ref_matmul(X, W, b))
+
+
 def test_pack_unpack_roundtrip():
     rng = np.random.default_rng(1)
     W = _weights(rng, _unstructured(rng, 11, 29, 0.3))
