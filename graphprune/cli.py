@@ -676,6 +676,17 @@ def report_cmd(report_json, out, sens, runs):
     click.echo(f"wrote {out}")
 
 
+@cli.command("kernels")
+def kernels_cmd():
+    """Build (if needed) graphprune's sparse custom-op library for onnxruntime; the last line printed
+    is its path (for SessionOptions.register_custom_ops_library)."""
+    from . import kernels
+    path = kernels.library_path()
+    click.echo(f"graphprune sparse kernels ({kernels.library_info(path)}), domain {kernels.DOMAIN}: "
+               f"{', '.join(kernels.OPS)}")
+    click.echo(path)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     debug = os.environ.get("GRAPHPRUNE_DEBUG") == "1"
     from .memory import allow_lean_heap
