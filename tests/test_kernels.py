@@ -310,3 +310,24 @@ def test_cli_prints_the_library_path_last():
     assert r.returncode == 0, r.stderr
     last = r.stdout.strip().splitlines()[-1]
     assert last == kernels.library_path() and os.path.isfile(last)
+
+
+@pytest.mark.slow
+def test_benchmark_tools_run(tmp_path):
+    """tools/sparse_bench.py and tools/gpu_check.py --cpu-dry-run on tiny shapes: they run, their sparse
+    results match dense, and they write what they say."""
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "tools/sparse_bench.py", "--shapes", "64x96", "--rows", "1,3",
+                        "--patterns", "u90,2:4,1x8", "--threads", "1", "--pairs", "2", "--budget-mb", "0.1",
+                        "--json", str(out)], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    import json
+    rows = json.load(open(out))["rows"]
+    assert len(rows) == 6 and all(row["rel_err"] <= 1e-4 and row["speedup"] > 0 for row in rows)
+    r = subprocess.run([sys.executable, "tools/sparse_bench.py", "--op", "conv", "--shapes", "16x24", "--rows", "5",
+                        "--patterns", "u90", "--threads", "1", "--pairs", "2"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and "WARNING" not in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "tools/gpu_check.py", "--cpu-dry-run", "--no-time", "--patterns", "u90,2:4"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and "BAD" not in r.stdout, r.stdout + r.stderr
