@@ -260,6 +260,7 @@ def synthetic(model: onnx.ModelProto, graph=None, batches: int = 4, batch: int =
                 if t is not None:
                     rows[name] = min(rows.get(name, t.shape[0]), t.shape[0])
     feeds = []
+    bounds = inputs.input_ranges(model)
     batch_syms = inputs.batch_symbols(model)
     for _ in range(batches):
         f = {}
@@ -275,8 +276,9 @@ def synthetic(model: onnx.ModelProto, graph=None, batches: int = 4, batch: int =
             dt = dt or np.dtype(np.float32)
             if "mask" in name.lower():
                 a = np.ones(shape, dt)
-            elif dt.kind in "iu":
-                a = rng.integers(0, rows.get(name, 10), size=shape).astype(dt)
+            elif dt.kind in "iu":       # valid indices: also tables reached through Cast/Add (inputs.input_ranges)
+                lo, hi = bounds.get(name, (0, rows.get(name, 10)))
+                a = rng.integers(lo, hi, size=shape).astype(dt)
             elif dt == np.bool_:
                 a = rng.random(shape) < 0.5
             else:

@@ -393,8 +393,10 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
     elif do_bench:
         progress("bench")
         def timed(size):                      # free dims: the first size the model runs at (see verify)
-            feed = _bench_feed(model, check_feeds[0]) if check_feeds else inputs.random_inputs(model, seed=opts.seed, other=size,
-                                                                          ranges=opts.input_ranges)
+            if check_feeds:
+                feed = _bench_feed(model, check_feeds[0])
+            else:
+                feed = inputs.random_inputs(model, seed=opts.seed, other=size, ranges=opts.input_ranges)
             return runtime.measure_latency(model, pruned, feed, threads=opts.threads, repeats=opts.bench_repeats,
                                          max_seconds=opts.bench_seconds)
         try:
@@ -576,7 +578,8 @@ def count_at(model: onnx.ModelProto, opts: Options):
         return res, feed, failed, caught
 
     res, feed, failed, caught = attempt(opts.seq_len)
-    if failed and inputs.free_dims(model):
+    sized = failed and not any("not a registered" in str(w.message) for w in failed)    # not a custom op
+    if sized and inputs.free_dims(model):
         for size in inputs.free_sizes(model):
             if size == opts.seq_len:
                 continue

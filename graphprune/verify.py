@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .inputs import FREE_SIZES, at_free_sizes, explain_run_error, free_dims, free_sizes, random_inputs  # noqa: F401
+from .inputs import at_free_sizes, explain_run_error, free_dims, free_sizes, random_inputs
 from .runtime import Runner
 from .errors import InputError
 
@@ -160,7 +160,7 @@ def verify(dense: onnx.ModelProto, pruned: onnx.ModelProto, plan_json: dict, see
         if given is not None:
             feeds, refs = references(None)
         else:   # free symbolic dims (image height/width, sequence) start at 8; a model that cannot
-            # run there (an FPN needing multiples of 32) is tried at the next of FREE_SIZES
+            # run there (an FPN needing multiples of 32) is tried at the next of inputs.free_sizes (implied sizes, then FREE_SIZES)
             _, (feeds, refs) = at_free_sizes(dense, references)
     except Exception as e:  # onnxruntime cannot run the input model itself
         why = _first_line(e)
@@ -182,7 +182,8 @@ def verify(dense: onnx.ModelProto, pruned: onnx.ModelProto, plan_json: dict, see
                              f"inputs: {hint}")
         if any(n.domain not in ("", "ai.onnx", "com.microsoft") for n in dense.graph.node):
             return {"skipped": f"onnxruntime cannot run the model (custom ops): {why}"}
-        tried = f" (free dims tried at {', '.join(map(str, free_sizes(dense)))})" if given is None and free_dims(dense) else ""
+        tried = (f" (free dims tried at {', '.join(map(str, free_sizes(dense)))})"
+                 if given is None and free_dims(dense) else "")
         raise InputError(f"onnxruntime cannot run the input model{tried}: {why}")
     del run_oracle, oracle, references     # the oracle session goes before the pruned one comes
     run_pruned = Runner(pruned)

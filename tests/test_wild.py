@@ -77,6 +77,13 @@ def test_index_bounds_follow_casts_and_shifts():
     assert bench.run_model(m, bench.random_inputs(m))["y"].shape == (1, 1, 4, 3)
 
 
+def test_synthetic_calibration_indices_are_valid_too():
+    from graphprune.calib import synthetic
+
+    for f in synthetic(wg.bert_like()).feeds:
+        assert f["token_type_ids"].max() <= 1 and f["input_ids"].max() < 30
+
+
 def test_bert_like_prunes_with_default_options(tmp_path, capsys):
     path = save(tmp_path, "bert_like")
     code, out, err = gp(capsys, "run", path)
@@ -327,6 +334,18 @@ def test_constant_of_shape_weights_count_as_params():
     assert bench.count_macs_params(m)[1] == 8 * 3 * 3 * 3
 
 
+def test_long_steps_show_they_are_alive(capsys, monkeypatch):
+    import time
+
+    monkeypatch.setattr(_Progress, "TICK", 0.05)
+    p = _Progress(False)
+    p("bench")
+    time.sleep(0.3)
+    p.close()
+    line = capsys.readouterr().err.splitlines()[0]
+    assert line.startswith("  bench    ....") and line.endswith("s")
+
+
 def test_zero_params_row_is_not_a_ratio(capsys):
     print_summary({"macs": {"before": 0, "after": 0}, "params": {"before": 0, "after": 0},
                    "summary": {"pruned_groups": 0, "prunable_groups": 0, "groups": 0}})
@@ -381,3 +400,23 @@ def test_onnx_light_models_ir3_initializer_inputs(tmp_path, capsys, name):
         runs(out)
     assert "verify" not in rep          # the --no-verify run; the first one verified:
     assert report(str(tmp_path / "out0.onnx"))["verify"]["passed"]
+
+
+@pytest.mark.slow
+def test_wild_tool_tabulates_a_folder(tmp_path):
+    import subprocess
+    import sys
+
+    for name in ("unsorted", "kws_layernorm"):
+        save(tmp_path, name)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, "tools", "wild.py"), str(tmp_path), "--json",
+                        str(tmp_path / "rows.json"), "--", "--no-bench"], capture_output=True, text=True,
+                       timeout=600, cwd=root)
+    assert r.returncode == 0, r.stderr
+    rows = {os.path.basename(x["model"]): x for x in json.load(open(tmp_path / "rows.json"))}
+    assert rows["unsorted.onnx"]["groups"] == "1/1/2" and rows["unsorted.onnx"]["verify"] == "passed"
+    assert "topological" in rows["unsorted.onnx"]["notes"][0]
+    assert "--allow-inexact" in rows["kws_layernorm.onnx"]["reason"]
+    assert "| unsorted.onnx | 0 | 1/1/2 | 2.0x |" in r.stdout
+    assert not any(p.endswith(".pruned.onnx") for p in os.listdir(tmp_path))
