@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .inputs import FREE_SIZES, at_free_sizes, explain_run_error, free_dims, free_sizes, random_inputs  # noqa: F401
+from .inputs import at_free_sizes, explain_run_error, free_dims, free_sizes, random_inputs
 from .runtime import Runner
 from .errors import InputError
 
