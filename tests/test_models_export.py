@@ -14,6 +14,7 @@ from helpers_graphs import check_export
 from models.cnn import REGISTRY, build
 from models.export import EXPORTERS, export, export_named, main
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("exporter", EXPORTERS)
 @pytest.mark.parametrize("name", list(REGISTRY))
