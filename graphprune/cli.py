@@ -20,7 +20,7 @@ from .errors import GraphpruneError, InputError, UsageError
 STEPS = ("analyze", "score", "plan", "rewrite", "count", "verify", "bench")
 
 
-class _Progress:
+class Progress:
     """One line per step: its name, then its time. A step running over TICK seconds gets a dot
     every TICK seconds so a long step is visibly alive; a warning raised during a step ends the
     line, is printed on its own, and the step's line starts again."""
@@ -33,7 +33,7 @@ class _Progress:
         self.step = None
         self._lock = __import__("threading").Lock()
         self._stop = None
-        _Progress.active = self
+        Progress.active = self
         import onnxruntime
         # graphprune catches and reports onnxruntime's failures (trying free-dim sizes, checking
         # the output); its own error log would print them again, inside a progress line
@@ -421,7 +421,7 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
     if html_out:
         check_output_path(html_out, model)
     m = _load(model, static_batch, keep_initializer_inputs, quiet)
-    progress = _Progress(quiet)
+    progress = Progress(quiet)
     if not quiet:
         rt = f"auto = {opts.rounding()}" if round_to == "auto" else round_to
         click.echo(f"pruning {model} (ratio {ratio}, round-to {rt}, criterion {criterion})", err=True)
@@ -538,7 +538,7 @@ def prune_cmd(model, plan_in, out, report, no_bench, static_batch, keep_initiali
     check_output_path(report_path, model)
     pj = _load_json(plan_in, "plan")
     m = _load(model, static_batch, keep_initializer_inputs, quiet)
-    progress = _Progress(quiet)
+    progress = Progress(quiet)
     res = prune(m, Options(ratio=0.0, bench=not no_bench, keep_initializer_inputs=keep_initializer_inputs),
                 progress, plan_json=pj)
     progress.close()
@@ -696,7 +696,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             cli.main(args=list(argv) if argv is not None else None, prog_name="graphprune",
                      standalone_mode=False)
         finally:
-            _Progress.interrupt()
+            Progress.interrupt()
     except click.exceptions.Abort:
         click.echo("graphprune: aborted", err=True)
         sys.exit(130)

@@ -13,7 +13,7 @@ import pytest
 
 import wild_graphs as wg
 from graphprune import bench, io as gio
-from graphprune.cli import _Progress, main, print_summary
+from graphprune.cli import Progress, main, print_summary
 from graphprune.verify import compare
 
 
@@ -299,7 +299,7 @@ def test_benchmark_is_bounded_by_time():
 
 
 def test_warning_inside_a_progress_step_gets_its_own_line(capsys):
-    p = _Progress(False)
+    p = Progress(False)
     p("count")
     warnings.warn("shape inference failed")
     p.close()
@@ -337,8 +337,8 @@ def test_constant_of_shape_weights_count_as_params():
 def test_long_steps_show_they_are_alive(capsys, monkeypatch):
     import time
 
-    monkeypatch.setattr(_Progress, "TICK", 0.05)
-    p = _Progress(False)
+    monkeypatch.setattr(Progress, "TICK", 0.05)
+    p = Progress(False)
     p("bench")
     time.sleep(0.3)
     p.close()
