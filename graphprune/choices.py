@@ -11,9 +11,11 @@ Normalize = Literal["mean", "max", "std", "none"]
 Reduce = Literal["mean", "sum", "max"]
 RepairMode = Literal["none", "bias", "lstsq"]
 RidgePrior = Literal["zero", "weights"]
+Provider = Literal["cpu", "cuda", "tensorrt"]
 
 SCOPES = get_args(Scope)
 NORMALIZE = get_args(Normalize)
 REDUCE = get_args(Reduce)
 REPAIR = get_args(RepairMode)
 RIDGE_PRIORS = get_args(RidgePrior)
+PROVIDER_NAMES = get_args(Provider)

@@ -372,6 +372,18 @@ def _quality(kw: dict, static_batch: Optional[int] = None) -> dict:
     return q
 
 
+def _provider_options(f):
+    """--provider / --device: the onnxruntime execution provider of verify, the benchmark,
+    calibration and the latency model."""
+    from .choices import PROVIDER_NAMES
+
+    f = click.option("--device", type=int, default=0, show_default=True,
+                     help="GPU index for --provider cuda/tensorrt")(f)
+    return click.option("--provider", type=click.Choice(PROVIDER_NAMES), default="cpu", show_default=True,
+                        help="onnxruntime execution provider (cuda/tensorrt need onnxruntime-gpu: "
+                             "pip install 'graphprune[gpu]'); never a silent fall back to the CPU")(f)
+
+
 @cli.command()
 @click.argument("model", required=False)
 @click.option("-o", "--output", "out", default=None, help="pruned model path [default: IN.pruned.onnx]")
@@ -390,10 +402,11 @@ def _quality(kw: dict, static_batch: Optional[int] = None) -> dict:
 @click.option("--bench-seconds", type=float, default=10.0, show_default=True,
               help="the latency benchmark stops after about this long (at least 3 pairs of runs)")
 @_latency_options
+@_provider_options
 @click.option("-q", "--quiet", is_flag=True)
 def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_inexact, head_ratio, mlp_ratio,
         prune_hidden, threads, bench, verify, demo, static_batch, quiet, keep_initializer_inputs, input_ranges,
-        inputs_npz, bench_seconds, html_out, **quality):
+        inputs_npz, bench_seconds, html_out, provider, device, **quality):
     """Prune MODEL end to end: load, analyze, score, plan, rewrite, verify, bench, save."""
     from .io import check_output_path, save_json_atomic, save_model
     from .pipeline import Options, check_verified, prune
@@ -401,6 +414,7 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
     opts = Options(ratio=ratio, round_to=round_to, protect=protect, criterion=criterion, seed=seed,
                    allow_inexact=allow_inexact, head_ratio=head_ratio, mlp_ratio=mlp_ratio,
                    prune_hidden=prune_hidden, threads=threads, bench=bench, verify=verify,
+                   provider=provider, device=device,
                    keep_initializer_inputs=keep_initializer_inputs, bench_seconds=bench_seconds,
                    **_parse_feeds(input_ranges, inputs_npz), layer_table=bool(html_out), **_latency(quality),
                    **_quality(quality, static_batch))
@@ -554,15 +568,19 @@ def prune_cmd(model, plan_in, out, report, no_bench, static_batch, keep_initiali
 @click.argument("dense")
 @click.argument("pruned")
 @click.option("--plan", "plan_in", required=True, help="the plan (or report) the pruned model was made from")
-def verify_cmd(dense, pruned, plan_in):
+@_provider_options
+def verify_cmd(dense, pruned, plan_in, provider, device):
     """Check PRUNED against the masked-dense oracle built from DENSE and the plan."""
     from .errors import VerifyError
+    from .runtime import check_provider, use_provider
     from .verify import verify
 
+    check_provider(provider, device)
     pj = _load_json(plan_in, "plan")
     d, p = _load(dense), _load(pruned)
     try:
-        v = verify(d, p, pj)
+        with use_provider(provider, device):
+            v = verify(d, p, pj)
     except GraphpruneError:
         raise
     except Exception as e:  # onnxruntime refusing one of the models

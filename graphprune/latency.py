@@ -44,7 +44,6 @@ from onnx import TensorProto, helper
 
 from . import bench
 
-PROVIDER = "CPUExecutionProvider"
 CACHE_VERSION = 2
 ALIGNED_POINTS = 8          # aligned widths sampled per axis (plus the dense width)
 UNALIGNED_POINTS = 3        # widths off the SIMD block sampled per axis
@@ -53,9 +52,20 @@ UNALIGNED_POINTS = 3        # widths off the SIMD block sampled per axis
 # --------------------------------------------------------------------------- machine and cache
 
 
-def machine_key(threads: int, provider: str = PROVIDER) -> str:
-    """CPU model, SIMD block, onnxruntime version, provider and threads, as one string."""
+def current_provider_name() -> str:
+    """The execution provider sessions run on now, with its device for the GPU ones."""
+    from .runtime import PROVIDERS, current_provider
+
+    name, dev = current_provider()
+    return PROVIDERS[name] if name == "cpu" else f"{PROVIDERS[name]}:{dev}"
+
+
+def machine_key(threads: int, provider: str | None = None) -> str:
+    """CPU model, SIMD block, onnxruntime version, provider (default: the current one,
+    ``runtime.use_provider``) and threads, as one string."""
     import onnxruntime as ort
+
+    provider = provider or current_provider_name()
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -568,8 +578,8 @@ def profile_layers(model: onnx.ModelProto, feed, threads: int = 1, runs: int = 1
     m.CopyFrom(model)
     from .io import pin_ir_version
     pin_ir_version(m)                       # an IR version this onnxruntime reads
-    sess = ort.InferenceSession(m.SerializeToString(), sess_options=so,
-                                providers=[PROVIDER])
+    from .runtime import open_session
+    sess = open_session(m.SerializeToString(), so)
     f = {i.name: feed[i.name] for i in sess.get_inputs() if i.name in feed}
     sess.run(None, f)
     for _ in range(runs):
@@ -926,7 +936,7 @@ def target_latency_plan(an, scores, opts, progress=None, measure=None, probe=Non
     info["target"] = {
         "latency": F, "measured": round(meas, 5), "tolerance": tol, "converged": bool(err <= tol),
         "objective": choice, "iterations": iters, "chosen": it, "predicted": round(float(alloc.fraction(keep)), 5),
-        "dense_ms": round(lm.dense_measured, 4), "threads": threads, "provider": PROVIDER, "simd_block": lm.block,
+        "dense_ms": round(lm.dense_measured, 4), "threads": threads, "provider": current_provider_name(), "simd_block": lm.block,
         "free_dims": size if bench.free_dims(model) else None,
         "model": {"layers": len(lm.layers), "timed": lm.timed, "cache_hits": cache.hits, "in_graph": lm.in_graph,
                   "cache": cache.path if cache.enabled else None, "build_s": round(model_s, 3)},

@@ -22,7 +22,8 @@ from .plan import Plan, global_plan, make_plan, uniform_for_target
 from .rewrite import rewrite
 from .score import CRITERIA, criterion_name, needs as criterion_needs, score
 from .verify import agreement, verify
-from .choices import NORMALIZE, REDUCE, REPAIR, SCOPES, Normalize, Reduce, RepairMode, RidgePrior, Scope  # noqa: F401
+from .choices import (NORMALIZE, REDUCE, REPAIR, SCOPES, Normalize, Provider, Reduce, RepairMode,  # noqa: F401
+                      RidgePrior, Scope)
 
 
 @dataclass(kw_only=True)
@@ -41,6 +42,9 @@ class Options:
         seed: seed of random criteria and inputs.
         allow_inexact: also prune groups feeding LayerNorm/Softmax/ReduceMean over channels.
         threads: onnxruntime threads (benchmark, calibration).
+        provider: onnxruntime execution provider of every session (verify, benchmark, calibration,
+            latency model): ``cpu``, ``cuda`` or ``tensorrt`` (onnxruntime-gpu); never a silent fall back.
+        device: the GPU index for ``cuda`` / ``tensorrt``.
         bench: latency benchmark (None: skipped above ``AUTO_SKIP_BYTES``).
         bench_repeats: timed runs per model.
         verify: masked-dense oracle check (None: skipped above ``AUTO_SKIP_BYTES``).
@@ -71,6 +75,8 @@ class Options:
     seed: int = 0
     allow_inexact: bool = False
     threads: int = 1
+    provider: Provider = "cpu"                # onnxruntime provider of verify, bench, calibration, latency
+    device: int = 0                         # GPU index for the cuda / tensorrt providers
     bench: Optional[bool] = True            # None: auto (skipped for models over AUTO_SKIP_BYTES)
     bench_repeats: int = 30
     verify: Optional[bool] = True           # None: auto (skipped for models over AUTO_SKIP_BYTES)
@@ -120,6 +126,8 @@ class Options:
             raise UsageError(f"unknown criterion {self.criterion!r}; choose from {', '.join(sorted(CRITERIA))}")
         if self.threads < 1:
             raise UsageError("--threads must be >= 1")
+        from .runtime import check_provider
+        check_provider(self.provider, self.device)
         for name, allowed in (("scope", SCOPES), ("normalize", NORMALIZE), ("reduce", REDUCE), ("repair", REPAIR),
                               ("ridge_prior", PRIORS)):
             if getattr(self, name) not in allowed:
@@ -338,6 +346,12 @@ def initializer_inputs_note(names: Sequence[str]) -> str:
 def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
           plan_json: Optional[dict] = None) -> Result:
     opts.check()
+    from .runtime import use_provider
+    with use_provider(opts.provider, opts.device):
+        return _prune(model, opts, progress, plan_json)
+
+
+def _prune(model: onnx.ModelProto, opts: Options, progress: Progress, plan_json: Optional[dict]) -> Result:
     model, notes = prepare(model, opts)
     t = {}
     quantized = quantized_reason(model)

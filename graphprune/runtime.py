@@ -10,6 +10,8 @@ kernels want on this machine.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
 import statistics
@@ -22,7 +24,73 @@ import onnx
 import onnxruntime as ort
 
 from . import io as gio
+from .errors import UsageError
 from .graph import copy_fields
+
+# --------------------------------------------------------------------------- execution providers
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "tensorrt": "TensorrtExecutionProvider"}
+_provider: contextvars.ContextVar = contextvars.ContextVar("graphprune_provider", default=("cpu", 0))
+
+
+def check_provider(name: str, device: int = 0) -> None:
+    """Raise a one-line UsageError unless onnxruntime here offers the provider ``name``
+    (``cpu``, ``cuda`` or ``tensorrt``) and ``device`` is a valid index."""
+    if name not in PROVIDERS:
+        raise UsageError(f"unknown provider {name!r}; choose from {', '.join(PROVIDERS)}")
+    if int(device) < 0:
+        raise UsageError(f"--device must be >= 0, got {device}")
+    have = ort.get_available_providers()
+    if PROVIDERS[name] not in have:
+        raise UsageError(f"--provider {name}: onnxruntime {ort.__version__} here has no {PROVIDERS[name]} "
+                         f"(available: {', '.join(have)}); install onnxruntime-gpu (pip install "
+                         f"'graphprune[gpu]') on a machine with an NVIDIA GPU")
+
+
+@contextlib.contextmanager
+def use_provider(name: str = "cpu", device: int = 0):
+    """Every session graphprune builds inside this block runs on ``name`` (device ``device``):
+    verify, the benchmark, calibration and the latency model alike. Checked first
+    (:func:`check_provider`); a session onnxruntime builds without that provider is an error,
+    never a silent fall back to the CPU."""
+    check_provider(name, device)
+    token = _provider.set((name, int(device)))
+    try:
+        yield
+    finally:
+        _provider.reset(token)
+
+
+def current_provider() -> tuple:
+    """(name, device) of the provider sessions are built for now."""
+    return _provider.get()
+
+
+def provider_list() -> list:
+    """onnxruntime's ``providers`` argument for the current provider: the GPU ones keep the CPU
+    provider last for the nodes they do not implement (onnxruntime's own partitioning)."""
+    name, dev = _provider.get()
+    if name == "cpu":
+        return ["CPUExecutionProvider"]
+    cuda = ("CUDAExecutionProvider", {"device_id": dev})
+    if name == "cuda":
+        return [cuda, "CPUExecutionProvider"]
+    # TensorRT with its structured-sparsity switch: 2:4 zeros in a densified model use sparse tactics
+    trt = ("TensorrtExecutionProvider", {"device_id": dev, "trt_sparsity_enable": True})
+    return [trt, cuda, "CPUExecutionProvider"]
+
+
+def open_session(model: Any, so: ort.SessionOptions) -> ort.InferenceSession:
+    """``ort.InferenceSession`` on the current provider (a path or serialized bytes), checked
+    to really use it."""
+    sess = ort.InferenceSession(model, sess_options=so, providers=provider_list())
+    name, _ = _provider.get()
+    if name != "cpu" and PROVIDERS[name] not in sess.get_providers():
+        raise UsageError(f"onnxruntime did not enable {PROVIDERS[name]} for this model "
+                         f"(it chose {', '.join(sess.get_providers())}); not falling back to the CPU")
+    return sess
+
 
 def _session_options(threads: int, opt_level: Any) -> ort.SessionOptions:
     so = ort.SessionOptions()
@@ -104,7 +172,7 @@ def _session_shared(model: onnx.ModelProto, so: ort.SessionOptions, suffix: onnx
         values.append(ort.OrtValue.ortvalue_from_numpy(a))
     skel.MergeFrom(suffix)
     so.add_external_initializers(names, values)
-    return ort.InferenceSession(skel.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+    return open_session(skel.SerializeToString(), so)
 
 
 def shareable(model: onnx.ModelProto) -> list:
@@ -124,7 +192,7 @@ def session(
     weights=None,
     prepack: bool = True,
 ) -> ort.InferenceSession:
-    """onnxruntime CPU session; ``extra_outputs`` are exposed as graph outputs (the model
+    """onnxruntime session on the current provider (CPU unless :func:`use_provider`); ``extra_outputs`` are exposed as graph outputs (the model
     itself is never touched). ``weights``: optional name -> array lookup of initializers
     already in memory, reused instead of copied when the model's weights are shared.
     ``prepack=False``: lean memory for sessions that only collect statistics: no pre-packed
@@ -134,12 +202,11 @@ def session(
     if not prepack:
         so.add_session_config_entry("session.disable_prepacking", "1")
         so.enable_cpu_mem_arena = False
-    providers = ["CPUExecutionProvider"]
     if isinstance(model_or_path, (str, os.PathLike)):
         path = os.fspath(model_or_path)
         if not extra_outputs:
             try:
-                return ort.InferenceSession(path, sess_options=so, providers=providers)
+                return open_session(path, so)
             except Exception:
                 pass  # e.g. an IR version onnxruntime does not read: load and pin
         model = gio.load_model(path)
@@ -158,7 +225,7 @@ def session(
         if big:
             return _session_shared(model, so, suffix, big, weights)
         data = model.SerializeToString() + suffix.SerializeToString()
-        return ort.InferenceSession(data, sess_options=so, providers=providers)
+        return open_session(data, so)
 
     # Too large for one buffer: write it with external data to a temp folder.
     tmp = tempfile.TemporaryDirectory(prefix="graphprune-")
@@ -172,7 +239,7 @@ def session(
     finally:
         model.ir_version = ir
         del model.graph.output[n_out:]
-    sess = ort.InferenceSession(path, sess_options=so, providers=providers)
+    sess = open_session(path, so)
     sess._graphprune_tmp = tmp  # keep the folder as long as the session lives
     return sess
 
