@@ -203,6 +203,7 @@ def _session(
     else:
         model = _as_model(model_or_path)
 
+    _register_kernels(model, threads, so)
     present = {o.name for o in model.graph.output}
     extra = [n for n in dict.fromkeys(extra_outputs) if n and n not in present]
     # Overrides are appended as a second serialized ModelProto: protobuf merges it
@@ -232,6 +233,15 @@ def _session(
     sess = ort.InferenceSession(path, sess_options=so, providers=providers)
     sess._graphprune_tmp = tmp  # keep the folder as long as the session lives
     return sess
+
+
+def _register_kernels(model: onnx.ModelProto, threads: int, so: ort.SessionOptions) -> None:
+    """Sparse layers (sparsify.py) run on graphprune's custom-op library: load it for models
+    that use its domain."""
+    from .sparsify import load_kernels, uses_kernels
+
+    if uses_kernels(model):
+        load_kernels(threads, so)
 
 
 def make_session(model_or_path: Any, threads: int = 1) -> ort.InferenceSession:

@@ -229,6 +229,25 @@ def _quality(kw: dict, static_batch: Optional[int] = None) -> dict:
     return q
 
 
+def _sparse_options(f):
+    f = click.option("--sparse-criterion", default=None,
+                     type=click.Choice(["magnitude", "wanda", "sparsegpt", "random"]),
+                     help="sparse masks: magnitude, wanda (|W|·‖X‖) or sparsegpt (OBS with weight updates; "
+                          "both need --calib) [default: from --criterion: activation → wanda, obs → sparsegpt, "
+                          "else magnitude]")(f)
+    f = click.option("--sparse-kernels", default="auto", show_default=True,
+                     type=click.Choice(["auto", "always", "never"]),
+                     help="auto: a layer runs on graphprune's sparse kernel only where it beats dense here "
+                          "(timed per layer); always; never (zeros in dense layers)")(f)
+    f = click.option("--pattern", default=None, metavar="unstructured|N:M|block:RxC",
+                     help="sparse-layer pattern (N:M and RxC: R/N:M along the reduction axis, C along the "
+                          "outputs) [default with --sparsity: unstructured]")(f)
+    f = click.option("--sparsity", type=float, default=None, metavar="S",
+                     help="fraction of the weights of every eligible MatMul/Gemm/pointwise Conv zeroed, "
+                          "in [0, 1) (sparse layers; see docs/sparse.md)")(f)
+    return f
+
+
 @cli.command()
 @click.argument("model", required=False)
 @click.option("-o", "--output", "out", default=None, help="pruned model path [default: IN.pruned.onnx]")
@@ -242,9 +261,11 @@ def _quality(kw: dict, static_batch: Optional[int] = None) -> dict:
 @click.option("--demo", is_flag=True, help="prune the built-in demo CNN (also used when MODEL is omitted)")
 @_static_batch_option
 @_repair_options
+@_sparse_options
 @click.option("-q", "--quiet", is_flag=True)
 def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_inexact, head_ratio, mlp_ratio,
-        prune_hidden, threads, bench, verify, demo, static_batch, quiet, **quality):
+        prune_hidden, threads, bench, verify, demo, static_batch, quiet, sparsity, pattern, sparse_kernels,
+        sparse_criterion, **quality):
     """Prune MODEL end to end: load, analyze, score, plan, rewrite, verify, bench, save."""
     from .io import check_output_path, save_json_atomic, save_model
     from .pipeline import Options, check_verified, prune
@@ -252,7 +273,8 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
     opts = Options(ratio=ratio, round_to=round_to, protect=protect, criterion=criterion, seed=seed,
                    allow_inexact=allow_inexact, head_ratio=head_ratio, mlp_ratio=mlp_ratio,
                    prune_hidden=prune_hidden, threads=threads, bench=bench, verify=verify,
-                   **_quality(quality, static_batch))
+                   sparsity=sparsity, pattern=pattern, sparse_kernels=sparse_kernels,
+                   sparse_criterion=sparse_criterion, **_quality(quality, static_batch))
     opts.check()
     if model is None or demo:
         from .demo import write_demo_model
@@ -275,7 +297,7 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
     rep = res.report
     if static_batch is not None:
         rep["summary"]["options"]["static_batch"] = static_batch
-    if rep["summary"]["pruned_groups"] == 0:
+    if rep["summary"]["pruned_groups"] == 0 and not opts.sparse():
         why = _whole_model_reason(m)
         if why:
             click.echo(f"nothing was pruned: {why}", err=True)
@@ -286,7 +308,48 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
     save_json_atomic(rep, report_path)
     if not quiet:
         print_summary(rep)
+        print_sparse(rep)
         click.echo(f"wrote {out} and {report_path}")
+
+
+def print_sparse(report: dict) -> None:
+    sp = report.get("sparse")
+    if not sp:
+        return
+    click.echo(f"sparse       {sp['pattern']} at {sp['sparsity']:g}: {sp.get('converted', 0)} of "
+               f"{sp.get('masked', 0)} masked layers on the sparse kernel ({len(sp['kept_dense'])} not eligible)")
+    v = sp.get("verify")
+    if v:
+        parts = []
+        for k in ("kernels_vs_densified", "densified_vs_oracle"):
+            x = v.get(k)
+            if x is not None:
+                parts.append(f"{k.replace('_', ' ')} " + (x["skipped"] if "skipped" in x else
+                             f"{'passed' if x.get('passed') else 'FAILED'} (max rel diff {x.get('max_rel_diff') or 0:.3g})"))
+        click.echo("sparse check " + "; ".join(parts))
+    if sp.get("needs"):
+        click.echo(f"note         {sp['needs']}")
+
+
+@cli.command("densify")
+@click.argument("model")
+@click.option("-o", "--output", "out", required=True, help="standard-ONNX model path")
+def densify_cmd(model, out):
+    """Write the standard-ONNX equivalent of a model with graphprune's sparse ops (the zeros in
+    place): runs in any onnxruntime, no kernel library needed."""
+    from .io import check_output_path, save_model
+    from .sparsify import densify, uses_kernels
+
+    check_output_path(out, model)
+    m = _load(model)
+    if not uses_kernels(m):
+        click.echo("the model has no graphprune sparse ops: writing an unchanged copy", err=True)
+    try:
+        d = densify(m)
+    except (KeyError, ValueError, IndexError) as e:
+        raise InputError(f"cannot densify {model}: {' '.join(str(e).split())[:200]}")
+    save_model(d, out)
+    click.echo(f"wrote {out}")
 
 
 @cli.command("analyze")

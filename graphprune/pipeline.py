@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import numbers
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import onnx
@@ -59,6 +59,18 @@ class Options:
     ridge_prior: str = "zero"               # lstsq repair: ridge pulls toward zero (or the kept weights)
     taylor_samples: int = 8
     taylor_eps: float = 1e-2
+    sparsity: Optional[float] = None        # sparse layers (sparsify.py): fraction of weights zeroed
+    pattern: Optional[str] = None           # unstructured | N:M | block:RxC (None: no sparse step)
+    sparse_kernels: str = "auto"            # auto: timed per layer | always | never (dense with zeros)
+    sparse_criterion: Optional[str] = None  # magnitude | wanda | sparsegpt | random (default from criterion)
+    sparse_margin: float = 1.05             # a layer's kernel must be this much faster than dense
+
+    def sparse(self) -> bool:
+        return self.sparsity is not None or self.pattern is not None
+
+    def structured(self) -> bool:
+        """Whether structured pruning has anything to do (else its scoring is skipped)."""
+        return bool(self.ratio or self.head_ratio or self.mlp_ratio or self.target() is not None)
 
     def kind_ratios(self) -> Dict[str, Optional[float]]:
         return {"heads": self.head_ratio, "channels": self.mlp_ratio}
@@ -103,6 +115,22 @@ class Options:
         if self.calib is None and self.repair != "none":
             raise UsageError(f"--repair {self.repair} needs calibration data: pass --calib FILE.npz or "
                              f"--calib-dir DIR (Options(calib=...) in Python)")
+        self.check_sparse()
+
+    def check_sparse(self) -> None:
+        from .sparsify import MASK_CRITERIA, Pattern, resolve_sparsity
+
+        if not self.sparse():
+            return
+        resolve_sparsity(Pattern.parse(self.pattern or "unstructured"), self.sparsity)
+        if self.sparse_kernels not in ("auto", "always", "never"):
+            raise UsageError(f"--sparse-kernels must be auto, always or never, got {self.sparse_kernels!r}")
+        if self.sparse_criterion is not None and self.sparse_criterion not in MASK_CRITERIA:
+            raise UsageError(f"--sparse-criterion must be one of {', '.join(MASK_CRITERIA)}, "
+                             f"got {self.sparse_criterion!r}")
+        if self.calib is None and self.sparse_criterion in ("wanda", "sparsegpt"):
+            raise UsageError(f"--sparse-criterion {self.sparse_criterion} needs calibration data: pass "
+                             f"--calib FILE.npz or --calib-dir DIR")
 
     def target(self):
         if self.target_macs is not None:
@@ -253,7 +281,9 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
     t["analyze_s"] = time.perf_counter() - t0
     calib = calibration(model, opts)
     if plan_json is None:
-        plan = plan_for(an, model, opts, calib, t, progress)
+        # sparsity only: no structured scoring (nor its calibration) is needed
+        popts = opts if opts.structured() or not opts.sparse() else replace(opts, criterion="l2")
+        plan = plan_for(an, model, popts, calib, t, progress)
     else:
         t1 = time.perf_counter()
         progress("plan")
@@ -293,6 +323,7 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
         t["verify_s"] = time.perf_counter() - t1
     elif opts.verify is None:
         report["verify"] = {"skipped": f"skipped: weights over {AUTO_SKIP_BYTES >> 30} GiB (use --verify to run it)"}
+    structured = pruned
     if opts.repair != "none" and removed:
         from .repair import repair
         t1 = time.perf_counter()
@@ -307,10 +338,21 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
         report["repair"] = info
         pruned = repaired
         t["repair_s"] = time.perf_counter() - t1
+    if opts.sparse():
+        from .sparsify import sparsify
+        t1 = time.perf_counter()
+        pruned, report["sparse"] = sparsify(model, structured, pruned, pj, opts, calib, progress)
+        t["sparsify_s"] = time.perf_counter() - t1
+    del structured
     progress("count")
     feed = count_feed(model, opts.seq_len)
     mb, pb = bench.count_macs_params(model, feed)
     ma, pa = bench.count_macs_params(pruned, feed)
+    if "sparse" in report and report["sparse"].get("converted"):
+        from .sparsify import sparse_counts
+        sc = sparse_counts(pruned, feed)       # sparse ops: nonzero MACs, stored bytes
+        ma = sc["macs"]
+        report["sparse"]["counts"] = {k: sc[k] for k in ("stored_bytes", "dense_bytes", "layers")}
     report["macs"] = {"before": int(mb), "after": int(ma)}
     report["params"] = {"before": int(pb), "after": int(pa)}
     if do_bench:
@@ -367,6 +409,12 @@ def _unchanged(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def check_verified(report: dict) -> None:
+    sv = report.get("sparse", {}).get("verify")
+    if sv is not None and not sv.get("passed", True):
+        bad = next(k for k, x in sv.items() if isinstance(x, dict) and not x.get("passed", True))
+        x = sv[bad]
+        raise VerifyError(f"verification failed: sparse model, {bad.replace('_', ' ')} "
+                          f"({x.get('reason') or 'max_rel_diff=%s' % x.get('max_rel_diff')})")
     v = report.get("verify")
     if v is not None and "skipped" not in v and not v.get("passed"):
         why = v.get("reason") or f"max_abs_diff={v.get('max_abs_diff')}"

@@ -1,0 +1,852 @@
+"""Step after repair: sparse layers (unstructured, N:M, blocks) on graphprune's own kernels.
+
+For every eligible layer — MatMul with a constant 2-D weight, Gemm (alpha = beta = 1, transA = 0),
+pointwise Conv (all-ones kernel, stride 1, no padding, group 1) — a sparse mask is chosen with
+one of the existing criteria (magnitude; with calibration data Wanda, |W|·‖X‖, or SparseGPT-style
+OBS with weight updates). Each masked layer is then timed alone on this machine, dense (onnxruntime's
+own MatMul/Conv) against the custom op (kernels/README.md: ``ai.graphprune::SparseMatMul`` /
+``SparseConv``, CSR over the outputs), at its real input shape; only a layer whose kernel wins
+is converted, the others stay dense with their zeros. ``densify`` turns every custom op back into
+standard ONNX (the zeros in place): it is the oracle for the kernels and the deployable fallback.
+
+Weights are handled as ``Wr [N, K]``: one row per output, the reduction axis along the columns
+(a MatMul ``[K, N]`` weight transposed, a Gemm's per ``transB``, a Conv's ``[N, K, 1, ...]``
+reshaped). Patterns: ``N:M`` — in every row, each run of M consecutive reduction indices keeps N;
+``block:RxC`` — tiles of R reduction indices by C outputs are kept or zeroed whole.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .errors import UsageError
+
+DOMAIN = "ai.graphprune"          # kernels/README.md; kernels.DOMAIN says the same
+OPS = {"SparseMatMul": "MatMul", "SparseConv": "Conv"}
+MASK_CRITERIA = ("magnitude", "wanda", "sparsegpt", "random")
+SUFFIXES = ("_sparse_values", "_sparse_indices", "_sparse_indptr", "_sparse_bias")
+MARGIN = 1.05                     # a layer is converted when its kernel is at least this much faster
+
+
+# --------------------------------------------------------------------------- patterns
+
+
+@dataclass(frozen=True)
+class Pattern:
+    kind: str                     # unstructured | nm | block
+    n: int = 0
+    m: int = 0
+    bk: int = 1                   # block extent along the reduction axis (R)
+    bn: int = 1                   # block extent along the outputs (C)
+
+    @classmethod
+    def parse(cls, text: str) -> "Pattern":
+        t = (text or "").strip().lower()
+        if t == "unstructured":
+            return cls("unstructured")
+        m = re.fullmatch(r"(\d+):(\d+)", t)
+        if m:
+            n, mm = int(m.group(1)), int(m.group(2))
+            if not (0 < n < mm):
+                raise UsageError(f"--pattern {text}: N:M needs 0 < N < M (e.g. 2:4)")
+            return cls("nm", n=n, m=mm)
+        m = re.fullmatch(r"block:(\d+)x(\d+)", t)
+        if m:
+            r, c = int(m.group(1)), int(m.group(2))
+            if r < 1 or c < 1 or r * c < 2:
+                raise UsageError(f"--pattern {text}: a block needs R, C >= 1 and at least 2 elements")
+            return cls("block", bk=r, bn=c)
+        raise UsageError(f"unknown --pattern {text!r}; choose unstructured, N:M (e.g. 2:4) or block:RxC (e.g. block:4x1)")
+
+    @property
+    def label(self) -> str:
+        if self.kind == "nm":
+            return f"{self.n}:{self.m}"
+        if self.kind == "block":
+            return f"block:{self.bk}x{self.bn}"
+        return "unstructured"
+
+    def attrs(self) -> Dict[str, int]:
+        """The kernel hint attributes (kernels/README.md)."""
+        code = {"unstructured": 0, "nm": 1, "block": 2}[self.kind]
+        return {"pattern": code, "pattern_n": self.n, "pattern_m": self.m,
+                "block_k": self.bk if self.kind == "block" else 0, "block_n": self.bn if self.kind == "block" else 0}
+
+    def fits(self, K: int, N: int) -> Optional[str]:
+        """Why a [N, K] layer cannot take this pattern (None when it can)."""
+        if self.kind == "nm" and K % self.m:
+            return f"{self.label} needs a reduction size divisible by {self.m} (K = {K})"
+        if self.kind == "block" and (K % self.bk or N % self.bn):
+            return f"{self.label} needs K divisible by {self.bk} and N by {self.bn} (K = {K}, N = {N})"
+        return None
+
+
+def resolve_sparsity(pattern: Pattern, sparsity: Optional[float]) -> float:
+    """The layer sparsity: N:M implies 1 - N/M; otherwise ``sparsity`` must be in [0, 1)."""
+    if pattern.kind == "nm":
+        implied = 1.0 - pattern.n / pattern.m
+        if sparsity is not None and abs(sparsity - implied) > 1e-9:
+            raise UsageError(f"--pattern {pattern.label} means sparsity {implied:g}; drop --sparsity or give {implied:g}")
+        return implied
+    if sparsity is None:
+        raise UsageError(f"--pattern {pattern.label} needs --sparsity S in [0, 1)")
+    if not (0.0 <= float(sparsity) < 1.0) or math.isnan(float(sparsity)):
+        raise UsageError(f"--sparsity must be in [0, 1), got {sparsity}")
+    return float(sparsity)
+
+
+def mask_criterion(criterion: str) -> str:
+    """The mask criterion that goes with a structured --criterion: activation → Wanda,
+    obs → SparseGPT-style OBS with weight updates, random → random, anything else → magnitude."""
+    return {"activation": "wanda", "obs": "sparsegpt", "random": "random"}.get(criterion, "magnitude")
+
+
+# --------------------------------------------------------------------------- layers
+
+
+@dataclass
+class Layer:
+    index: int                     # node index in the graph
+    name: str                      # node name (or its output)
+    op: str                        # MatMul | Gemm | Conv
+    x: str                         # activation input
+    w: str                         # weight initializer
+    b: Optional[str]               # bias initializer (Gemm C, Conv B) or None
+    K: int
+    N: int
+    trans_b: int = 0
+    spatial: int = 0               # Conv: number of spatial axes
+    Wr: np.ndarray = field(default=None, repr=False)    # [N, K] float32
+    bias: Optional[np.ndarray] = field(default=None, repr=False)
+
+    def weight_layout(self, Wr: np.ndarray) -> np.ndarray:
+        """``Wr [N, K]`` back in the layer's own weight layout."""
+        if self.op == "MatMul" or (self.op == "Gemm" and not self.trans_b):
+            return np.ascontiguousarray(Wr.T)
+        if self.op == "Gemm":
+            return np.ascontiguousarray(Wr)
+        return np.ascontiguousarray(Wr.reshape((self.N, self.K) + (1,) * self.spatial))
+
+    def dense_bytes(self) -> int:
+        return 4 * self.K * self.N + (4 * self.N if self.bias is not None else 0)
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _readers(model: onnx.ModelProto) -> Dict[str, int]:
+    n: Dict[str, int] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            n[i] = n.get(i, 0) + 1
+    for o in model.graph.output:
+        n[o.name] = n.get(o.name, 0) + 1
+    return n
+
+
+def find_layers(model: onnx.ModelProto) -> Tuple[List[Layer], List[dict]]:
+    """(eligible layers, [{node, op, why}] for weight layers the kernels cannot take)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    readers = _readers(model)
+    layers: List[Layer] = []
+    dense: List[dict] = []
+
+    def keep(node, i, why):
+        dense.append({"node": node.name or node.output[0], "op": node.op_type, "why": why})
+
+    for i, node in enumerate(model.graph.node):
+        if node.domain not in ("", "ai.onnx") or node.op_type not in ("MatMul", "Gemm", "Conv"):
+            continue
+        if len(node.input) < 2 or node.input[1] not in inits:
+            continue                                   # activation x activation: not a layer
+        wt = inits[node.input[1]]
+        name = node.name or node.output[0]
+        if wt.data_type != onnx.TensorProto.FLOAT:
+            keep(node, i, "weight is not float32")
+            continue
+        if readers.get(node.input[1], 0) > 1:
+            keep(node, i, "weight shared by several nodes")
+            continue
+        W = numpy_helper.to_array(wt)
+        a = _attrs(node)
+        b_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if b_name is not None and (b_name not in inits or inits[b_name].data_type != onnx.TensorProto.FLOAT):
+            keep(node, i, "bias is not a float32 constant")
+            continue
+        bias = numpy_helper.to_array(inits[b_name]) if b_name else None
+        if node.op_type == "MatMul":
+            if W.ndim != 2:
+                keep(node, i, f"weight has rank {W.ndim} (the kernels take 2-D weights)")
+                continue
+            K, N = W.shape
+            lay = Layer(i, name, "MatMul", node.input[0], node.input[1], None, K, N, Wr=np.ascontiguousarray(W.T))
+        elif node.op_type == "Gemm":
+            if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0 or W.ndim != 2:
+                keep(node, i, "Gemm with transA, alpha or beta other than the defaults")
+                continue
+            tb = int(a.get("transB", 0))
+            Wr = W if tb else W.T
+            N, K = Wr.shape
+            if bias is not None:
+                if bias.size != N or (bias.ndim == 2 and bias.shape[0] != 1) or bias.ndim > 2:
+                    keep(node, i, f"Gemm bias of shape {list(bias.shape)} is not one value per output")
+                    continue
+                bias = bias.reshape(N)
+            lay = Layer(i, name, "Gemm", node.input[0], node.input[1], b_name, K, N, trans_b=tb,
+                        Wr=np.ascontiguousarray(Wr), bias=bias)
+        else:
+            ks = list(W.shape[2:])
+            pads = a.get("pads", [0] * 2 * len(ks))
+            why = None
+            if W.ndim < 3 or any(k != 1 for k in ks):
+                why = f"kernel {'x'.join(map(str, ks)) or 'none'} (the sparse kernels cover pointwise convs only)"
+            elif a.get("group", 1) != 1:
+                why = f"grouped convolution (group {a.get('group')})"
+            elif any(s != 1 for s in a.get("strides", [1] * len(ks))):
+                why = "strided convolution"
+            elif any(p != 0 for p in pads) or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID", "NOTSET", "VALID"):
+                why = "padded convolution"
+            if why:
+                keep(node, i, why)
+                continue
+            N, K = W.shape[:2]
+            lay = Layer(i, name, "Conv", node.input[0], node.input[1], b_name, K, N, spatial=len(ks),
+                        Wr=np.ascontiguousarray(W.reshape(N, K)), bias=None if bias is None else bias.reshape(N))
+        layers.append(lay)
+    return layers, dense
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def _keep_top(scores: np.ndarray, n_zero: int) -> np.ndarray:
+    """Boolean keep-mask of the same shape with the ``n_zero`` lowest scores dropped
+    (ties broken by position: deterministic)."""
+    flat = scores.reshape(-1)
+    keep = np.ones(flat.size, dtype=bool)
+    if n_zero > 0:
+        order = np.argsort(flat, kind="stable")
+        keep[order[:n_zero]] = False
+    return keep.reshape(scores.shape)
+
+
+def mask_from_scores(S: np.ndarray, pattern: Pattern, sparsity: float) -> np.ndarray:
+    """Keep-mask ``[N, K]`` from importance scores ``S [N, K]`` (higher = more important).
+
+    unstructured: every output row keeps the same count (round(K·(1-s))) — Wanda's per-output
+    comparison, and equal work per output for the kernels; N:M: every group of M consecutive
+    reduction indices of a row keeps its N best; block:RxC: tiles scored by their sum, the
+    lowest fraction ``s`` of tiles (over the whole layer) zeroed."""
+    N, K = S.shape
+    if pattern.kind == "nm":
+        G = S.reshape(N, K // pattern.m, pattern.m)
+        order = np.argsort(-G, axis=2, kind="stable")
+        keep = np.zeros_like(G, dtype=bool)
+        np.put_along_axis(keep, order[:, :, :pattern.n], True, axis=2)
+        return keep.reshape(N, K)
+    if pattern.kind == "block":
+        R, C = pattern.bk, pattern.bn
+        T = S.reshape(N // C, C, K // R, R).sum(axis=(1, 3))
+        kt = _keep_top(T, int(round(sparsity * T.size)))
+        return np.repeat(np.repeat(kt, C, axis=0), R, axis=1)
+    n_zero = int(round(sparsity * K))
+    order = np.argsort(S, axis=1, kind="stable")
+    keep = np.ones((N, K), dtype=bool)
+    np.put_along_axis(keep, order[:, :n_zero], False, axis=1)
+    return keep
+
+
+def sparsegpt(Wr: np.ndarray, H: np.ndarray, pattern: Pattern, sparsity: float, blocksize: int = 128,
+              percdamp: float = 0.01) -> Tuple[np.ndarray, np.ndarray]:
+    """OBS pruning with weight updates (SparseGPT): ``Wr [N, K]`` (rows = outputs), layer
+    Hessian ``H = X·Xᵀ [K, K]``. Columns are pruned left to right; the error of each pruned
+    column is spread over the remaining columns through the upper Cholesky factor of H⁻¹ (one
+    Cholesky per layer); updates inside a block of ``blocksize`` columns are immediate, the
+    rest lazily batched per block. Masks are chosen per block by w²/[H⁻¹]²_kk: unstructured and
+    blocks the lowest fraction ``sparsity`` of the block, N:M within every group of M.
+    Returns (new Wr with zeros, keep-mask)."""
+    W = Wr.astype(np.float64).copy()
+    N, K = W.shape
+    H = H.astype(np.float64).copy()
+    dead = np.diag(H) <= 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    damp = percdamp * float(np.mean(np.diag(H)))
+    H[np.diag_indices(K)] += damp
+    for _ in range(6):
+        try:
+            L = np.linalg.cholesky(H)
+            break
+        except np.linalg.LinAlgError:
+            damp *= 10
+            H[np.diag_indices(K)] += damp
+    else:   # give up on second-order information: plain magnitude
+        keep = mask_from_scores(np.abs(Wr), pattern, sparsity)
+        return np.where(keep, Wr, 0).astype(np.float32), keep
+    Linv = np.linalg.inv(L)
+    Hinv = Linv.T @ Linv                                  # H^-1 from the one factorisation of H
+    U = np.linalg.cholesky((Hinv + Hinv.T) / 2).T         # upper: H^-1 = Uᵀ U
+    unit = pattern.m if pattern.kind == "nm" else pattern.bk if pattern.kind == "block" else 1
+    B = max(unit, (blocksize // unit) * unit)
+    keep = np.ones((N, K), dtype=bool)
+    for i1 in range(0, K, B):
+        i2 = min(i1 + B, K)
+        cnt = i2 - i1
+        W1 = W[:, i1:i2].copy()
+        Q1 = np.zeros_like(W1)
+        E1 = np.zeros_like(W1)
+        U1 = U[i1:i2, i1:i2]
+        d1 = np.diag(U1)
+        if pattern.kind == "unstructured":
+            S = W1 ** 2 / d1[None, :] ** 2
+            keep[:, i1:i2] = _keep_top(S, int(round(sparsity * S.size)))
+        elif pattern.kind == "block":
+            S = W1 ** 2 / d1[None, :] ** 2
+            keep[:, i1:i2] = mask_from_scores(S, pattern, sparsity)
+        for i in range(cnt):
+            if pattern.kind == "nm" and i % pattern.m == 0:
+                S = W1[:, i:i + pattern.m] ** 2 / d1[None, i:i + pattern.m] ** 2
+                keep[:, i1 + i:i1 + i + pattern.m] = mask_from_scores(S, pattern, sparsity)
+            w = W1[:, i]
+            q = np.where(keep[:, i1 + i], w, 0.0)
+            Q1[:, i] = q
+            err = (w - q) / d1[i]
+            W1[:, i:] -= np.outer(err, U1[i, i:])
+            E1[:, i] = err
+        W[:, i1:i2] = Q1
+        if i2 < K:
+            W[:, i2:] -= E1 @ U[i1:i2, i2:]
+    return np.where(keep, W, 0.0).astype(np.float32), keep
+
+
+def layer_scores(lay: Layer, criterion: str, stats=None, seed: int = 0) -> np.ndarray:
+    """Importance ``[N, K]`` of every weight of a layer."""
+    A = np.abs(lay.Wr.astype(np.float64))
+    if criterion == "random":
+        return np.random.default_rng(seed + lay.index).random(A.shape)
+    if criterion in ("wanda", "sparsegpt") and stats is not None:
+        s = stats.get(lay.x)
+        if s is not None and s.sum is not None and s.sum.shape[0] == lay.K:
+            return A * s.norm[None, :]
+    return A
+
+
+def global_sparsities(layers: Sequence[Layer], scores: Sequence[np.ndarray], pattern: Pattern, sparsity: float,
+                      max_sparsity: float = 0.95) -> List[float]:
+    """One threshold over every layer's scores (each normalised by its mean), reaching
+    ``sparsity`` of all prunable weights: the per-layer sparsities it implies (capped)."""
+    if pattern.kind == "nm" or not layers:
+        return [sparsity] * len(layers)
+    units = []
+    for lay, S in zip(layers, scores):
+        if pattern.kind == "block":
+            S = S.reshape(lay.N // pattern.bn, pattern.bn, lay.K // pattern.bk, pattern.bk).sum(axis=(1, 3))
+        units.append((S / max(float(S.mean()), 1e-30)).reshape(-1))
+    allv = np.concatenate(units)
+    sizes = [lay.K * lay.N for lay in layers]
+    w = np.concatenate([np.full(u.size, s / u.size) for u, s in zip(units, sizes)])   # weights per unit
+    order = np.argsort(allv, kind="stable")
+    cum = np.cumsum(w[order])
+    n = int(np.searchsorted(cum, sparsity * cum[-1], side="right"))
+    thr = allv[order[n - 1]] if n > 0 else -np.inf
+    return [float(min(max_sparsity, np.mean(u <= thr))) for u in units]
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def _csr(Wr: np.ndarray):
+    from .kernels import pack_csr
+
+    return pack_csr(Wr)
+
+
+def sparse_node(lay: Layer, pattern: Pattern, names: Sequence[str], output: str, node_name: str) -> onnx.NodeProto:
+    op = "SparseConv" if lay.op == "Conv" else "SparseMatMul"
+    return helper.make_node(op, [lay.x] + list(names), [output], name=node_name, domain=DOMAIN,
+                            K=lay.K, N=lay.N, **pattern.attrs())
+
+
+def sparse_inits(lay: Layer, Wr: np.ndarray, prefix: str) -> List[onnx.TensorProto]:
+    values, indices, indptr = _csr(Wr)
+    bias = lay.bias if lay.bias is not None else np.zeros(lay.N, np.float32)
+    arrs = [np.asarray(values, np.float32), np.asarray(indices, np.int32), np.asarray(indptr, np.int32),
+            np.asarray(bias, np.float32).reshape(lay.N)]
+    return [numpy_helper.from_array(a, prefix + s) for a, s in zip(arrs, SUFFIXES)]
+
+
+def _ensure_domain(model: onnx.ModelProto) -> None:
+    if not any(o.domain == DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+
+
+def build(model: onnx.ModelProto, layers: Sequence[Layer], weights: Dict[str, np.ndarray],
+          convert: Sequence[str], pattern: Pattern) -> onnx.ModelProto:
+    """A copy of ``model`` where every layer in ``weights`` has its new ``Wr`` (zeros, OBS
+    updates): those named in ``convert`` become custom ops, the others keep their op with the
+    new dense weights."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    by_name = {lay.name: lay for lay in layers}
+    inits = {t.name: t for t in g.initializer}
+    drop = set()
+    for name, Wr in weights.items():
+        lay = by_name[name]
+        if name in convert:
+            node = g.node[lay.index]
+            new = sparse_node(lay, pattern, [lay.w + s for s in SUFFIXES], node.output[0], node.name)
+            g.node[lay.index].CopyFrom(new)
+            g.initializer.extend(sparse_inits(lay, Wr, lay.w))
+            drop.add(lay.w)
+            if lay.b:
+                drop.add(lay.b)
+        else:
+            inits[lay.w].CopyFrom(numpy_helper.from_array(lay.weight_layout(Wr).astype(np.float32), lay.w))
+    if drop:
+        still = {i for n in g.node for i in n.input}
+        keep = [t for t in g.initializer if t.name not in drop or t.name in still]
+        del g.initializer[:]
+        g.initializer.extend(keep)
+        _ensure_domain(out)
+    return out
+
+
+def uses_kernels(model: onnx.ModelProto) -> bool:
+    return any(n.domain == DOMAIN for n in model.graph.node)
+
+
+def _rank_of(model: onnx.ModelProto, name: str) -> Optional[int]:
+    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        if vi.name == name and vi.type.tensor_type.HasField("shape"):
+            return len(vi.type.tensor_type.shape.dim)
+    return None
+
+
+def densify(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The standard-ONNX equivalent of a model with graphprune's sparse ops: SparseMatMul →
+    MatMul (+ Add of the bias when it is not all zeros), SparseConv → Conv with a
+    ``[N, K, 1, ...]`` weight, the zeros in place. Other nodes are untouched; the custom domain
+    import is dropped once no node uses it."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    if not uses_kernels(out):
+        return out
+    from .kernels import unpack_csr
+
+    inits = {t.name: t for t in g.initializer}
+    need_rank = [n.input[0] for n in g.node if n.domain == DOMAIN and n.op_type == "SparseConv"]
+    ranks = {}
+    if need_rank:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(out, strict_mode=False)
+        except Exception:
+            inferred = out
+        ranks = {x: _rank_of(inferred, x) for x in need_rank}
+    nodes: List[onnx.NodeProto] = []
+    new_inits: List[onnx.TensorProto] = []
+    used = set()
+    for node in g.node:
+        if node.domain != DOMAIN:
+            nodes.append(node)
+            continue
+        if node.op_type not in OPS:
+            raise ValueError(f"unknown op {DOMAIN}::{node.op_type}")
+        a = _attrs(node)
+        K, N = int(a["K"]), int(a["N"])
+        vals, idx, ptr, bias = (numpy_helper.to_array(inits[n]) for n in node.input[1:5])
+        Wr = np.asarray(unpack_csr(vals, idx, ptr, K), np.float32).reshape(N, K)
+        base = node.input[1][:-len(SUFFIXES[0])] if node.input[1].endswith(SUFFIXES[0]) else node.input[1] + "_dense"
+        used.update(node.input[1:5])
+        y = node.output[0]
+        if node.op_type == "SparseMatMul":
+            new_inits.append(numpy_helper.from_array(np.ascontiguousarray(Wr.T), base))
+            if np.any(bias != 0):
+                mid = y + "_dense_matmul"
+                nodes.append(helper.make_node("MatMul", [node.input[0], base], [mid], name=node.name))
+                new_inits.append(numpy_helper.from_array(bias.astype(np.float32), base + "_bias"))
+                nodes.append(helper.make_node("Add", [mid, base + "_bias"], [y], name=(node.name or y) + "_bias"))
+            else:
+                nodes.append(helper.make_node("MatMul", [node.input[0], base], [y], name=node.name))
+        else:
+            r = ranks.get(node.input[0])
+            sp = (r - 2) if r and r >= 3 else 2
+            new_inits.append(numpy_helper.from_array(Wr.reshape((N, K) + (1,) * sp), base))
+            new_inits.append(numpy_helper.from_array(bias.astype(np.float32), base + "_bias"))
+            nodes.append(helper.make_node("Conv", [node.input[0], base, base + "_bias"], [y], name=node.name,
+                                          kernel_shape=[1] * sp))
+    del g.node[:]
+    g.node.extend(nodes)
+    still = {i for n in g.node for i in n.input}
+    keep = [t for t in g.initializer if t.name not in used or t.name in still]
+    del g.initializer[:]
+    g.initializer.extend(keep + new_inits)
+    if not uses_kernels(out):
+        keep_ops = [o for o in out.opset_import if o.domain != DOMAIN]
+        del out.opset_import[:]
+        out.opset_import.extend(keep_ops)
+    return out
+
+
+# --------------------------------------------------------------------------- counting
+
+
+def sparse_counts(model: onnx.ModelProto, feed=None) -> dict:
+    """Effective (nonzero) MACs and stored bytes of the sparse ops of ``model``: the dense
+    MACs of each op's densified equivalent times its density, and the bytes of its CSR
+    tensors vs a dense fp32 weight. ``macs`` is the model's total effective MACs (every other
+    node counted as bench.count_macs_params counts it)."""
+    from . import bench
+
+    dense = densify(model)
+    per = bench.macs_by_node(dense, feed)
+    inits = {t.name: t for t in model.graph.initializer}
+    total = sum(per.values())
+    layers = []
+    for node in model.graph.node:
+        if node.domain != DOMAIN:
+            continue
+        a = _attrs(node)
+        K, N = int(a["K"]), int(a["N"])
+        nnz = int(np.prod(inits[node.input[1]].dims)) if node.input[1] in inits else 0
+        density = nnz / max(K * N, 1)
+        dm = per.get(node.output[0] + "_dense_matmul", per.get(node.output[0], 0))
+        eff = int(round(dm * density))
+        total -= dm - eff
+        stored = sum(4 * int(np.prod(inits[n].dims)) for n in node.input[1:5] if n in inits)
+        layers.append({"node": node.name or node.output[0], "dense_macs": int(dm), "effective_macs": eff,
+                       "nnz": nnz, "stored_bytes": stored, "dense_bytes": 4 * K * N + 4 * N})
+    return {"macs": int(total), "layers": layers,
+            "stored_bytes": sum(x["stored_bytes"] for x in layers),
+            "dense_bytes": sum(x["dense_bytes"] for x in layers)}
+
+
+# --------------------------------------------------------------------------- per-layer timing
+
+
+def _one_node_models(lay: Layer, Wr: np.ndarray, pattern: Pattern, x_shape, copies: int):
+    """(dense model, sparse model): ``copies`` independent copies of the layer reading one
+    input (distinct weights, so they stream from memory as in the whole model)."""
+    X = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, list(x_shape))
+    dn, sn, di, si, outs = [], [], [], [], []
+    for c in range(copies):
+        y = f"y{c}"
+        outs.append(helper.make_tensor_value_info(y, onnx.TensorProto.FLOAT, None))
+        w = f"w{c}"
+        di.append(numpy_helper.from_array(lay.weight_layout(Wr).astype(np.float32), w))
+        ins = ["x", w]
+        if lay.bias is not None and lay.op != "MatMul":
+            di.append(numpy_helper.from_array(lay.bias.astype(np.float32), f"b{c}"))
+            ins.append(f"b{c}")
+        kw = {}
+        if lay.op == "Gemm":
+            kw["transB"] = lay.trans_b
+        if lay.op == "Conv":
+            kw["kernel_shape"] = [1] * lay.spatial
+        dn.append(helper.make_node(lay.op, ins, [y], **kw))
+        si.extend(sparse_inits(lay, Wr, w))
+        sn.append(sparse_node(lay, pattern, [w + s for s in SUFFIXES], y, f"n{c}"))
+    opset = [helper.make_opsetid("", 17)]
+    dense = helper.make_model(helper.make_graph(dn, "dense", [X], outs, di), opset_imports=opset)
+    sparse = helper.make_model(helper.make_graph(sn, "sparse", [X], outs, si),
+                               opset_imports=opset + [helper.make_opsetid(DOMAIN, 1)])
+    dense.ir_version = sparse.ir_version = 8
+    return dense, sparse
+
+
+def time_layer(lay: Layer, Wr: np.ndarray, pattern: Pattern, x: np.ndarray, threads: int = 1,
+               budget_s: float = 0.05, max_pairs: int = 40) -> dict:
+    """Dense vs kernel for one layer at input ``x``, interleaved pairs, median of ratios."""
+    from . import bench
+
+    per_copy = 4 * lay.K * lay.N
+    copies = int(min(8, max(1, (8 << 20) // max(per_copy, 1))))     # about 8 MB of weights: out of cache
+    dense, sparse = _one_node_models(lay, Wr, pattern, x.shape, copies)
+    sa = bench.make_session(dense, threads)
+    sb = bench.make_session(sparse, threads)
+    feed = {"x": np.ascontiguousarray(x, dtype=np.float32)}
+    for _ in range(2):
+        sa.run(None, feed)
+        sb.run(None, feed)
+    ta, tb = [], []
+    t_end = time.perf_counter() + budget_s
+    clock = time.perf_counter
+    while len(ta) < 5 or (len(ta) < max_pairs and clock() < t_end):
+        t0 = clock()
+        sa.run(None, feed)
+        t1 = clock()
+        sb.run(None, feed)
+        t2 = clock()
+        ta.append(t1 - t0)
+        tb.append(t2 - t1)
+    ratios = [a / b for a, b in zip(ta, tb) if b > 0]
+    return {"dense_ms": statistics.median(ta) * 1e3 / copies, "sparse_ms": statistics.median(tb) * 1e3 / copies,
+            "speedup": statistics.median(ratios) if ratios else 0.0, "pairs": len(ta)}
+
+
+def kernels_available() -> Optional[str]:
+    """None when the kernel library loads here, else why not (one line)."""
+    try:
+        from . import kernels
+        import onnxruntime as ort
+
+        kernels.session_options(1, ort.SessionOptions())
+        return None
+    except Exception as e:   # not built, wrong platform, ...
+        msg = " ".join(str(e).split()) or type(e).__name__
+        return msg[:300]
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def _survivors(plan_json: dict, tensor: str, shape: Sequence[int]) -> Optional[List[np.ndarray]]:
+    """Per axis of the input model's ``tensor``, the indices the structured rewrite kept (the
+    pruned tensor's positions in the input's coordinates); None for a layout it cannot map."""
+    axes: Dict[int, Tuple[set, set]] = {}
+    for grp in plan_json.get("groups", []):
+        for md in grp.get("members", []):
+            if md.get("tensor") != tensor or md.get("role") not in ("in", "out"):
+                continue
+            if int(md.get("groups", 1)) > 1:
+                return None
+            ax = int(md["axis"])
+            kept, covered = axes.setdefault(ax, (set(), set()))
+            kept.update(int(k) for k in md.get("kept", []))
+            covered.update(int(p) for p in md["positions"]) if md.get("positions") is not None \
+                else covered.update(range(shape[ax]))
+    out = []
+    for ax, n in enumerate(shape):
+        if ax not in axes:
+            out.append(np.arange(n))
+            continue
+        kept, covered = axes[ax]
+        out.append(np.array(sorted(kept | (set(range(n)) - covered)), dtype=np.int64))
+    return out
+
+
+def oracle(original: onnx.ModelProto, plan_json: dict, masks: Dict[str, np.ndarray]) -> onnx.ModelProto:
+    """The masked-dense oracle of the structured plan with the sparse zeros applied too: every
+    layer weight ``masks`` names (keep-masks in the pruned model's weight layout) is zeroed
+    where its mask is, at the positions the structured rewrite kept."""
+    from .verify import masked_dense
+
+    m = masked_dense(original, plan_json)
+    inits = {t.name: t for t in m.graph.initializer}
+    for name, keep in masks.items():
+        t = inits.get(name)
+        if t is None:
+            raise ValueError(f"weight {name!r} is not in the input model")
+        W = numpy_helper.to_array(t).copy()
+        surv = _survivors(plan_json, name, W.shape)
+        if surv is None or tuple(len(s) for s in surv) != keep.shape:
+            raise ValueError(f"weight {name!r}: cannot map its mask to the input model")
+        full = np.ones(W.shape, dtype=bool)
+        full[np.ix_(*surv)] = keep
+        t.CopyFrom(numpy_helper.from_array(np.where(full, W, 0).astype(W.dtype), name))
+    return m
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def _matches(patterns: Sequence[str], names: Sequence[str]) -> bool:
+    import fnmatch
+
+    return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names if n)
+
+
+def _collect_stats(model, layers, calib, gram: bool, threads: int):
+    from .calib import Request, collect
+
+    reqs = {}
+    for lay in layers:
+        reqs[lay.x] = Request(lay.x, 1 if lay.op == "Conv" else -1, gram)
+    stats = collect(model, calib, list(reqs.values()), threads=threads)
+    return {x: stats[r] for x, r in reqs.items()}
+
+
+def sparsify(original: onnx.ModelProto, structured: onnx.ModelProto, model: onnx.ModelProto, plan_json: dict,
+             opts, calib=None, progress=None) -> Tuple[onnx.ModelProto, dict]:
+    """The sparse step. ``original``: the input model (for the oracle); ``structured``: the
+    structured rewrite before repair; ``model``: the model to sparsify (after repair).
+    Returns (the model with sparse layers, the report's ``sparse`` section)."""
+    from . import bench
+    from .verify import verify
+
+    t0 = time.perf_counter()
+    progress = progress or (lambda s: None)
+    pattern = Pattern.parse(opts.pattern or "unstructured")
+    s = resolve_sparsity(pattern, opts.sparsity)
+    crit = opts.sparse_criterion or mask_criterion(opts.criterion)
+    layers, dense_why = find_layers(model)
+    section = {"pattern": pattern.label, "sparsity": s, "criterion": crit, "scope": opts.scope,
+               "mode": opts.sparse_kernels, "layers": [], "kept_dense": list(dense_why)}
+    todo: List[Layer] = []
+    for lay in layers:
+        node = model.graph.node[lay.index]
+        why = None
+        if opts.protect and _matches(opts.protect, [lay.name, lay.w, lay.x] + list(node.output)):
+            why = "protected (--protect)"
+        else:
+            why = pattern.fits(lay.K, lay.N)
+        if why:
+            section["kept_dense"].append({"node": lay.name, "op": lay.op, "why": why})
+        else:
+            todo.append(lay)
+    if s == 0.0 or not todo:
+        section["converted"] = 0
+        section["masked"] = 0
+        return model, section
+    stats = None
+    if crit in ("wanda", "sparsegpt"):
+        if calib is None:
+            raise UsageError(f"mask criterion {crit} needs calibration data: pass --calib FILE.npz or --calib-dir DIR")
+        progress("calib")
+        t1 = time.perf_counter()
+        stats = _collect_stats(model, todo, calib, crit == "sparsegpt", opts.threads)
+        section["calib_s"] = time.perf_counter() - t1
+    progress("masks")
+    t1 = time.perf_counter()
+    scores = [layer_scores(lay, crit, stats, opts.seed) for lay in todo]
+    if opts.scope == "global":
+        per = global_sparsities(todo, scores, pattern, s)
+    else:
+        per = [s] * len(todo)
+    weights: Dict[str, np.ndarray] = {}
+    keeps: Dict[str, np.ndarray] = {}
+    for lay, S, sl in zip(todo, scores, per):
+        st = stats.get(lay.x) if stats else None
+        if crit == "sparsegpt" and st is not None and st.gram is not None:
+            Wn, keep = sparsegpt(lay.Wr, st.gram / max(st.gram_n, 1), pattern, sl)
+        else:
+            keep = mask_from_scores(S, pattern, sl)
+            Wn = np.where(keep, lay.Wr, 0).astype(np.float32)
+        weights[lay.name] = Wn
+        keeps[lay.name] = keep
+    del scores
+    section["masks_s"] = time.perf_counter() - t1
+
+    # per-layer timing: a layer becomes a custom op only where its kernel beats dense here
+    progress("timing")
+    t1 = time.perf_counter()
+    timing: Dict[str, dict] = {}
+    unavailable = kernels_available() if opts.sparse_kernels != "never" else None
+    convert: List[str] = []
+    if opts.sparse_kernels == "never":
+        reason = {lay.name: "kernels off (--sparse-kernels never)" for lay in todo}
+    elif unavailable:
+        reason = {lay.name: f"kernel library not available: {unavailable}" for lay in todo}
+    elif opts.sparse_kernels == "always":
+        reason = {}
+        convert = [lay.name for lay in todo]
+    else:
+        reason = {}
+        feed_size = None
+
+        def capture(size):
+            feed = bench.random_inputs(model, seed=opts.seed, other=size)
+            return bench.run_model(model, feed, outputs=list(dict.fromkeys(lay.x for lay in todo)),
+                                   threads=opts.threads)
+        try:
+            feed_size, acts = bench.at_free_sizes(model, capture)
+        except Exception as e:
+            acts = None
+            for lay in todo:
+                reason[lay.name] = f"cannot measure the layer's input ({' '.join(str(e).split())[:200]})"
+        for lay in todo if acts is not None else ():
+            try:
+                r = time_layer(lay, weights[lay.name], pattern, acts[lay.x], threads=opts.threads)
+            except Exception as e:
+                reason[lay.name] = f"kernel failed to run: {' '.join(str(e).split())[:200]}"
+                continue
+            timing[lay.name] = r
+            if r["speedup"] > opts.sparse_margin:
+                convert.append(lay.name)
+            else:
+                reason[lay.name] = f"kernel not faster here ({r['speedup']:.2f}x of dense)"
+        del acts
+    section["timing_s"] = time.perf_counter() - t1
+    out = build(model, todo, weights, convert, pattern)
+    for lay, sl in zip(todo, per):
+        keep = keeps[lay.name]
+        e = {"node": lay.name, "op": lay.op, "weight": lay.w, "K": lay.K, "N": lay.N, "pattern": pattern.label,
+             "sparsity": float(1.0 - keep.mean()), "format": "csr" if lay.name in convert else "dense (zeros)",
+             "kernel": lay.name in convert}
+        if lay.name in timing:
+            r = timing[lay.name]
+            e.update({"dense_ms": round(r["dense_ms"], 5), "sparse_ms": round(r["sparse_ms"], 5),
+                      "speedup": round(r["speedup"], 3)})
+        if lay.name in reason:
+            e["why"] = reason[lay.name]
+        section["layers"].append(e)
+    section["masked"] = len(todo)
+    section["converted"] = len(convert)
+    if convert:
+        from . import kernels
+
+        section["needs"] = (f"the model uses {DOMAIN} custom ops: load graphprune's kernel library "
+                            f"({kernels.library_path()}) into onnxruntime: "
+                            "graphprune.kernels.session_options(threads, so), or `graphprune densify` for standard ONNX")
+
+    # verify: kernels vs the densified model; the densified model vs the structured oracle with
+    # the sparse zeros (on the structured rewrite with the masks when weights were updated)
+    if opts.verify is not False:
+        progress("verify")
+        t1 = time.perf_counter()
+        v: dict = {}
+        dense = densify(out)
+        if convert:
+            v["kernels_vs_densified"] = verify(dense, out, {"groups": []})
+        updated = crit == "sparsegpt" or getattr(opts, "repair", "none") != "none"
+        masks = {}
+        for lay in todo:
+            masks[lay.w] = lay.weight_layout(keeps[lay.name].astype(np.float32)) > 0.5
+        if updated:
+            twin = onnx.ModelProto()
+            twin.CopyFrom(structured)
+            ti = {t.name: t for t in twin.graph.initializer}
+            for w, k in masks.items():
+                W = numpy_helper.to_array(ti[w])
+                ti[w].CopyFrom(numpy_helper.from_array(np.where(k.reshape(W.shape), W, 0).astype(W.dtype), w))
+            check, checked = twin, "the structured rewrite (before repair / OBS updates) with the sparse masks"
+        else:
+            check, checked = dense, "the densified model"
+        try:
+            ref = oracle(original, plan_json, masks)
+            v["densified_vs_oracle"] = verify(ref, check, {"groups": []})
+            v["densified_vs_oracle"]["checked"] = checked
+        except ValueError as e:
+            v["densified_vs_oracle"] = {"skipped": str(e)}
+        v["passed"] = all(x.get("passed", True) for x in v.values() if isinstance(x, dict))
+        section["verify"] = v
+        section["verify_s"] = time.perf_counter() - t1
+    section["total_s"] = time.perf_counter() - t0
+    return out, section
+
+
+def load_kernels(threads: int, so) -> None:
+    """Register graphprune's kernel library on session options ``so`` (one-line InputError
+    saying how to build/load it when it cannot be loaded)."""
+    from .errors import InputError
+
+    try:
+        from . import kernels
+    except ImportError as e:
+        raise InputError(f"the model uses {DOMAIN} custom ops but graphprune.kernels is missing ({e}); "
+                         "`graphprune densify` writes a standard-ONNX copy") from None
+    try:
+        kernels.session_options(threads, so)
+    except Exception as e:
+        raise InputError(kernels.explain_load_error(e)) from None
