@@ -79,7 +79,7 @@ class Pattern:
         """The kernel hint attributes (kernels/README.md)."""
         code = {"unstructured": 0, "nm": 1, "block": 2}[self.kind]
         return {"pattern": code, "pattern_n": self.n, "pattern_m": self.m,
-                "block_k": self.bk if self.kind == "block" else 0, "block_n": self.bn if self.kind == "block" else 0}
+                "block_k": self.bk if self.kind == "block" else 1, "block_n": self.bn if self.kind == "block" else 1}
 
     def fits(self, K: int, N: int) -> Optional[str]:
         """Why a [N, K] layer cannot take this pattern (None when it can)."""
@@ -127,6 +127,7 @@ class Layer:
     spatial: int = 0               # Conv: number of spatial axes
     Wr: np.ndarray = field(default=None, repr=False)    # [N, K] float32
     bias: Optional[np.ndarray] = field(default=None, repr=False)
+    add: Optional[int] = None      # MatMul: index of the Add of a constant bias that follows it (fused)
 
     def weight_layout(self, Wr: np.ndarray) -> np.ndarray:
         """``Wr [N, K]`` back in the layer's own weight layout."""
@@ -154,12 +155,36 @@ def _readers(model: onnx.ModelProto) -> Dict[str, int]:
     return n
 
 
+def _bias_add(model, i, N, inits, readers, consumers):
+    """(index, bias name, bias [N]) of an ``Add(MatMul output, constant [N])`` that is the
+    MatMul's only reader, or None."""
+    y = model.graph.node[i].output[0]
+    users = consumers.get(y, [])
+    if len(users) != 1 or readers.get(y, 0) != 1:
+        return None
+    add = model.graph.node[users[0]]
+    if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.input) != 2:
+        return None
+    other = add.input[1] if add.input[0] == y else add.input[0]
+    t = inits.get(other)
+    if t is None or t.data_type != onnx.TensorProto.FLOAT or readers.get(other, 0) != 1:
+        return None
+    dims = list(t.dims)
+    if not dims or dims[-1] != N or any(d != 1 for d in dims[:-1]) or len(dims) > 1:
+        return None          # [N] only: a [1, 1, N] bias could raise the output's rank
+    return users[0], other, numpy_helper.to_array(t).reshape(N)
+
+
 def find_layers(model: onnx.ModelProto) -> Tuple[List[Layer], List[dict]]:
     """(eligible layers, [{node, op, why}] for weight layers the kernels cannot take)."""
     inits = {t.name: t for t in model.graph.initializer}
     readers = _readers(model)
     layers: List[Layer] = []
     dense: List[dict] = []
+    consumers: Dict[str, List[int]] = {}
+    for j, node in enumerate(model.graph.node):
+        for t in node.input:
+            consumers.setdefault(t, []).append(j)
 
     def keep(node, i, why):
         dense.append({"node": node.name or node.output[0], "op": node.op_type, "why": why})
@@ -190,6 +215,9 @@ def find_layers(model: onnx.ModelProto) -> Tuple[List[Layer], List[dict]]:
                 continue
             K, N = W.shape
             lay = Layer(i, name, "MatMul", node.input[0], node.input[1], None, K, N, Wr=np.ascontiguousarray(W.T))
+            fused = _bias_add(model, i, N, inits, readers, consumers)
+            if fused is not None:
+                lay.add, lay.b, lay.bias = fused
         elif node.op_type == "Gemm":
             if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0 or W.ndim != 2:
                 keep(node, i, "Gemm with transA, alpha or beta other than the defaults")
@@ -371,9 +399,10 @@ def _csr(Wr: np.ndarray):
     return pack_csr(Wr)
 
 
-def sparse_node(lay: Layer, pattern: Pattern, names: Sequence[str], output: str, node_name: str) -> onnx.NodeProto:
+def sparse_node(lay: Layer, pattern: Pattern, names: Sequence[str], output: str, node_name: str,
+                x: Optional[str] = None) -> onnx.NodeProto:
     op = "SparseConv" if lay.op == "Conv" else "SparseMatMul"
-    return helper.make_node(op, [lay.x] + list(names), [output], name=node_name, domain=DOMAIN,
+    return helper.make_node(op, [x or lay.x] + list(names), [output], name=node_name, domain=DOMAIN,
                             K=lay.K, N=lay.N, **pattern.attrs())
 
 
@@ -401,18 +430,26 @@ def build(model: onnx.ModelProto, layers: Sequence[Layer], weights: Dict[str, np
     by_name = {lay.name: lay for lay in layers}
     inits = {t.name: t for t in g.initializer}
     drop = set()
+    dead_nodes = set()
     for name, Wr in weights.items():
         lay = by_name[name]
         if name in convert:
             node = g.node[lay.index]
-            new = sparse_node(lay, pattern, [lay.w + s for s in SUFFIXES], node.output[0], node.name)
+            y = g.node[lay.add].output[0] if lay.add is not None else node.output[0]
+            new = sparse_node(lay, pattern, [lay.w + s for s in SUFFIXES], y, node.name)
             g.node[lay.index].CopyFrom(new)
+            if lay.add is not None:
+                dead_nodes.add(lay.add)
             g.initializer.extend(sparse_inits(lay, Wr, lay.w))
             drop.add(lay.w)
             if lay.b:
                 drop.add(lay.b)
         else:
             inits[lay.w].CopyFrom(numpy_helper.from_array(lay.weight_layout(Wr).astype(np.float32), lay.w))
+    if dead_nodes:
+        keep_nodes = [n for j, n in enumerate(g.node) if j not in dead_nodes]
+        del g.node[:]
+        g.node.extend(keep_nodes)
     if drop:
         still = {i for n in g.node for i in n.input}
         keep = [t for t in g.initializer if t.name not in drop or t.name in still]
@@ -554,9 +591,14 @@ def _one_node_models(lay: Layer, Wr: np.ndarray, pattern: Pattern, x_shape, copi
             kw["transB"] = lay.trans_b
         if lay.op == "Conv":
             kw["kernel_shape"] = [1] * lay.spatial
-        dn.append(helper.make_node(lay.op, ins, [y], **kw))
+        if lay.op == "MatMul" and lay.bias is not None:      # the fused bias Add
+            di.append(numpy_helper.from_array(lay.bias.astype(np.float32), f"b{c}"))
+            dn.append(helper.make_node("MatMul", ins, [y + "_mm"]))
+            dn.append(helper.make_node("Add", [y + "_mm", f"b{c}"], [y]))
+        else:
+            dn.append(helper.make_node(lay.op, ins, [y], **kw))
         si.extend(sparse_inits(lay, Wr, w))
-        sn.append(sparse_node(lay, pattern, [w + s for s in SUFFIXES], y, f"n{c}"))
+        sn.append(sparse_node(lay, pattern, [w + s for s in SUFFIXES], y, f"n{c}", x="x"))
     opset = [helper.make_opsetid("", 17)]
     dense = helper.make_model(helper.make_graph(dn, "dense", [X], outs, di), opset_imports=opset)
     sparse = helper.make_model(helper.make_graph(sn, "sparse", [X], outs, si),
@@ -849,4 +891,6 @@ def load_kernels(threads: int, so) -> None:
     try:
         kernels.session_options(threads, so)
     except Exception as e:
-        raise InputError(kernels.explain_load_error(e)) from None
+        raise InputError(f"the model uses graphprune's sparse ops ({DOMAIN}) but their kernel library cannot be "
+                         f"loaded: {' '.join(str(e).split())[:300]}; `graphprune densify` writes a standard-ONNX "
+                         "copy") from None

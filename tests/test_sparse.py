@@ -24,6 +24,7 @@ def test_pattern_parse():
     b = sp.Pattern.parse("block:4x2")
     assert (b.kind, b.bk, b.bn, b.label) == ("block", 4, 2, "block:4x2")
     assert b.attrs() == {"pattern": 2, "pattern_n": 0, "pattern_m": 0, "block_k": 4, "block_n": 2}
+    assert sp.Pattern.parse("2:4").attrs()["block_k"] == 1
     for bad in ("dense", "4:2", "0:4", "block:1x1", "block:4", "2:4:8", ""):
         with pytest.raises(UsageError):
             sp.Pattern.parse(bad)
