@@ -572,69 +572,86 @@ def sparse_counts(model: onnx.ModelProto, feed=None) -> dict:
 # --------------------------------------------------------------------------- per-layer timing
 
 
-def _one_node_models(lay: Layer, Wr: np.ndarray, pattern: Pattern, x_shape, copies: int):
-    """(dense model, sparse model): ``copies`` independent copies of the layer reading one
-    input (distinct weights, so they stream from memory as in the whole model)."""
-    X = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, list(x_shape))
-    dn, sn, di, si, outs = [], [], [], [], []
-    for c in range(copies):
-        y = f"y{c}"
-        outs.append(helper.make_tensor_value_info(y, onnx.TensorProto.FLOAT, None))
-        w = f"w{c}"
-        di.append(numpy_helper.from_array(lay.weight_layout(Wr).astype(np.float32), w))
-        ins = ["x", w]
-        if lay.bias is not None and lay.op != "MatMul":
-            di.append(numpy_helper.from_array(lay.bias.astype(np.float32), f"b{c}"))
-            ins.append(f"b{c}")
-        kw = {}
-        if lay.op == "Gemm":
-            kw["transB"] = lay.trans_b
-        if lay.op == "Conv":
-            kw["kernel_shape"] = [1] * lay.spatial
-        if lay.op == "MatMul" and lay.bias is not None:      # the fused bias Add
-            di.append(numpy_helper.from_array(lay.bias.astype(np.float32), f"b{c}"))
-            dn.append(helper.make_node("MatMul", ins, [y + "_mm"]))
-            dn.append(helper.make_node("Add", [y + "_mm", f"b{c}"], [y]))
-        else:
-            dn.append(helper.make_node(lay.op, ins, [y], **kw))
-        si.extend(sparse_inits(lay, Wr, w))
-        sn.append(sparse_node(lay, pattern, [w + s for s in SUFFIXES], y, f"n{c}", x="x"))
-    opset = [helper.make_opsetid("", 17)]
-    dense = helper.make_model(helper.make_graph(dn, "dense", [X], outs, di), opset_imports=opset)
-    sparse = helper.make_model(helper.make_graph(sn, "sparse", [X], outs, si),
-                               opset_imports=opset + [helper.make_opsetid(DOMAIN, 1)])
-    dense.ir_version = sparse.ir_version = 8
-    return dense, sparse
+def _timing_models(items, pattern: Pattern):
+    """(dense model, sparse model, outputs per item, copies per item): every candidate layer of
+    ``items`` ([(layer, Wr, x)]) alone, reading its own graph input, ``copies`` times with distinct weights
+    (small layers: more work per call against the per-call overhead)."""
+    dn, sn, di, si, ins, outs, fetch, copies_of = [], [], [], [], [], [], [], []
+    for j, (lay, Wr, x) in enumerate(items):
+        xn = f"x{j}"
+        ins.append(helper.make_tensor_value_info(xn, onnx.TensorProto.FLOAT, list(x.shape)))
+        rows = int(np.prod(x.shape)) // max(lay.K, 1)
+        copies = int(min(8, max(1, math.ceil(4e6 / max(lay.K * lay.N * max(rows, 1), 1)))))
+        names = []
+        for c in range(copies):
+            y, w = f"y{j}_{c}", f"w{j}_{c}"
+            names.append(y)
+            outs.append(helper.make_tensor_value_info(y, onnx.TensorProto.FLOAT, None))
+            di.append(numpy_helper.from_array(lay.weight_layout(Wr).astype(np.float32), w))
+            args = [xn, w]
+            if lay.bias is not None and lay.op != "MatMul":
+                di.append(numpy_helper.from_array(lay.bias.astype(np.float32), f"b{j}_{c}"))
+                args.append(f"b{j}_{c}")
+            kw = {"transB": lay.trans_b} if lay.op == "Gemm" else {"kernel_shape": [1] * lay.spatial} \
+                if lay.op == "Conv" else {}
+            if lay.op == "MatMul" and lay.bias is not None:      # the fused bias Add
+                di.append(numpy_helper.from_array(lay.bias.astype(np.float32), f"b{j}_{c}"))
+                dn.append(helper.make_node("MatMul", args, [y + "_mm"]))
+                dn.append(helper.make_node("Add", [y + "_mm", f"b{j}_{c}"], [y]))
+            else:
+                dn.append(helper.make_node(lay.op, args, [y], **kw))
+            si.extend(sparse_inits(lay, Wr, w))
+            sn.append(sparse_node(lay, pattern, [w + s for s in SUFFIXES], y, f"n{j}_{c}", x=xn))
+        fetch.append(names)
+        copies_of.append(copies)
+    models = []
+    for nodes, inits, ops in ((dn, di, []), (sn, si, [helper.make_opsetid(DOMAIN, 1)])):
+        g = helper.make_graph(nodes, "timing", ins, outs, inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)] + ops)
+        m.ir_version = 8
+        models.append(m)
+    return models[0], models[1], fetch, copies_of
 
 
-def time_layer(lay: Layer, Wr: np.ndarray, pattern: Pattern, x: np.ndarray, threads: int = 1,
-               budget_s: float = 0.05, max_pairs: int = 40) -> dict:
-    """Dense vs kernel for one layer at input ``x``, interleaved pairs, median of ratios."""
+def time_layers(items, pattern: Pattern, threads: int = 1, budget_s: float = 0.03, min_pairs: int = 7,
+                max_pairs: int = 41) -> List[dict]:
+    """Dense vs kernel for every layer of ``items`` ([(layer, Wr, x)]) at its real input ``x``:
+    per layer one small model per side (the layer ``copies`` times), warmed up, then timed in
+    interleaved pairs (order alternating) for about ``budget_s``; the median of the per-pair
+    ratios. Sessions per layer keep each measurement to the layer's own input and weights."""
     from . import bench
+    import onnxruntime as ort
 
-    per_copy = 4 * lay.K * lay.N
-    copies = int(min(8, max(1, (8 << 20) // max(per_copy, 1))))     # about 8 MB of weights: out of cache
-    dense, sparse = _one_node_models(lay, Wr, pattern, x.shape, copies)
-    sa = bench.make_session(dense, threads)
-    sb = bench.make_session(sparse, threads)
-    feed = {"x": np.ascontiguousarray(x, dtype=np.float32)}
-    for _ in range(2):
-        sa.run(None, feed)
-        sb.run(None, feed)
-    ta, tb = [], []
-    t_end = time.perf_counter() + budget_s
     clock = time.perf_counter
-    while len(ta) < 5 or (len(ta) < max_pairs and clock() < t_end):
-        t0 = clock()
-        sa.run(None, feed)
-        t1 = clock()
-        sb.run(None, feed)
-        t2 = clock()
-        ta.append(t1 - t0)
-        tb.append(t2 - t1)
-    ratios = [a / b for a, b in zip(ta, tb) if b > 0]
-    return {"dense_ms": statistics.median(ta) * 1e3 / copies, "sparse_ms": statistics.median(tb) * 1e3 / copies,
-            "speedup": statistics.median(ratios) if ratios else 0.0, "pairs": len(ta)}
+    out = []
+    for item in items:
+        dense, sparse, fetch, copies = _timing_models([item], pattern)
+        sa = bench.make_session(dense, threads)
+        sb = bench.make_session(sparse, threads)
+        feed = {"x0": ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(item[2], dtype=np.float32))}
+        f = fetch[0]
+        for _ in range(2):
+            sa.run(f, feed)
+            sb.run(f, feed)
+        ta, tb = [], []
+        t_end = clock() + budget_s
+        while len(ta) < min_pairs or (len(ta) < max_pairs and clock() < t_end):
+            swap = len(ta) % 2
+            first, second = (sb, sa) if swap else (sa, sb)
+            t0 = clock()
+            first.run(f, feed)
+            t1 = clock()
+            second.run(f, feed)
+            t2 = clock()
+            a, b = (t2 - t1, t1 - t0) if swap else (t1 - t0, t2 - t1)
+            ta.append(a)
+            tb.append(b)
+        del sa, sb
+        ratios = [a / b for a, b in zip(ta, tb) if b > 0]
+        out.append({"dense_ms": statistics.median(ta) * 1e3 / copies[0],
+                    "sparse_ms": statistics.median(tb) * 1e3 / copies[0],
+                    "speedup": statistics.median(ratios), "pairs": len(ta), "copies": copies[0]})
+    return out
 
 
 def kernels_available() -> Optional[str]:
@@ -807,17 +824,20 @@ def sparsify(original: onnx.ModelProto, structured: onnx.ModelProto, model: onnx
             acts = None
             for lay in todo:
                 reason[lay.name] = f"cannot measure the layer's input ({' '.join(str(e).split())[:200]})"
-        for lay in todo if acts is not None else ():
+        if acts is not None:
             try:
-                r = time_layer(lay, weights[lay.name], pattern, acts[lay.x], threads=opts.threads)
+                res = time_layers([(lay, weights[lay.name], acts[lay.x]) for lay in todo], pattern,
+                                  threads=opts.threads)
             except Exception as e:
-                reason[lay.name] = f"kernel failed to run: {' '.join(str(e).split())[:200]}"
-                continue
-            timing[lay.name] = r
-            if r["speedup"] > opts.sparse_margin:
-                convert.append(lay.name)
-            else:
-                reason[lay.name] = f"kernel not faster here ({r['speedup']:.2f}x of dense)"
+                res = None
+                for lay in todo:
+                    reason[lay.name] = f"kernel failed to run: {' '.join(str(e).split())[:200]}"
+            for lay, r in zip(todo, res or ()):
+                timing[lay.name] = r
+                if r["speedup"] > opts.sparse_margin:
+                    convert.append(lay.name)
+                else:
+                    reason[lay.name] = f"kernel not faster here ({r['speedup']:.2f}x of dense)"
         del acts
     section["timing_s"] = time.perf_counter() - t1
     out = build(model, todo, weights, convert, pattern)
