@@ -311,9 +311,11 @@ def sparsegpt(Wr: np.ndarray, H: np.ndarray, pattern: Pattern, sparsity: float, 
     W[:, dead] = 0.0
     damp = percdamp * float(np.mean(np.diag(H)))
     H[np.diag_indices(K)] += damp
+    # the upper Cholesky factor U of H^-1 (H^-1 = Uᵀ U) from one factorisation: with J the
+    # reversal, chol(J H J) = L gives H^-1 = (J L^-T J)(J L^-1 J), and J L^-1 J is upper
     for _ in range(6):
         try:
-            L = np.linalg.cholesky(H)
+            L = np.linalg.cholesky(H[::-1, ::-1])
             break
         except np.linalg.LinAlgError:
             damp *= 10
@@ -321,9 +323,7 @@ def sparsegpt(Wr: np.ndarray, H: np.ndarray, pattern: Pattern, sparsity: float, 
     else:   # give up on second-order information: plain magnitude
         keep = mask_from_scores(np.abs(Wr), pattern, sparsity)
         return np.where(keep, Wr, 0).astype(np.float32), keep
-    Linv = np.linalg.inv(L)
-    Hinv = Linv.T @ Linv                                  # H^-1 from the one factorisation of H
-    U = np.linalg.cholesky((Hinv + Hinv.T) / 2).T         # upper: H^-1 = Uᵀ U
+    U = np.ascontiguousarray(np.linalg.inv(L)[::-1, ::-1])
     unit = pattern.m if pattern.kind == "nm" else pattern.bk if pattern.kind == "block" else 1
     B = max(unit, (blocksize // unit) * unit)
     keep = np.ones((N, K), dtype=bool)
@@ -732,7 +732,10 @@ def _collect_stats(model, layers, calib, gram: bool, threads: int):
     reqs = {}
     for lay in layers:
         reqs[lay.x] = Request(lay.x, 1 if lay.op == "Conv" else -1, gram)
-    stats = collect(model, calib, list(reqs.values()), threads=threads)
+    from .graph import Graph
+
+    # with shapes, collect fetches many layer inputs per pass over the calibration data
+    stats = collect(model, calib, list(reqs.values()), graph=Graph(model), threads=threads)
     return {x: stats[r] for x, r in reqs.items()}
 
 
@@ -812,14 +815,15 @@ def sparsify(original: onnx.ModelProto, structured: onnx.ModelProto, model: onnx
         convert = [lay.name for lay in todo]
     else:
         reason = {}
-        feed_size = None
+        from .pipeline import count_feed
 
-        def capture(size):
-            feed = bench.random_inputs(model, seed=opts.seed, other=size)
-            return bench.run_model(model, feed, outputs=list(dict.fromkeys(lay.x for lay in todo)),
-                                   threads=opts.threads)
+        # the layers' inputs at the shapes MACs are counted at: batch 1, other symbolic dims
+        # (sequence) at --seq-len (Options.seq_len)
         try:
-            feed_size, acts = bench.at_free_sizes(model, capture)
+            feed = count_feed(model, opts.seq_len) or bench.random_inputs(model, seed=opts.seed)
+            acts = bench.run_model(model, feed, outputs=list(dict.fromkeys(lay.x for lay in todo)),
+                                   threads=opts.threads)
+            section["timed_at"] = {k: list(v.shape) for k, v in feed.items()}
         except Exception as e:
             acts = None
             for lay in todo:
