@@ -490,7 +490,11 @@ def verify_cmd(dense, pruned, plan_in):
     pj = _load_json(plan_in, "plan")
     d, p = _load(dense), _load(pruned)
     try:
-        v = verify(d, p, pj)
+        if (pj.get("sparse") or {}).get("layers"):      # sparse layers: sparsify.verify_model
+            from .sparsify import verify_model
+            v = verify_model(d, p, pj)
+        else:
+            v = verify(d, p, pj)
     except GraphpruneError:
         raise
     except Exception as e:  # onnxruntime refusing one of the models

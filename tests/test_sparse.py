@@ -261,3 +261,104 @@ def test_cli_bad_sparse_input(tmp_path, capsys):
         assert len([ln for ln in err.splitlines() if ln.startswith("graphprune: error")]) == 1, err
         assert not (tmp_path / "o.onnx").exists()
     assert p.read_bytes() == before
+
+
+# --------------------------------------------------------------------------- on the kernels
+
+
+@pytest.mark.parametrize("pattern,sparsity", [("unstructured", 0.7), ("2:4", None), ("block:4x2", 0.5)])
+def test_kernels_match_densified_and_oracle(pattern, sparsity):
+    m = small_model()
+    res = prune(m, _sparse_opts(pattern=pattern, sparsity=sparsity, sparse_kernels="always"))
+    s = res.report["sparse"]
+    assert s["converted"] == s["masked"] == 3
+    assert sp.uses_kernels(res.model)
+    kv = s["verify"]["kernels_vs_densified"]
+    assert kv["passed"] and kv["max_rel_diff"] <= 1e-4
+    assert s["verify"]["densified_vs_oracle"]["passed"]
+    ops = [n.op_type for n in res.model.graph.node]
+    assert ops.count("SparseMatMul") == 3 and "Add" not in ops      # mm2's bias Add fused
+    onnx.checker.check_model(res.model)
+    assert "needs" in s and "session_options" in s["needs"]
+
+
+def test_densify_round_trip():
+    m = conv_model()
+    res = prune(m, _sparse_opts(sparse_kernels="always", sparsity=0.6))
+    assert [n.op_type for n in res.model.graph.node].count("SparseConv") == 2
+    d = sp.densify(res.model)
+    onnx.checker.check_model(d, full_check=True)
+    assert not sp.uses_kernels(d) and all(o.domain != sp.DOMAIN for o in d.opset_import)
+    W = {t.name: numpy_helper.to_array(t) for t in d.graph.initializer}
+    assert W["pw1.weight"].shape == (16, 8, 1, 1) and (W["pw1.weight"] == 0).mean() == pytest.approx(0.625, abs=0.01)
+    # densify of a model without custom ops is a copy
+    assert sp.densify(m).SerializeToString() == m.SerializeToString()
+    # outputs: the sparse model on the kernels vs the densified one
+    from graphprune.bench import random_inputs, run_model
+    feed = random_inputs(m, seed=3)
+    a, b = run_model(res.model, feed), run_model(d, feed)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_counts_effective_macs_and_bytes():
+    m = small_model()
+    res = prune(m, _sparse_opts(sparse_kernels="always", sparsity=0.75))
+    c = res.report["sparse"]["counts"]
+    by = {x["node"]: x for x in c["layers"]}
+    # mm1: [2, 8, 12] x [12, 16]: 192 positions... dense MACs 2*8*12*16 at batch 1 counts 1 * 8 * 12 * 16
+    assert by["mm1"]["nnz"] == 16 * 3
+    assert by["mm1"]["effective_macs"] == by["mm1"]["dense_macs"] // 4
+    assert by["mm1"]["stored_bytes"] == 4 * (48 + 48 + 17 + 16)
+    assert c["stored_bytes"] < c["dense_bytes"]
+    assert res.report["macs"]["after"] < res.report["macs"]["before"]
+    total_eff = res.report["macs"]["before"] - sum(x["dense_macs"] - x["effective_macs"] for x in c["layers"])
+    assert res.report["macs"]["after"] == total_eff
+
+
+def test_cli_run_densify_verify(tmp_path, capsys):
+    from graphprune.cli import main
+
+    p = tmp_path / "m.onnx"
+    onnx.save(small_model(), str(p))
+    out = tmp_path / "s.onnx"
+    main(["run", str(p), "-o", str(out), "--ratio", "0.25", "--sparsity", "0.6", "--sparse-kernels", "always",
+          "--no-bench", "-q"])
+    assert sp.uses_kernels(onnx.load(str(out)))
+    main(["verify", str(p), str(out), "--plan", str(tmp_path / "s.report.json")])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    import json
+    v = json.loads(line)["verify"]
+    assert v["passed"] and v["kernels_vs_densified"]["passed"] and v["densified_vs_oracle"]["passed"]
+    main(["densify", str(out), "-o", str(tmp_path / "d.onnx")])
+    assert not sp.uses_kernels(onnx.load(str(tmp_path / "d.onnx")))
+
+
+def test_verify_catches_a_wrong_kernel_value(tmp_path):
+    """The kernels-vs-densified check can fail: a model whose CSR values and densified twin disagree."""
+    from graphprune.verify import verify
+    res = prune(small_model(), _sparse_opts(sparse_kernels="always"))
+    d = sp.densify(res.model)
+    t = next(t for t in res.model.graph.initializer if t.name == "w1_sparse_values")
+    a = numpy_helper.to_array(t).copy()
+    a[0] += 1.0
+    t.CopyFrom(numpy_helper.from_array(a, t.name))
+    assert not verify(d, res.model, {"groups": []})["passed"]
+
+
+def test_missing_library_is_one_line(monkeypatch):
+    from graphprune import bench, kernels
+    from graphprune.errors import InputError
+
+    res = prune(small_model(), _sparse_opts(sparse_kernels="always"))
+
+    def broken(threads=1, so=None):
+        raise kernels.KernelsError("no C compiler found")
+    monkeypatch.setattr(kernels, "session_options", broken)
+    with pytest.raises(InputError, match="densify"):
+        bench.make_session(res.model)
+    # and the pipeline keeps every layer dense, saying why
+    r2 = prune(small_model(), _sparse_opts(sparse_kernels="auto"))
+    assert r2.report["sparse"]["converted"] == 0
+    assert all("not available" in e["why"] for e in r2.report["sparse"]["layers"])
+    assert not sp.uses_kernels(r2.model)
