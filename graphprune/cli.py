@@ -505,6 +505,17 @@ def verify_cmd(dense, pruned, plan_in):
                           f"(max abs diff {v.get('max_abs_diff')})")
 
 
+@cli.command("kernels")
+def kernels_cmd():
+    """Build (if needed) graphprune's sparse custom-op library for onnxruntime; the last line printed
+    is its path (for SessionOptions.register_custom_ops_library)."""
+    from . import kernels
+    path = kernels.library_path()
+    click.echo(f"graphprune sparse kernels ({kernels.library_info(path)}), domain {kernels.DOMAIN}: "
+               f"{', '.join(kernels.OPS)}")
+    click.echo(path)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     debug = os.environ.get("GRAPHPRUNE_DEBUG") == "1"
     try:

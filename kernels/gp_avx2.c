@@ -1,0 +1,189 @@
+/* graphprune kernels: AVX2 + FMA versions (8 outputs per slice). Compiled for AVX2 whatever the build
+ * machine; only called when the CPU reports avx2 and fma (gp_ops.c). */
+#pragma GCC target("avx2,fma")
+#include <immintrin.h>
+#include <string.h>
+
+#include "gp_kernels.h"
+
+static inline void store_part(float* y, __m256 r, int64_t n) {
+  if (n >= 8) {
+    _mm256_storeu_ps(y, r);
+  } else {
+    float t[8];
+    _mm256_storeu_ps(t, r);
+    memcpy(y, t, (size_t)n * sizeof(float));
+  }
+}
+static inline __m256 load_part(const float* b, int64_t n) {
+  if (n >= 8) return _mm256_loadu_ps(b);
+  float t[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  memcpy(t, b, (size_t)n * sizeof(float));
+  return _mm256_loadu_ps(t);
+}
+static inline __m256i lane_mask(int64_t n) {
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n > 8 ? 8 : n)), lanes);
+}
+
+static void sell_m1(const gp_packed* p, const float* x, const float* bias, float* y, int64_t s0, int64_t s1) {
+  for (int64_t s = s0; s < s1; ++s) {
+    const float* v = p->val + p->sptr[s] * 8;
+    const uint16_t* ix = p->idx + p->sptr[s] * 8;
+    const int64_t L = p->sptr[s + 1] - p->sptr[s];
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t t = 0;
+    for (; t + 2 <= L; t += 2) {
+      __m256i i0 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(ix + t * 8)));
+      __m256i i1 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(ix + t * 8 + 8)));
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + t * 8), _mm256_i32gather_ps(x, i0, 4), a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(v + t * 8 + 8), _mm256_i32gather_ps(x, i1, 4), a1);
+    }
+    if (t < L) {
+      __m256i i0 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(ix + t * 8)));
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + t * 8), _mm256_i32gather_ps(x, i0, 4), a0);
+    }
+    int64_t nv = p->N - s * 8;
+    store_part(y + s * 8, _mm256_add_ps(_mm256_add_ps(a0, a1), load_part(bias + s * 8, nv)), nv);
+  }
+}
+
+static void nm24_m1(const gp_packed* p, const float* x, const float* bias, float* y, int64_t s0, int64_t s1) {
+  const int64_t G = p->groups, Gfull = p->K / 4;
+  const __m256i sh = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+  float xtail[4] = {0, 0, 0, 0};
+  if (G > Gfull) memcpy(xtail, x + Gfull * 4, (size_t)(p->K - Gfull * 4) * sizeof(float));
+  for (int64_t s = s0; s < s1; ++s) {
+    const float* v = p->val + s * G * 16;
+    const uint32_t* b = p->bits + s * G * 2;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    int64_t g = 0;
+    for (; g + 2 <= Gfull; g += 2) {
+      __m256 xb0 = _mm256_broadcast_ps((const __m128*)(x + 4 * g));
+      __m256 xb1 = _mm256_broadcast_ps((const __m128*)(x + 4 * g + 4));
+      __m256i c0 = _mm256_srlv_epi32(_mm256_set1_epi32((int)b[2 * g]), sh);
+      __m256i c1 = _mm256_srlv_epi32(_mm256_set1_epi32((int)b[2 * g + 1]), sh);
+      __m256i c2 = _mm256_srlv_epi32(_mm256_set1_epi32((int)b[2 * g + 2]), sh);
+      __m256i c3 = _mm256_srlv_epi32(_mm256_set1_epi32((int)b[2 * g + 3]), sh);
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + g * 16), _mm256_permutevar_ps(xb0, c0), a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(v + g * 16 + 8), _mm256_permutevar_ps(xb0, c1), a1);
+      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(v + g * 16 + 16), _mm256_permutevar_ps(xb1, c2), a2);
+      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(v + g * 16 + 24), _mm256_permutevar_ps(xb1, c3), a3);
+    }
+    for (; g < G; ++g) {
+      const float* xg = g < Gfull ? x + 4 * g : xtail;
+      __m256 xb = _mm256_broadcast_ps((const __m128*)xg);
+      __m256i c0 = _mm256_srlv_epi32(_mm256_set1_epi32((int)b[2 * g]), sh);
+      __m256i c1 = _mm256_srlv_epi32(_mm256_set1_epi32((int)b[2 * g + 1]), sh);
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + g * 16), _mm256_permutevar_ps(xb, c0), a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(v + g * 16 + 8), _mm256_permutevar_ps(xb, c1), a1);
+    }
+    int64_t nv = p->N - s * 8;
+    __m256 r = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+    store_part(y + s * 8, _mm256_add_ps(r, load_part(bias + s * 8, nv)), nv);
+  }
+}
+
+static void blkn_m1(const gp_packed* p, const float* x, const float* bias, float* y, int64_t s0, int64_t s1) {
+  const int bn = p->bn;
+  if (bn != 8 && bn != 16) {
+    gp_portable_blkn_m1(p, x, bias, y, s0, s1);
+    return;
+  }
+  for (int64_t c = s0; c < s1; ++c) {
+    const int64_t e0 = p->sptr[c], L = p->sptr[c + 1] - e0;
+    const float* v = p->val + e0 * bn;
+    const uint16_t* ix = p->idx + e0;
+    if (bn == 8) {
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+      int64_t t = 0;
+      for (; t + 4 <= L; t += 4) {
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(x[ix[t]]), _mm256_loadu_ps(v + t * 8), a0);
+        a1 = _mm256_fmadd_ps(_mm256_set1_ps(x[ix[t + 1]]), _mm256_loadu_ps(v + t * 8 + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_set1_ps(x[ix[t + 2]]), _mm256_loadu_ps(v + t * 8 + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_set1_ps(x[ix[t + 3]]), _mm256_loadu_ps(v + t * 8 + 24), a3);
+      }
+      for (; t < L; ++t) a0 = _mm256_fmadd_ps(_mm256_set1_ps(x[ix[t]]), _mm256_loadu_ps(v + t * 8), a0);
+      int64_t nv = p->N - c * 8;
+      __m256 r = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+      store_part(y + c * 8, _mm256_add_ps(r, load_part(bias + c * 8, nv)), nv);
+    } else {
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+      int64_t t = 0;
+      for (; t + 2 <= L; t += 2) {
+        __m256 x0 = _mm256_set1_ps(x[ix[t]]), x1 = _mm256_set1_ps(x[ix[t + 1]]);
+        a0 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(v + t * 16), a0);
+        a1 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(v + t * 16 + 8), a1);
+        a2 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(v + t * 16 + 16), a2);
+        a3 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(v + t * 16 + 24), a3);
+      }
+      if (t < L) {
+        __m256 x0 = _mm256_set1_ps(x[ix[t]]);
+        a0 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(v + t * 16), a0);
+        a1 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(v + t * 16 + 8), a1);
+      }
+      int64_t nv = p->N - c * 16;
+      store_part(y + c * 16, _mm256_add_ps(_mm256_add_ps(a0, a2), load_part(bias + c * 16, nv)), nv);
+      if (nv > 8) store_part(y + c * 16 + 8, _mm256_add_ps(_mm256_add_ps(a1, a3), load_part(bias + c * 16 + 8, nv - 8)), nv - 8);
+    }
+  }
+}
+
+static void csr_m1(const gp_csr* w, const float* x, const float* bias, float* y, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    int64_t j = w->ptr[n], e = w->ptr[n + 1];
+    __m256 a = _mm256_setzero_ps();
+    for (; j + 8 <= e; j += 8) {
+      __m256i i = _mm256_loadu_si256((const __m256i*)(w->idx + j));
+      a = _mm256_fmadd_ps(_mm256_loadu_ps(w->val + j), _mm256_i32gather_ps(x, i, 4), a);
+    }
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    float acc = _mm_cvtss_f32(h);
+    for (; j < e; ++j) acc += w->val[j] * x[w->idx[j]];
+    y[n] = bias[n] + acc;
+  }
+}
+
+static void spmm_t(const gp_csr* w, const float* xt, int64_t ldx, const float* bias, float* yt, int64_t ldy,
+                   int64_t n0, int64_t n1, int64_t m0, int64_t m1) {
+  int64_t mb = m0;
+  for (; mb + 32 <= m1; mb += 32) {
+    for (int64_t n = n0; n < n1; ++n) {
+      __m256 a0 = _mm256_set1_ps(bias[n]), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t j = w->ptr[n]; j < w->ptr[n + 1]; ++j) {
+        const __m256 vb = _mm256_set1_ps(w->val[j]);
+        const float* r = xt + (int64_t)w->idx[j] * ldx + mb;
+        a0 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(r), a0);
+        a1 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(r + 8), a1);
+        a2 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(r + 16), a2);
+        a3 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(r + 24), a3);
+      }
+      float* o = yt + n * ldy + mb;
+      _mm256_storeu_ps(o, a0);
+      _mm256_storeu_ps(o + 8, a1);
+      _mm256_storeu_ps(o + 16, a2);
+      _mm256_storeu_ps(o + 24, a3);
+    }
+  }
+  for (; mb < m1; mb += 8) {
+    const __m256i m = lane_mask(m1 - mb);
+    for (int64_t n = n0; n < n1; ++n) {
+      __m256 a0 = _mm256_set1_ps(bias[n]), a1 = _mm256_setzero_ps(), a2 = a1, a3 = a1;
+      const float* xb = xt + mb;
+      int64_t j = w->ptr[n], e = w->ptr[n + 1];
+      for (; j + 4 <= e; j += 4) {
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(w->val[j]), _mm256_maskload_ps(xb + (int64_t)w->idx[j] * ldx, m), a0);
+        a1 = _mm256_fmadd_ps(_mm256_set1_ps(w->val[j + 1]), _mm256_maskload_ps(xb + (int64_t)w->idx[j + 1] * ldx, m), a1);
+        a2 = _mm256_fmadd_ps(_mm256_set1_ps(w->val[j + 2]), _mm256_maskload_ps(xb + (int64_t)w->idx[j + 2] * ldx, m), a2);
+        a3 = _mm256_fmadd_ps(_mm256_set1_ps(w->val[j + 3]), _mm256_maskload_ps(xb + (int64_t)w->idx[j + 3] * ldx, m), a3);
+      }
+      for (; j < e; ++j)
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(w->val[j]), _mm256_maskload_ps(xb + (int64_t)w->idx[j] * ldx, m), a0);
+      _mm256_maskstore_ps(yt + n * ldy + mb, m, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    }
+  }
+}
+
+const gp_isa gp_isa_avx2 = {"avx2", 8, sell_m1, nm24_m1, blkn_m1, csr_m1, spmm_t};
