@@ -862,9 +862,11 @@ def sparsify(original: onnx.ModelProto, structured: onnx.ModelProto, model: onnx
     if convert:
         from . import kernels
 
-        section["needs"] = (f"the model uses {DOMAIN} custom ops: load graphprune's kernel library "
-                            f"({kernels.library_path()}) into onnxruntime: "
-                            "graphprune.kernels.session_options(threads, so), or `graphprune densify` for standard ONNX")
+        section["needs"] = (f"the model uses {DOMAIN} custom ops: it runs with graphprune's kernel library "
+                            f"loaded (`graphprune kernels` prints its path; here {kernels.library_path()}): "
+                            "SessionOptions.register_custom_ops_library(path) or "
+                            "graphprune.kernels.session_options(threads); `graphprune densify` writes a "
+                            "standard-ONNX copy")
 
     # verify: kernels vs the densified model; the densified model vs the structured oracle with
     # the sparse zeros (on the structured rewrite with the masks when weights were updated)
