@@ -181,6 +181,7 @@ def find_layers(model: onnx.ModelProto) -> Tuple[List[Layer], List[dict]]:
     readers = _readers(model)
     layers: List[Layer] = []
     dense: List[dict] = []
+    const_nodes = {n.output[0] for n in model.graph.node if n.op_type == "Constant" and n.output}
     consumers: Dict[str, List[int]] = {}
     for j, node in enumerate(model.graph.node):
         for t in node.input:
@@ -191,6 +192,9 @@ def find_layers(model: onnx.ModelProto) -> Tuple[List[Layer], List[dict]]:
 
     for i, node in enumerate(model.graph.node):
         if node.domain not in ("", "ai.onnx") or node.op_type not in ("MatMul", "Gemm", "Conv"):
+            continue
+        if len(node.input) >= 2 and node.input[1] in const_nodes:
+            keep(node, i, "weight is a Constant node, not an initializer")
             continue
         if len(node.input) < 2 or node.input[1] not in inits:
             continue                                   # activation x activation: not a layer

@@ -362,3 +362,12 @@ def test_missing_library_is_one_line(monkeypatch):
     assert r2.report["sparse"]["converted"] == 0
     assert all("not available" in e["why"] for e in r2.report["sparse"]["layers"])
     assert not sp.uses_kernels(r2.model)
+
+
+def test_constant_node_weights_kept_dense_with_reason():
+    b = GraphBuilder(const_nodes=True)
+    x = b.input("x", [2, 8])
+    y = b.node("MatMul", [x, b.const("w", b.randn(8, 4))], name="mm")
+    res = prune(b.model(y), _sparse_opts())
+    assert res.report["sparse"]["kept_dense"] == [{"node": "mm", "op": "MatMul",
+                                                   "why": "weight is a Constant node, not an initializer"}]
