@@ -406,8 +406,9 @@ def _csr(Wr: np.ndarray):
 def sparse_node(lay: Layer, pattern: Pattern, names: Sequence[str], output: str, node_name: str,
                 x: Optional[str] = None) -> onnx.NodeProto:
     op = "SparseConv" if lay.op == "Conv" else "SparseMatMul"
+    extra = {"spatial": lay.spatial} if lay.op == "Conv" else {}   # for densify; kernels ignore it
     return helper.make_node(op, [x or lay.x] + list(names), [output], name=node_name, domain=DOMAIN,
-                            K=lay.K, N=lay.N, **pattern.attrs())
+                            K=lay.K, N=lay.N, **pattern.attrs(), **extra)
 
 
 def sparse_inits(lay: Layer, Wr: np.ndarray, prefix: str) -> List[onnx.TensorProto]:
@@ -487,7 +488,8 @@ def densify(model: onnx.ModelProto) -> onnx.ModelProto:
     from .kernels import unpack_csr
 
     inits = {t.name: t for t in g.initializer}
-    need_rank = [n.input[0] for n in g.node if n.domain == DOMAIN and n.op_type == "SparseConv"]
+    need_rank = [n.input[0] for n in g.node if n.domain == DOMAIN and n.op_type == "SparseConv"
+                 and "spatial" not in _attrs(n)]
     ranks = {}
     if need_rank:
         try:
@@ -522,7 +524,7 @@ def densify(model: onnx.ModelProto) -> onnx.ModelProto:
                 nodes.append(helper.make_node("MatMul", [node.input[0], base], [y], name=node.name))
         else:
             r = ranks.get(node.input[0])
-            sp = (r - 2) if r and r >= 3 else 2
+            sp = int(a["spatial"]) if "spatial" in a else (r - 2) if r and r >= 3 else 2
             new_inits.append(numpy_helper.from_array(Wr.reshape((N, K) + (1,) * sp), base))
             new_inits.append(numpy_helper.from_array(bias.astype(np.float32), base + "_bias"))
             nodes.append(helper.make_node("Conv", [node.input[0], base, base + "_bias"], [y], name=node.name,

@@ -371,3 +371,30 @@ def test_constant_node_weights_kept_dense_with_reason():
     res = prune(b.model(y), _sparse_opts())
     assert res.report["sparse"]["kept_dense"] == [{"node": "mm", "op": "MatMul",
                                                    "why": "weight is a Constant node, not an initializer"}]
+
+
+def test_conv1d_conv3d_pointwise_and_gemm_transb0():
+    """Pointwise Conv over 1 and 3 spatial axes and a Gemm with transB = 0 and a [1, N] bias go on
+    the kernels; densify rebuilds the Convs at their rank without shape inference (which stops at
+    custom ops) from the op's ``spatial`` attribute."""
+    from onnx import TensorProto as T
+    rng = np.random.default_rng(0)
+    arrs = {"W1": rng.standard_normal((8, 4, 1)), "W3": rng.standard_normal((6, 8, 1, 1, 1)),
+            "G": rng.standard_normal((12, 5)), "C": rng.standard_normal((1, 5))}
+    inits = [numpy_helper.from_array(v.astype(np.float32), n) for n, v in arrs.items()]
+    inits += [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("ax", [3]), ("ax2", [4]), ("shp", [-1, 12]))]
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["a"], kernel_shape=[1], name="c1"),
+             helper.make_node("Unsqueeze", ["a", "ax"], ["a2"]), helper.make_node("Unsqueeze", ["a2", "ax2"], ["a3"]),
+             helper.make_node("Conv", ["a3", "W3"], ["b"], kernel_shape=[1, 1, 1], name="c3"),
+             helper.make_node("Reshape", ["b", "shp"], ["r"]), helper.make_node("Gemm", ["r", "G", "C"], ["y"], name="g")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", T.FLOAT, [1, 4, 2])],
+                          [helper.make_tensor_value_info("y", T.FLOAT, [1, 5])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    res = prune(m, _sparse_opts(sparse_kernels="always"))
+    s = res.report["sparse"]
+    assert s["converted"] == 3 and s["verify"]["passed"]
+    assert s["verify"]["kernels_vs_densified"]["max_rel_diff"] <= 1e-4
+    d = sp.densify(res.model)
+    ks = [list(a.ints) for n in d.graph.node for a in n.attribute if a.name == "kernel_shape"]
+    assert ks == [[1], [1, 1, 1]]
