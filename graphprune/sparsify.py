@@ -849,8 +849,27 @@ def sparsify(original: onnx.ModelProto, structured: onnx.ModelProto, model: onnx
                 else:
                     reason[lay.name] = f"kernel not faster here ({r['speedup']:.2f}x of dense)"
         del acts
-    section["timing_s"] = time.perf_counter() - t1
     out = build(model, todo, weights, convert, pattern)
+    if convert and opts.sparse_kernels == "auto" and opts.bench is not False:
+        # the whole model, the chosen layers on the kernels against all of them dense (with their
+        # zeros), interleaved: per-layer wins that do not add up (lost fusions) are undone
+        twin = build(model, todo, weights, [], pattern)
+        try:
+            from .pipeline import count_feed
+
+            feed = count_feed(model, opts.seq_len) or bench.random_inputs(model, seed=opts.seed)
+            lat = bench.measure_latency(twin, out, feed, threads=opts.threads, repeats=20)
+            section["model_check"] = {"dense_zeros_ms": lat["before_ms"], "sparse_ms": lat["after_ms"],
+                                      "speedup": lat["speedup"]}
+            if lat["speedup"] < 1.0:
+                for name in convert:
+                    reason[name] = (f"the whole model was not faster with the kernels "
+                                    f"({lat['speedup']:.2f}x of dense); every layer kept dense")
+                convert, out = [], twin
+        except Exception as e:   # the check is an optimisation: keep the per-layer choice
+            section["model_check"] = {"skipped": " ".join(str(e).split())[:200]}
+        del twin
+    section["timing_s"] = time.perf_counter() - t1
     for lay, sl in zip(todo, per):
         keep = keeps[lay.name]
         e = {"node": lay.name, "op": lay.op, "weight": lay.w, "K": lay.K, "N": lay.N, "pattern": pattern.label,

@@ -398,3 +398,18 @@ def test_conv1d_conv3d_pointwise_and_gemm_transb0():
     d = sp.densify(res.model)
     ks = [list(a.ints) for n in d.graph.node for a in n.attribute if a.name == "kernel_shape"]
     assert ks == [[1], [1, 1, 1]]
+
+
+def test_whole_model_check_reverts_when_not_faster(monkeypatch):
+    from graphprune import bench
+
+    monkeypatch.setattr(sp, "time_layers", lambda items, *a, **k: [
+        {"dense_ms": 2.0, "sparse_ms": 1.0, "speedup": 2.0, "pairs": 7, "copies": 1} for _ in items])
+    monkeypatch.setattr(bench, "measure_latency", lambda *a, **k: {"before_ms": 1.0, "after_ms": 1.25,
+                                                                    "speedup": 0.8})
+    res = prune(small_model(), _sparse_opts(sparse_kernels="auto", bench=True))
+    s = res.report["sparse"]
+    assert s["converted"] == 0 and not sp.uses_kernels(res.model)
+    assert s["model_check"]["speedup"] == 0.8
+    assert all("whole model was not faster" in e["why"] for e in s["layers"])
+    assert all(e["speedup"] == 2.0 for e in s["layers"])
