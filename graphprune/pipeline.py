@@ -313,6 +313,10 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
              "calibration_samples": calib.samples() if calib is not None else 0})
         if "target" in plan.options:
             report["summary"]["target"] = plan.options["target"]
+    if opts.sparse():
+        report["summary"]["options"].update({"sparsity": opts.sparsity, "pattern": opts.pattern or "unstructured",
+                                             "sparse_kernels": opts.sparse_kernels,
+                                             "sparse_criterion": opts.sparse_criterion})
     big = _weight_bytes(model) > AUTO_SKIP_BYTES
     do_verify = opts.verify if opts.verify is not None else not big
     do_bench = opts.bench if opts.bench is not None else not big
