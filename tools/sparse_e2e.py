@@ -15,7 +15,8 @@ digits: the CNN of models/digits.py (trained here, seed 0): test accuracy; laten
 llama: one LLaMA-style decoder layer (RMSNorm, rotary, GQA, SwiGLU; models/transformers.py's
   Llama at dim 1024, hidden 2816, 16 heads, 4 KV heads; random weights): cosine and relative
   error of its outputs against the dense layer on held-out random tokens. Latency at sequence 64
-  and at sequence 1 (one decoding step without a cache).
+  and at sequence 1 (one decoding step without a cache); layers are chosen at sequence 64 (the
+  pipeline's ``seq_len``) or, in the rows with ``seq_len: 1``, at the decoding shape.
 
 The machine's load average is recorded with every run: latency ratios on a shared machine are
 noisy; quality figures are not.
@@ -55,7 +56,7 @@ def load() -> float:
 def run_config(model, cfg: dict, calib, threads: int, lat_feeds: dict, quality, seq_len: int) -> dict:
     """Prune with ``cfg`` (Options fields), time against dense at every feed, measure quality."""
     t = time.time()
-    opts = Options(bench=False, threads=threads, calib=calib, seq_len=seq_len, **cfg)
+    opts = Options(**{"bench": False, "threads": threads, "calib": calib, "seq_len": seq_len, **cfg})
     res = prune(model, opts)
     row = {"config": cfg, "prune_s": round(time.time() - t, 1)}
     sp = res.report.get("sparse")
@@ -154,7 +155,7 @@ def run_digits(threads: int) -> dict:
 # ----------------------------------------------------------------------------- LLaMA-style layer
 
 
-def run_llama(threads: int) -> dict:
+def run_llama(threads: int, configs=None) -> dict:
     import torch
     from models.transformers import Llama, _randomise, export_model
 
@@ -182,8 +183,11 @@ def run_llama(threads: int) -> dict:
 
     cfgs = [dict(ratio=0.0, sparsity=s, pattern="unstructured", sparse_criterion="sparsegpt") for s in (0.5, 0.7, 0.9)]
     cfgs.append(dict(ratio=0.0, pattern="2:4", sparse_criterion="sparsegpt"))
+    # layers chosen at the decoding shape (sequence 1)
+    cfgs += [dict(ratio=0.0, sparsity=s, pattern="unstructured", sparse_criterion="sparsegpt", seq_len=1)
+             for s in (0.5, 0.7)]
     cfgs += [dict(target_macs=t, criterion="activation", scope="global", repair="lstsq") for t in (0.67, 0.5)]
-    rows = [run_config(model, c, calib, threads, lat_feeds, quality, 64) for c in cfgs]
+    rows = [run_config(model, c, calib, threads, lat_feeds, quality, 64) for c in (configs or cfgs)]
     return {"rows": rows}
 
 
