@@ -230,6 +230,9 @@ def _quality(kw: dict, static_batch: Optional[int] = None) -> dict:
 
 
 def _sparse_options(f):
+    f = click.option("--seq-len", "seq_len", type=int, default=64, show_default=True, metavar="N",
+                     help="symbolic non-batch input dims (sequence) when counting MACs and timing sparse "
+                          "layers (e.g. 1 for a decoder's one-token step)")(f)
     f = click.option("--sparse-criterion", default=None,
                      type=click.Choice(["magnitude", "wanda", "sparsegpt", "random"]),
                      help="sparse masks: magnitude, wanda (|W|·‖X‖) or sparsegpt (OBS with weight updates; "
@@ -265,7 +268,7 @@ def _sparse_options(f):
 @click.option("-q", "--quiet", is_flag=True)
 def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_inexact, head_ratio, mlp_ratio,
         prune_hidden, threads, bench, verify, demo, static_batch, quiet, sparsity, pattern, sparse_kernels,
-        sparse_criterion, **quality):
+        sparse_criterion, seq_len, **quality):
     """Prune MODEL end to end: load, analyze, score, plan, rewrite, verify, bench, save."""
     from .io import check_output_path, save_json_atomic, save_model
     from .pipeline import Options, check_verified, prune
@@ -274,7 +277,7 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
                    allow_inexact=allow_inexact, head_ratio=head_ratio, mlp_ratio=mlp_ratio,
                    prune_hidden=prune_hidden, threads=threads, bench=bench, verify=verify,
                    sparsity=sparsity, pattern=pattern, sparse_kernels=sparse_kernels,
-                   sparse_criterion=sparse_criterion, **_quality(quality, static_batch))
+                   sparse_criterion=sparse_criterion, seq_len=seq_len, **_quality(quality, static_batch))
     opts.check()
     if model is None or demo:
         from .demo import write_demo_model

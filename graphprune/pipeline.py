@@ -106,6 +106,8 @@ class Options:
             raise UsageError(f"--min-ratio must be in [0, 1), got {self.min_ratio}")
         if self.max_ratio is not None and not (self.min_ratio <= self.max_ratio < 1.0):
             raise UsageError(f"--max-ratio must be in [min-ratio, 1), got {self.max_ratio}")
+        if self.seq_len < 1:
+            raise UsageError(f"--seq-len must be >= 1, got {self.seq_len}")
         if self.calib_batch < 1:
             raise UsageError("--calib-batch must be >= 1")
         need = criterion_needs(self.criterion)

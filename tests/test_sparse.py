@@ -254,6 +254,7 @@ def test_cli_bad_sparse_input(tmp_path, capsys):
     onnx.save(small_model(), str(p))
     before = p.read_bytes()
     for args in (["--sparsity", "1.0"], ["--pattern", "zigzag"], ["--pattern", "2:4", "--sparsity", "0.3"],
+                 ["--sparsity", "0.5", "--seq-len", "0"],
                  ["--pattern", "block:4"], ["--sparse-criterion", "wanda", "--sparsity", "0.5"]):
         code, err = gp(capsys, "run", str(p), "-o", str(tmp_path / "o.onnx"), *args)
         assert code == 2, (args, err)
