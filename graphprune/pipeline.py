@@ -347,7 +347,8 @@ def prune(model: onnx.ModelProto, opts: Options, progress: Progress = _noop,
     if opts.sparse():
         from .sparsify import sparsify
         t1 = time.perf_counter()
-        pruned, report["sparse"] = sparsify(model, structured, pruned, pj, opts, calib, progress)
+        sopts = replace(opts, verify=do_verify, bench=do_bench)      # auto: off for models over 1 GiB
+        pruned, report["sparse"] = sparsify(model, structured, pruned, pj, sopts, calib, progress)
         t["sparsify_s"] = time.perf_counter() - t1
     del structured
     progress("count")
