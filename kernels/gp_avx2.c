@@ -6,6 +6,10 @@
 
 #include "gp_kernels.h"
 
+#ifndef GP_PF
+#define GP_PF 32 /* software prefetch distance (in 64-byte steps of the value stream, roughly) */
+#endif
+
 static inline void store_part(float* y, __m256 r, int64_t n) {
   if (n >= 8) {
     _mm256_storeu_ps(y, r);
@@ -26,6 +30,18 @@ static inline __m256i lane_mask(int64_t n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n > 8 ? 8 : n)), lanes);
 }
 
+static inline __m256 gather8(const float* x, const uint16_t* i) {
+  uint64_t w0, w1; /* two 64-bit loads carry the 8 indices (this loop is load-bound) */
+  memcpy(&w0, i, 8);
+  memcpy(&w1, i + 4, 8);
+#define GP_X(w, s) x[(uint16_t)((w) >> (s))]
+  __m128 q0 = _mm_setr_ps(GP_X(w0, 0), GP_X(w0, 16), GP_X(w0, 32), GP_X(w0, 48));
+  __m128 q1 = _mm_setr_ps(GP_X(w1, 0), GP_X(w1, 16), GP_X(w1, 32), GP_X(w1, 48));
+#undef GP_X
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(q0), q1, 1);
+}
+
+/* sliced ELL: per step, 8 values, 8 uint16 indices, 8 x loads; lanes map to outputs through perm */
 static void sell_m1(const gp_packed* p, const float* x, const float* bias, float* y, int64_t s0, int64_t s1) {
   for (int64_t s = s0; s < s1; ++s) {
     const float* v = p->val + p->sptr[s] * 8;
@@ -34,17 +50,17 @@ static void sell_m1(const gp_packed* p, const float* x, const float* bias, float
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
     int64_t t = 0;
     for (; t + 2 <= L; t += 2) {
-      __m256i i0 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(ix + t * 8)));
-      __m256i i1 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(ix + t * 8 + 8)));
-      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + t * 8), _mm256_i32gather_ps(x, i0, 4), a0);
-      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(v + t * 8 + 8), _mm256_i32gather_ps(x, i1, 4), a1);
+      _mm_prefetch((const char*)(v + t * 8 + GP_PF * 16), _MM_HINT_T0);
+      _mm_prefetch((const char*)(ix + t * 8 + GP_PF * 16), _MM_HINT_T0);
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + t * 8), gather8(x, ix + t * 8), a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(v + t * 8 + 8), gather8(x, ix + t * 8 + 8), a1);
     }
-    if (t < L) {
-      __m256i i0 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(ix + t * 8)));
-      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + t * 8), _mm256_i32gather_ps(x, i0, 4), a0);
-    }
-    int64_t nv = p->N - s * 8;
-    store_part(y + s * 8, _mm256_add_ps(_mm256_add_ps(a0, a1), load_part(bias + s * 8, nv)), nv);
+    if (t < L) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + t * 8), gather8(x, ix + t * 8), a0);
+    float r[8];
+    _mm256_storeu_ps(r, _mm256_add_ps(a0, a1));
+    const int32_t* perm = p->perm + s * 8;
+    for (int l = 0; l < 8; ++l)
+      if (perm[l] >= 0) y[perm[l]] = r[l] + bias[perm[l]];
   }
 }
 
@@ -59,6 +75,9 @@ static void nm24_m1(const gp_packed* p, const float* x, const float* bias, float
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
     int64_t g = 0;
     for (; g + 2 <= Gfull; g += 2) {
+      _mm_prefetch((const char*)(v + g * 16 + GP_PF * 32), _MM_HINT_T0);
+      _mm_prefetch((const char*)(v + g * 16 + GP_PF * 32 + 16), _MM_HINT_T0);
+      _mm_prefetch((const char*)(b + 2 * g + GP_PF * 4), _MM_HINT_T0);
       __m256 xb0 = _mm256_broadcast_ps((const __m128*)(x + 4 * g));
       __m256 xb1 = _mm256_broadcast_ps((const __m128*)(x + 4 * g + 4));
       __m256i c0 = _mm256_srlv_epi32(_mm256_set1_epi32((int)b[2 * g]), sh);
@@ -98,6 +117,9 @@ static void blkn_m1(const gp_packed* p, const float* x, const float* bias, float
       __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
       int64_t t = 0;
       for (; t + 4 <= L; t += 4) {
+        _mm_prefetch((const char*)(v + t * 8 + GP_PF * 16), _MM_HINT_T0);
+        _mm_prefetch((const char*)(v + t * 8 + GP_PF * 16 + 16), _MM_HINT_T0);
+        _mm_prefetch((const char*)(ix + t + GP_PF * 2), _MM_HINT_T0);
         a0 = _mm256_fmadd_ps(_mm256_set1_ps(x[ix[t]]), _mm256_loadu_ps(v + t * 8), a0);
         a1 = _mm256_fmadd_ps(_mm256_set1_ps(x[ix[t + 1]]), _mm256_loadu_ps(v + t * 8 + 8), a1);
         a2 = _mm256_fmadd_ps(_mm256_set1_ps(x[ix[t + 2]]), _mm256_loadu_ps(v + t * 8 + 16), a2);

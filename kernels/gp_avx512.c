@@ -6,9 +6,31 @@
 
 #include "gp_kernels.h"
 
+#ifndef GP_PF
+#define GP_PF 32 /* prefetch distance in steps of 16 values */
+#endif
+
 static inline __mmask16 tail_mask(int64_t n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1); }
 
-/* sliced ELL: per step, 16 values, 16 uint16 indices, one hardware gather of x */
+/* 16 x values at 16 uint16 indices: scalar loads and inserts (faster than vgatherdps on the AMD
+ * Zen 4/5 cores measured here, and no slower on Intel) */
+static inline __m512 gather16(const float* x, const uint16_t* i) {
+  /* four 64-bit loads carry the 16 indices (fewer loads: this loop is load-bound) */
+  uint64_t w0, w1, w2, w3;
+  memcpy(&w0, i, 8);
+  memcpy(&w1, i + 4, 8);
+  memcpy(&w2, i + 8, 8);
+  memcpy(&w3, i + 12, 8);
+#define GP_X(w, s) x[(uint16_t)((w) >> (s))]
+  __m128 q0 = _mm_setr_ps(GP_X(w0, 0), GP_X(w0, 16), GP_X(w0, 32), GP_X(w0, 48));
+  __m128 q1 = _mm_setr_ps(GP_X(w1, 0), GP_X(w1, 16), GP_X(w1, 32), GP_X(w1, 48));
+  __m128 q2 = _mm_setr_ps(GP_X(w2, 0), GP_X(w2, 16), GP_X(w2, 32), GP_X(w2, 48));
+  __m128 q3 = _mm_setr_ps(GP_X(w3, 0), GP_X(w3, 16), GP_X(w3, 32), GP_X(w3, 48));
+#undef GP_X
+  return _mm512_insertf32x4(_mm512_insertf32x4(_mm512_insertf32x4(_mm512_castps128_ps512(q0), q1, 1), q2, 2), q3, 3);
+}
+
+/* sliced ELL: per step, 16 values, 16 uint16 indices, 16 x loads; lanes map to outputs through perm */
 static void sell_m1(const gp_packed* p, const float* x, const float* bias, float* y, int64_t s0, int64_t s1) {
   for (int64_t s = s0; s < s1; ++s) {
     const float* v = p->val + p->sptr[s] * 16;
@@ -17,18 +39,20 @@ static void sell_m1(const gp_packed* p, const float* x, const float* bias, float
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
     int64_t t = 0;
     for (; t + 2 <= L; t += 2) {
-      __m512i i0 = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(ix + t * 16)));
-      __m512i i1 = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(ix + t * 16 + 16)));
-      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(v + t * 16), _mm512_i32gather_ps(i0, x, 4), a0);
-      a1 = _mm512_fmadd_ps(_mm512_loadu_ps(v + t * 16 + 16), _mm512_i32gather_ps(i1, x, 4), a1);
+      /* software prefetch ~2 KB ahead: the x loads fill the load queue, so the hardware prefetcher
+       * alone keeps too few memory requests in flight (measured: 1.4-2x slower without) */
+      _mm_prefetch((const char*)(v + t * 16 + GP_PF * 16), _MM_HINT_T0);
+      _mm_prefetch((const char*)(v + t * 16 + GP_PF * 16 + 16), _MM_HINT_T0);
+      _mm_prefetch((const char*)(ix + t * 16 + GP_PF * 16), _MM_HINT_T0);
+      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(v + t * 16), gather16(x, ix + t * 16), a0);
+      a1 = _mm512_fmadd_ps(_mm512_loadu_ps(v + t * 16 + 16), gather16(x, ix + t * 16 + 16), a1);
     }
-    if (t < L) {
-      __m512i i0 = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(ix + t * 16)));
-      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(v + t * 16), _mm512_i32gather_ps(i0, x, 4), a0);
-    }
-    __mmask16 m = tail_mask(p->N - s * 16);
-    __m512 r = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_maskz_loadu_ps(m, bias + s * 16));
-    _mm512_mask_storeu_ps(y + s * 16, m, r);
+    if (t < L) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(v + t * 16), gather16(x, ix + t * 16), a0);
+    float r[16];
+    _mm512_storeu_ps(r, _mm512_add_ps(a0, a1));
+    const int32_t* perm = p->perm + s * 16;
+    for (int l = 0; l < 16; ++l)
+      if (perm[l] >= 0) y[perm[l]] = r[l] + bias[perm[l]];
   }
 }
 
@@ -45,6 +69,12 @@ static void nm24_m1(const gp_packed* p, const float* x, const float* bias, float
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
     int64_t g = 0;
     for (; g + 2 <= Gfull; g += 2) {
+      const float* pf = v + g * 32 + GP_PF * 32;
+      _mm_prefetch((const char*)pf, _MM_HINT_T0);
+      _mm_prefetch((const char*)(pf + 16), _MM_HINT_T0);
+      _mm_prefetch((const char*)(pf + 32), _MM_HINT_T0);
+      _mm_prefetch((const char*)(pf + 48), _MM_HINT_T0);
+      _mm_prefetch((const char*)(b + 2 * g + GP_PF * 2), _MM_HINT_T0);
       __m512 xb0 = _mm512_broadcast_f32x4(_mm_loadu_ps(x + 4 * g));
       __m512 xb1 = _mm512_broadcast_f32x4(_mm_loadu_ps(x + 4 * g + 4));
       __m512i c0 = _mm512_srlv_epi32(_mm512_set1_epi32((int)b[2 * g]), sh);
@@ -88,6 +118,9 @@ static void blkn_m1(const gp_packed* p, const float* x, const float* bias, float
       __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
       int64_t t = 0;
       for (; t + 2 <= L; t += 2) {
+        _mm_prefetch((const char*)(v + t * 16 + GP_PF * 16), _MM_HINT_T0);
+        _mm_prefetch((const char*)(v + t * 16 + GP_PF * 16 + 16), _MM_HINT_T0);
+        _mm_prefetch((const char*)(ix + t + GP_PF * 2), _MM_HINT_T0);
         a0 = _mm512_fmadd_ps(_mm512_set1_ps(x[ix[t]]), _mm512_loadu_ps(v + t * 16), a0);
         a1 = _mm512_fmadd_ps(_mm512_set1_ps(x[ix[t + 1]]), _mm512_loadu_ps(v + t * 16 + 16), a1);
       }
@@ -98,6 +131,9 @@ static void blkn_m1(const gp_packed* p, const float* x, const float* bias, float
       __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
       int64_t t = 0;
       for (; t + 4 <= L; t += 4) {
+        _mm_prefetch((const char*)(v + t * 8 + GP_PF * 16), _MM_HINT_T0);
+        _mm_prefetch((const char*)(v + t * 8 + GP_PF * 16 + 16), _MM_HINT_T0);
+        _mm_prefetch((const char*)(ix + t + GP_PF * 2), _MM_HINT_T0);
         a0 = _mm256_fmadd_ps(_mm256_set1_ps(x[ix[t]]), _mm256_loadu_ps(v + t * 8), a0);
         a1 = _mm256_fmadd_ps(_mm256_set1_ps(x[ix[t + 1]]), _mm256_loadu_ps(v + t * 8 + 8), a1);
         a2 = _mm256_fmadd_ps(_mm256_set1_ps(x[ix[t + 2]]), _mm256_loadu_ps(v + t * 8 + 16), a2);

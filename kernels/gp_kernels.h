@@ -29,6 +29,7 @@ typedef struct gp_packed {
   float* val;         /* SELL: [steps][lanes]; NM24: [slice][group][2][lanes]; BLKN: [entries][bn] */
   uint16_t* idx;      /* SELL: [steps][lanes]; BLKN: [entries] */
   uint32_t* bits;     /* NM24: [slice][group][2], lane l's in-group index at bits 2l..2l+1 */
+  int32_t* perm;      /* SELL: output of each slice lane (outputs sorted by length, less padding), -1 = none */
   int64_t groups;     /* NM24: ceil(K / 4) */
 } gp_packed;
 

@@ -84,6 +84,7 @@ static void free_packed(gp_packed* p) {
   free(p->val);
   free(p->idx);
   free(p->bits);
+  free(p->perm);
   memset(p, 0, sizeof *p);
 }
 
@@ -162,18 +163,32 @@ static int conforms_nm24(const gp_csr* w) {
   return 1;
 }
 
+/* Sliced ELL over outputs sorted by their nonzero count (longest first), so each slice's lanes have
+ * similar lengths and little padding; perm maps slice lanes back to outputs. */
 static int pack_sell(const gp_csr* w, int S, gp_packed* p) {
   p->layout = GP_LAYOUT_SELL;
   p->lanes = S;
   p->nslices = (w->N + S - 1) / S;
+  int64_t maxlen = 0;
+  for (int64_t n = 0; n < w->N; ++n)
+    if (w->ptr[n + 1] - w->ptr[n] > maxlen) maxlen = w->ptr[n + 1] - w->ptr[n];
+  int64_t* start = (int64_t*)calloc((size_t)maxlen + 2, sizeof(int64_t));
+  p->perm = (int32_t*)xalloc((size_t)p->nslices * S * sizeof(int32_t));
   p->sptr = (int64_t*)xalloc((size_t)(p->nslices + 1) * sizeof(int64_t));
-  if (!p->sptr) return 0;
+  if (!start || !p->perm || !p->sptr) {
+    free(start);
+    return 0;
+  }
+  /* counting sort by length, descending, stable */
+  for (int64_t n = 0; n < w->N; ++n) start[maxlen - (w->ptr[n + 1] - w->ptr[n]) + 1]++;
+  for (int64_t l = 1; l <= maxlen + 1; ++l) start[l] += start[l - 1];
+  for (int64_t n = 0; n < w->N; ++n) p->perm[start[maxlen - (w->ptr[n + 1] - w->ptr[n])]++] = (int32_t)n;
+  free(start);
+  for (int64_t i = w->N; i < p->nslices * S; ++i) p->perm[i] = -1;
   p->sptr[0] = 0;
   for (int64_t s = 0; s < p->nslices; ++s) {
-    int64_t L = 0;
-    for (int64_t n = s * S; n < (s + 1) * S && n < w->N; ++n)
-      if (w->ptr[n + 1] - w->ptr[n] > L) L = w->ptr[n + 1] - w->ptr[n];
-    p->sptr[s + 1] = p->sptr[s] + L;
+    int32_t n = p->perm[s * S]; /* the longest of its slice */
+    p->sptr[s + 1] = p->sptr[s] + (w->ptr[n + 1] - w->ptr[n]);
   }
   int64_t steps = p->sptr[p->nslices];
   p->val = (float*)xalloc((size_t)steps * S * sizeof(float));
@@ -181,8 +196,8 @@ static int pack_sell(const gp_csr* w, int S, gp_packed* p) {
   if (!p->val || !p->idx) return 0;
   for (int64_t s = 0; s < p->nslices; ++s) {
     for (int l = 0; l < S; ++l) {
-      int64_t n = s * S + l;
-      int64_t b = n < w->N ? w->ptr[n] : 0, e = n < w->N ? w->ptr[n + 1] : 0;
+      int32_t n = p->perm[s * S + l];
+      int64_t b = n >= 0 ? w->ptr[n] : 0, e = n >= 0 ? w->ptr[n + 1] : 0;
       /* padding reads an index the output already reads (times 0), so it adds no new inf/nan */
       uint16_t pad = e > b ? (uint16_t)w->idx[e - 1] : 0;
       for (int64_t t = 0; t < p->sptr[s + 1] - p->sptr[s]; ++t) {
@@ -271,7 +286,7 @@ fail:
 }
 
 /* The layout is chosen by an estimate of the batch-1 cost, in bytes streamed (measured on AVX-512 and
- * AVX2: the sliced-ELL gather loop costs about as much per nonzero as streaming 8.5 bytes; the 2:4 and
+ * AVX2: the sliced-ELL loop costs about as much per stored nonzero as streaming 6.5 bytes; the 2:4 and
  * block loops run at memory speed). The pattern hint only sets the block width tried.
  * GRAPHPRUNE_KERNELS_LAYOUT=csr|sell|nm24|blkn forces a layout when the data allow it (benchmarks). */
 static OrtStatus* pack(gp_kernel* k) {
@@ -296,14 +311,20 @@ static OrtStatus* pack(gp_kernel* k) {
   if (S > 0 && isa->nm24_m1 && conforms_nm24(w))
     cost[GP_LAYOUT_NM24] = (double)((w->N + S - 1) / S) * (double)((w->K + 3) / 4) * (8.0 * S + 8.0);
   if (small_k && S > 0 && isa->sell_m1) {
+    /* outputs sorted by length, S per slice: each slice costs S times its longest output */
+    int64_t maxlen = 0;
+    for (int64_t n = 0; n < w->N; ++n)
+      if (w->ptr[n + 1] - w->ptr[n] > maxlen) maxlen = w->ptr[n + 1] - w->ptr[n];
+    int64_t* hist = (int64_t*)calloc((size_t)maxlen + 1, sizeof(int64_t));
+    if (!hist) return gp_err(GP_ORT_FAIL, "%s: out of memory packing the sparse weight", op_name(k));
+    for (int64_t n = 0; n < w->N; ++n) hist[w->ptr[n + 1] - w->ptr[n]]++;
     double steps = 0;
-    for (int64_t n0 = 0; n0 < w->N; n0 += S) {
-      int64_t L = 0;
-      for (int64_t n = n0; n < n0 + S && n < w->N; ++n)
-        if (w->ptr[n + 1] - w->ptr[n] > L) L = w->ptr[n + 1] - w->ptr[n];
-      steps += (double)L;
-    }
-    cost[GP_LAYOUT_SELL] = 8.5 * steps * S;
+    int64_t seen = 0;
+    for (int64_t len = maxlen; len >= 0; --len)
+      for (int64_t c = 0; c < hist[len]; ++c, ++seen)
+        if (seen % S == 0) steps += (double)len;
+    free(hist);
+    cost[GP_LAYOUT_SELL] = 6.5 * steps * S;
   }
   if (small_k && isa->blkn_m1) {
     int32_t* mark = (int32_t*)calloc((size_t)w->K, sizeof(int32_t));
@@ -471,8 +492,8 @@ typedef struct job {
   int64_t nchunk, mchunk;  /* SpMM tiles */
   int64_t n_tiles, m_tiles;
   int64_t batch_stride_x, batch_stride_y; /* conv: per image */
-  int mode;                /* 0 = packed m1, 1 = csr m1, 2 = spmm_t */
-  float* y_rows;           /* MatMul SpMM: final [M][N] output, each task transposes its tile into it */
+  int mode;                /* 0 = packed m1, 1 = csr m1, 2 = spmm_t, 3 = transpose out */
+  float* y_rows;           /* mode 3: the final [M][N] output the transposed result is copied into */
 } job;
 
 static void transpose(const float* a, int64_t rows, int64_t cols, int64_t lda, float* b, int64_t ldb);
@@ -480,6 +501,11 @@ static void transpose(const float* a, int64_t rows, int64_t cols, int64_t lda, f
 static void run_task(void* vj, size_t t) {
   const job* j = (const job*)vj;
   const gp_isa* isa = j->k->isa;
+  if (j->mode == 3) { /* yt [N][ldy] -> y_rows [M][N], rows [t*chunk, ...) of y */
+    int64_t m0 = (int64_t)t * j->chunk, m1 = m0 + j->chunk < j->M ? m0 + j->chunk : j->M;
+    transpose(j->y + m0, j->k->N, m1 - m0, j->ldy, j->y_rows + m0 * j->k->N, j->k->N);
+    return;
+  }
   if (j->mode == 0 || j->mode == 1) {
     int64_t per_row = (j->units + j->chunk - 1) / j->chunk;
     int64_t row = (int64_t)t / per_row, c = (int64_t)t % per_row;
@@ -501,8 +527,6 @@ static void run_task(void* vj, size_t t) {
     int64_t m0 = mt * j->mchunk, m1 = m0 + j->mchunk < j->M ? m0 + j->mchunk : j->M;
     isa->spmm_t(j->w, j->x + b * j->batch_stride_x, j->ldx, j->bias, j->y + b * j->batch_stride_y, j->ldy, n0, n1,
                 m0, m1);
-    if (j->y_rows) /* the tile is still in cache: write it out row-major now */
-      transpose(j->y + n0 * j->ldy + m0, n1 - n0, m1 - m0, j->ldy, j->y_rows + m0 * j->k->N + n0, j->k->N);
   }
 }
 
@@ -539,14 +563,19 @@ static OrtStatus* spmm(OrtKernelContext* ctx, const gp_kernel* k, const gp_csr* 
                        const float* bias, float* yt, int64_t ldy, int64_t P, int64_t B, int64_t bsx, int64_t bsy,
                        float* y_rows) {
   job j = {0};
-  j.y_rows = y_rows;
   j.k = k, j.w = w, j.x = xt, j.bias = bias, j.y = yt, j.M = P, j.ldx = ldx, j.ldy = ldy, j.mode = 2;
   j.batch_stride_x = bsx, j.batch_stride_y = bsy;
   j.mchunk = P < 256 ? P : 256;
   j.m_tiles = (P + j.mchunk - 1) / j.mchunk;
   j.nchunk = k->N < 64 ? k->N : 64;
   j.n_tiles = (k->N + j.nchunk - 1) / j.nchunk;
-  return run_tasks(ctx, &j, B * j.n_tiles * j.m_tiles, B * P * w->nnz);
+  TRY(run_tasks(ctx, &j, B * j.n_tiles * j.m_tiles, B * P * w->nnz));
+  if (!y_rows) return NULL;
+  /* MatMul: copy the transposed result out row-major, in a separate pass (fusing it into the tiles
+   * evicts the transposed activations from L2 and was measured 3x slower) */
+  job o = {0};
+  o.k = k, o.y = yt, o.ldy = ldy, o.y_rows = y_rows, o.M = P, o.mode = 3, o.chunk = 16;
+  return run_tasks(ctx, &o, (P + 15) / 16, P * k->N);
 }
 
 /* Per-thread scratch for the transposed activations, kept between calls (no allocation, no page faults
@@ -568,8 +597,10 @@ static void transpose(const float* a, int64_t rows, int64_t cols, int64_t lda, f
   for (int64_t r0 = 0; r0 < rows; r0 += 32)
     for (int64_t c0 = 0; c0 < cols; c0 += 32) {
       int64_t r1 = r0 + 32 < rows ? r0 + 32 : rows, c1 = c0 + 32 < cols ? c0 + 32 : cols;
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t c = c0; c < c1; ++c) b[c * ldb + r] = a[r * lda + c];
+      /* inner loop along b's rows: contiguous writes; the tile's 32 source lines stay in L1 (the other
+       * order thrashes one L1 set when ldb is a multiple of 4 KB, e.g. N = 3072 floats) */
+      for (int64_t c = c0; c < c1; ++c)
+        for (int64_t r = r0; r < r1; ++r) b[c * ldb + r] = a[r * lda + c];
     }
 }
 

@@ -8,7 +8,9 @@ limit of this machine.
 How it times: every model holds R *different* layers of the same shape (so the weights stream from
 memory as in a real network rather than staying in cache; by default the caches are also flushed
 before every timed run, --cache warm skips that), all applied to the same input, each with
-its own output; inputs and outputs are bound once (run_with_iobinding / run_with_ort_values), so one run
+its own output; with 1 thread the clock is the calling thread's CPU time (onnxruntime runs every op on
+that thread, so time this shared machine gives to other jobs is not counted), wall time otherwise;
+inputs and outputs are bound once (run_with_iobinding / run_with_ort_values), so one run
 costs R ops plus one call overhead (tens of microseconds). The dense, sparse and SparseToDenseMatMul
 runs are interleaved (D S T D S T ...) and speedups are medians of the per-round ratios; per-op times
 are the median run time / R. The bytes-moved limit is the weight bytes (plus activations) divided by
@@ -149,6 +151,9 @@ class Flusher:
             self.buf += 1.0
 
 
+CLOCK = time.perf_counter  # set by main(): thread CPU time for 1 thread, wall time otherwise
+
+
 def bound_runner(sess, feeds, out_shapes):
     io = sess.io_binding()
     keep = []
@@ -162,9 +167,9 @@ def bound_runner(sess, feeds, out_shapes):
         io.bind_ortvalue_output(name, ov)
 
     def run():
-        t = time.perf_counter()
+        t = CLOCK()
         sess.run_with_iobinding(io)
-        return time.perf_counter() - t
+        return CLOCK() - t
     run.keep = keep
     return run
 
@@ -185,9 +190,9 @@ def s2d_runner(sess, Ws, X):
     names = [f"Yt{r}" for r in range(len(Ws))]
 
     def run():
-        t = time.perf_counter()
+        t = CLOCK()
         sess.run_with_ort_values(names, feeds)
-        return time.perf_counter() - t
+        return CLOCK() - t
     run.keep = keep
     return run
 
@@ -283,6 +288,9 @@ def main(argv=None):
     ap.add_argument("--no-s2d", action="store_true", help="skip com.microsoft SparseToDenseMatMul")
     ap.add_argument("--s2d-max-rows", type=int, default=8,
                     help="time SparseToDenseMatMul only up to this many rows (it takes seconds per op beyond)")
+    ap.add_argument("--clock", choices=("auto", "cpu", "wall"), default="auto",
+                    help="cpu: CPU time of the calling thread (with 1 thread onnxruntime runs every op on it, so time "
+                         "the machine spends on other jobs is not counted); auto: cpu for 1 thread, wall otherwise")
     ap.add_argument("--layouts", default="auto", help="auto (the kernel's choice) and/or csr, sell, nm24, blkn "
                     "(forced; the batch-1 kernels only)")
     ap.add_argument("--json", default=None, help="also write the rows here")
@@ -298,7 +306,11 @@ def main(argv=None):
     flush = Flusher(a.cache == "cold")
     print(f"# op: {a.op}; cache: {a.cache}, {a.pairs} interleaved rounds per row", flush=True)
     rows = []
+    global CLOCK
     for threads in [int(t) for t in a.threads.split(",")]:
+        cpu = a.clock == "cpu" or (a.clock == "auto" and threads == 1)
+        CLOCK = time.thread_time if cpu else time.perf_counter
+        print(f"# {threads} thread(s): {'thread CPU' if cpu else 'wall'} time", flush=True)
         for shape in a.shapes.split(","):
             K, N = (int(v) for v in shape.lower().split("x"))
             for pname in a.patterns.split(","):
