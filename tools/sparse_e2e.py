@@ -191,16 +191,41 @@ def run_llama(threads: int, configs=None) -> dict:
     return {"rows": rows}
 
 
+def run_minilm_layers(threads: int, sparsities=(0.5, 0.7, 0.8, 0.9), rows: int = 64) -> dict:
+    """Per-layer dense vs kernel at MiniLM's six layer kinds of block 0 (magnitude masks,
+    unstructured and 2:4), at ``rows`` tokens: the figures the pipeline's per-layer choice sees."""
+    from models import minilm
+
+    from graphprune import sparsify as sp
+
+    tmp = tempfile.mkdtemp()
+    model = onnx.load(minilm.export(os.path.join(tmp, "minilm.onnx"), "legacy"))
+    layers = sp.find_layers(model)[0][:6]
+    x = {lay.K: np.random.default_rng(0).standard_normal((1, rows, lay.K)).astype(np.float32) for lay in layers}
+    out = []
+    for pat, s in [("unstructured", s) for s in sparsities] + [("2:4", 0.5)]:
+        p = sp.Pattern.parse(pat)
+        items = [(lay, np.where(sp.mask_from_scores(np.abs(lay.Wr), p, s), lay.Wr, 0).astype(np.float32), x[lay.K])
+                 for lay in layers]
+        for lay, r in zip(layers, sp.time_layers(items, p, threads=threads)):
+            out.append({"pattern": pat, "sparsity": s, "layer": lay.name.split("/")[-2] + "/" +
+                        lay.name.split("/")[-3], "K": lay.K, "N": lay.N, **{k: round(v, 4) for k, v in r.items()}})
+            log(json.dumps(out[-1]))
+    return {"rows": out, "tokens": rows, "load": load()}
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", nargs="+", default=["minilm", "digits", "llama"])
+    ap.add_argument("--models", nargs="+", default=["minilm", "digits", "llama"],
+                    help="minilm, digits, llama, minilm-layers (per-layer kernel timing only)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="sparse_e2e.json")
     a = ap.parse_args()
     res = {"load_start": load()}
     for name in a.models:
         t = time.time()
-        res[name] = {"minilm": run_minilm, "digits": run_digits, "llama": run_llama}[name](a.threads)
+        res[name] = {"minilm": run_minilm, "digits": run_digits, "llama": run_llama,
+                     "minilm-layers": run_minilm_layers}[name](a.threads)
         res[name]["s"] = round(time.time() - t, 1)
         with open(a.out, "w") as f:
             json.dump(res, f, indent=1)
