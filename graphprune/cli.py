@@ -321,6 +321,12 @@ def print_sparse(report: dict) -> None:
         return
     click.echo(f"sparse       {sp['pattern']} at {sp['sparsity']:g}: {sp.get('converted', 0)} of "
                f"{sp.get('masked', 0)} masked layers on the sparse kernel ({len(sp['kept_dense'])} not eligible)")
+    sp_ = sorted(e["speedup"] for e in sp.get("layers", []) if e.get("speedup") is not None)
+    if sp_:
+        mc = sp.get("model_check", {})
+        click.echo(f"layer timing kernel vs dense at {sp.get('timed_at')}: {sp_[0]:.2f}x .. "
+                   f"{sp_[len(sp_) // 2]:.2f}x (median) .. {sp_[-1]:.2f}x"
+                   + (f"; whole model {mc['speedup']:.2f}x" if "speedup" in mc else ""))
     v = sp.get("verify")
     if v:
         parts = []
