@@ -181,6 +181,7 @@ def find_layers(model: onnx.ModelProto) -> Tuple[List[Layer], List[dict]]:
     readers = _readers(model)
     layers: List[Layer] = []
     dense: List[dict] = []
+    graph_inputs = {i.name for i in model.graph.input}
     const_nodes = {n.output[0] for n in model.graph.node if n.op_type == "Constant" and n.output}
     consumers: Dict[str, List[int]] = {}
     for j, node in enumerate(model.graph.node):
@@ -205,6 +206,9 @@ def find_layers(model: onnx.ModelProto) -> Tuple[List[Layer], List[dict]]:
             continue
         if readers.get(node.input[1], 0) > 1:
             keep(node, i, "weight shared by several nodes")
+            continue
+        if node.input[1] in graph_inputs:
+            keep(node, i, "weight is also a graph input (a caller may override it)")
             continue
         W = numpy_helper.to_array(wt)
         a = _attrs(node)

@@ -414,3 +414,12 @@ def test_whole_model_check_reverts_when_not_faster(monkeypatch):
     assert s["model_check"]["speedup"] == 0.8
     assert all("whole model was not faster" in e["why"] for e in s["layers"])
     assert all(e["speedup"] == 2.0 for e in s["layers"])
+
+
+def test_weight_that_is_a_graph_input_kept_dense():
+    m = small_model()
+    w = next(t for t in m.graph.initializer if t.name == "w1")
+    m.graph.input.append(helper.make_tensor_value_info("w1", w.data_type, list(w.dims)))
+    layers, dense = sp.find_layers(m)
+    assert "mm1" not in [l.name for l in layers]
+    assert any(d["node"] == "mm1" and "graph input" in d["why"] for d in dense)
