@@ -219,13 +219,19 @@ def main():
     ap.add_argument("--models", nargs="+", default=["minilm", "digits", "llama"],
                     help="minilm, digits, llama, minilm-layers (per-layer kernel timing only)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--minilm-sparsity", type=float, nargs="+", default=None, metavar="S",
+                    help="MiniLM: only SparseGPT unstructured rows at these sparsities")
     ap.add_argument("--out", default="sparse_e2e.json")
     a = ap.parse_args()
     res = {"load_start": load()}
     for name in a.models:
         t = time.time()
-        res[name] = {"minilm": run_minilm, "digits": run_digits, "llama": run_llama,
-                     "minilm-layers": run_minilm_layers}[name](a.threads)
+        if name == "minilm" and a.minilm_sparsity:
+            res[name] = run_minilm(a.threads, [dict(ratio=0.0, sparsity=s, pattern="unstructured",
+                                                    sparse_criterion="sparsegpt") for s in a.minilm_sparsity])
+        else:
+            res[name] = {"minilm": run_minilm, "digits": run_digits, "llama": run_llama,
+                         "minilm-layers": run_minilm_layers}[name](a.threads)
         res[name]["s"] = round(time.time() - t, 1)
         with open(a.out, "w") as f:
             json.dump(res, f, indent=1)
