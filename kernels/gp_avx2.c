@@ -208,4 +208,50 @@ static void spmm_t(const gp_csr* w, const float* xt, int64_t ldx, const float* b
   }
 }
 
-const gp_isa gp_isa_avx2 = {"avx2", 8, sell_m1, nm24_m1, blkn_m1, csr_m1, spmm_t};
+/* 2:4 for R <= 4 rows at once (16 ymm registers): weights and index vectors loaded once for all rows */
+static inline __attribute__((always_inline)) void nm24_rows(const gp_packed* p, const float* x, int64_t ldx,
+                                                            const int R, const float* bias, float* y, int64_t ldy,
+                                                            int64_t s0, int64_t s1) {
+  const int64_t G = p->groups, Gfull = p->K / 4;
+  const __m256i sh = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+  float xtail[4][4];
+  memset(xtail, 0, sizeof xtail);
+  if (G > Gfull)
+    for (int i = 0; i < R; ++i) memcpy(xtail[i], x + i * ldx + Gfull * 4, (size_t)(p->K - Gfull * 4) * sizeof(float));
+  for (int64_t s = s0; s < s1; ++s) {
+    const float* v = p->val + s * G * 16;
+    const uint32_t* b = p->bits + s * G * 2;
+    __m256 a0[4], a1[4];
+    for (int i = 0; i < R; ++i) a0[i] = a1[i] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < G; ++g) {
+      _mm_prefetch((const char*)(v + g * 16 + GP_PF * 32), _MM_HINT_T0);
+      const __m256 v0 = _mm256_loadu_ps(v + g * 16), v1 = _mm256_loadu_ps(v + g * 16 + 8);
+      const __m256i c0 = _mm256_srlv_epi32(_mm256_set1_epi32((int)b[2 * g]), sh);
+      const __m256i c1 = _mm256_srlv_epi32(_mm256_set1_epi32((int)b[2 * g + 1]), sh);
+      for (int i = 0; i < R; ++i) {
+        const __m256 xb = _mm256_broadcast_ps((const __m128*)(g < Gfull ? x + i * ldx + 4 * g : xtail[i]));
+        a0[i] = _mm256_fmadd_ps(v0, _mm256_permutevar_ps(xb, c0), a0[i]);
+        a1[i] = _mm256_fmadd_ps(v1, _mm256_permutevar_ps(xb, c1), a1[i]);
+      }
+    }
+    int64_t nv = p->N - s * 8;
+    const __m256 bb = load_part(bias + s * 8, nv);
+    for (int i = 0; i < R; ++i) store_part(y + i * ldy + s * 8, _mm256_add_ps(_mm256_add_ps(a0[i], a1[i]), bb), nv);
+  }
+}
+
+static void nm24_mr(const gp_packed* p, const float* x, int64_t ldx, int64_t rows, const float* bias, float* y,
+                    int64_t ldy, int64_t s0, int64_t s1) {
+  for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+    const float* xr = x + r0 * ldx;
+    float* yr = y + r0 * ldy;
+    switch (rows - r0 >= 4 ? 4 : (int)(rows - r0)) {
+      case 4: nm24_rows(p, xr, ldx, 4, bias, yr, ldy, s0, s1); break;
+      case 3: nm24_rows(p, xr, ldx, 3, bias, yr, ldy, s0, s1); break;
+      case 2: nm24_rows(p, xr, ldx, 2, bias, yr, ldy, s0, s1); break;
+      default: nm24_rows(p, xr, ldx, 1, bias, yr, ldy, s0, s1); break;
+    }
+  }
+}
+
+const gp_isa gp_isa_avx2 = {"avx2", 8, sell_m1, nm24_m1, blkn_m1, csr_m1, spmm_t, nm24_mr, 1 << 30};

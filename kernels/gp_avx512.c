@@ -236,4 +236,56 @@ static void spmm_t(const gp_csr* w, const float* xt, int64_t ldx, const float* b
   }
 }
 
-const gp_isa gp_isa_avx512 = {"avx512", 16, sell_m1, nm24_m1, blkn_m1, csr_m1, spmm_t};
+/* 2:4 for R <= 8 rows at once: the packed weights and their index vectors are loaded once for all rows */
+static inline __attribute__((always_inline)) void nm24_rows(const gp_packed* p, const float* x, int64_t ldx,
+                                                            const int R, const float* bias, float* y, int64_t ldy,
+                                                            int64_t s0, int64_t s1) {
+  const int64_t G = p->groups, Gfull = p->K / 4;
+  const __m512i sh = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  float xtail[8][4];
+  memset(xtail, 0, sizeof xtail);
+  if (G > Gfull)
+    for (int i = 0; i < R; ++i) memcpy(xtail[i], x + i * ldx + Gfull * 4, (size_t)(p->K - Gfull * 4) * sizeof(float));
+  for (int64_t s = s0; s < s1; ++s) {
+    const float* v = p->val + s * G * 32;
+    const uint32_t* b = p->bits + s * G * 2;
+    __m512 a0[8], a1[8];
+    for (int i = 0; i < R; ++i) a0[i] = a1[i] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < G; ++g) {
+      _mm_prefetch((const char*)(v + g * 32 + GP_PF * 32), _MM_HINT_T0);
+      _mm_prefetch((const char*)(v + g * 32 + GP_PF * 32 + 16), _MM_HINT_T0);
+      const __m512 v0 = _mm512_loadu_ps(v + g * 32), v1 = _mm512_loadu_ps(v + g * 32 + 16);
+      const __m512i c0 = _mm512_srlv_epi32(_mm512_set1_epi32((int)b[2 * g]), sh);
+      const __m512i c1 = _mm512_srlv_epi32(_mm512_set1_epi32((int)b[2 * g + 1]), sh);
+      for (int i = 0; i < R; ++i) {
+        const __m512 xb = _mm512_broadcast_f32x4(_mm_loadu_ps(g < Gfull ? x + i * ldx + 4 * g : xtail[i]));
+        a0[i] = _mm512_fmadd_ps(v0, _mm512_permutevar_ps(xb, c0), a0[i]);
+        a1[i] = _mm512_fmadd_ps(v1, _mm512_permutevar_ps(xb, c1), a1[i]);
+      }
+    }
+    __mmask16 m = tail_mask(p->N - s * 16);
+    const __m512 bb = _mm512_maskz_loadu_ps(m, bias + s * 16);
+    for (int i = 0; i < R; ++i)
+      _mm512_mask_storeu_ps(y + i * ldy + s * 16, m, _mm512_add_ps(_mm512_add_ps(a0[i], a1[i]), bb));
+  }
+}
+
+static void nm24_mr(const gp_packed* p, const float* x, int64_t ldx, int64_t rows, const float* bias, float* y,
+                    int64_t ldy, int64_t s0, int64_t s1) {
+  for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+    const float* xr = x + r0 * ldx;
+    float* yr = y + r0 * ldy;
+    switch (rows - r0 >= 8 ? 8 : (int)(rows - r0)) {
+      case 8: nm24_rows(p, xr, ldx, 8, bias, yr, ldy, s0, s1); break;
+      case 7: nm24_rows(p, xr, ldx, 7, bias, yr, ldy, s0, s1); break;
+      case 6: nm24_rows(p, xr, ldx, 6, bias, yr, ldy, s0, s1); break;
+      case 5: nm24_rows(p, xr, ldx, 5, bias, yr, ldy, s0, s1); break;
+      case 4: nm24_rows(p, xr, ldx, 4, bias, yr, ldy, s0, s1); break;
+      case 3: nm24_rows(p, xr, ldx, 3, bias, yr, ldy, s0, s1); break;
+      case 2: nm24_rows(p, xr, ldx, 2, bias, yr, ldy, s0, s1); break;
+      default: nm24_rows(p, xr, ldx, 1, bias, yr, ldy, s0, s1); break;
+    }
+  }
+}
+
+const gp_isa gp_isa_avx512 = {"avx512", 16, sell_m1, nm24_m1, blkn_m1, csr_m1, spmm_t, nm24_mr, 1 << 30};

@@ -41,6 +41,10 @@ typedef void (*gp_csr_m1_fn)(const gp_csr* w, const float* x, const float* bias,
 typedef void (*gp_spmm_t_fn)(const gp_csr* w, const float* xt, int64_t ldx, const float* bias, float* yt,
                              int64_t ldy, int64_t n0, int64_t n1, int64_t m0, int64_t m1);
 
+/* The same for `rows` rows of x (stride ldx) into rows of y (stride ldy), weights read once per pass. */
+typedef void (*gp_mr_fn)(const gp_packed* p, const float* x, int64_t ldx, int64_t rows, const float* bias, float* y,
+                         int64_t ldy, int64_t s0, int64_t s1);
+
 typedef struct gp_isa {
   const char* name;
   int lanes;          /* slice width this ISA packs SELL / NM24 with; 0 = packs nothing */
@@ -49,6 +53,8 @@ typedef struct gp_isa {
   gp_m1_fn blkn_m1;   /* block columns [s0, s1) */
   gp_csr_m1_fn csr_m1;
   gp_spmm_t_fn spmm_t;
+  gp_mr_fn nm24_mr;   /* 2:4 for a few rows (NULL: not available) */
+  int64_t mr_rows;    /* the most rows nm24_mr is used for */
 } gp_isa;
 
 extern const gp_isa gp_isa_portable;

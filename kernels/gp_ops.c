@@ -492,7 +492,7 @@ typedef struct job {
   int64_t nchunk, mchunk;  /* SpMM tiles */
   int64_t n_tiles, m_tiles;
   int64_t batch_stride_x, batch_stride_y; /* conv: per image */
-  int mode;                /* 0 = packed m1, 1 = csr m1, 2 = spmm_t, 3 = transpose out */
+  int mode;                /* 0 = packed m1, 1 = csr m1, 2 = spmm_t, 3 = transpose out, 4 = 2:4 rows */
   float* y_rows;           /* mode 3: the final [M][N] output the transposed result is copied into */
 } job;
 
@@ -504,6 +504,11 @@ static void run_task(void* vj, size_t t) {
   if (j->mode == 3) { /* yt [N][ldy] -> y_rows [M][N], rows [t*chunk, ...) of y */
     int64_t m0 = (int64_t)t * j->chunk, m1 = m0 + j->chunk < j->M ? m0 + j->chunk : j->M;
     transpose(j->y + m0, j->k->N, m1 - m0, j->ldy, j->y_rows + m0 * j->k->N, j->k->N);
+    return;
+  }
+  if (j->mode == 4) { /* 2:4, all rows at once, slices [t*chunk, ...) */
+    int64_t s0 = (int64_t)t * j->chunk, s1 = s0 + j->chunk < j->units ? s0 + j->chunk : j->units;
+    isa->nm24_mr(j->pk, j->x, j->k->K, j->M, j->bias, j->y, j->k->N, s0, s1);
     return;
   }
   if (j->mode == 0 || j->mode == 1) {
@@ -604,6 +609,22 @@ static void transpose(const float* a, int64_t rows, int64_t cols, int64_t lda, f
     }
 }
 
+/* 2:4 weights on several rows run the 2:4 loop on 8 (AVX-512) / 4 (AVX2) rows per pass: the packed
+ * weights (about half the bytes of the CSR) are read once per pass and stay in L2 between passes;
+ * measured faster than the CSR SpMM at every row count tried (2 to 256). */
+static int use_nm24_rows(const gp_kernel* k, int64_t rows) {
+  return k->packed_ok && k->pk.layout == GP_LAYOUT_NM24 && k->isa->nm24_mr && rows <= k->isa->mr_rows;
+}
+
+static OrtStatus* nm24_rows_job(OrtKernelContext* ctx, const gp_kernel* k, const gp_csr* w, const float* x,
+                                const float* bias, float* y, int64_t M) {
+  job j = {0};
+  j.k = k, j.pk = &k->pk, j.x = x, j.bias = bias, j.y = y, j.M = M, j.mode = 4;
+  j.units = k->pk.nslices;
+  j.chunk = (j.units + 15) / 16;
+  return run_tasks(ctx, &j, (j.units + j.chunk - 1) / j.chunk, M * w->nnz);
+}
+
 static OrtStatus* compute(void* kp, OrtKernelContext* ctx) {
   gp_kernel* k = (gp_kernel*)kp;
   const char* op = op_name(k);
@@ -665,12 +686,24 @@ static OrtStatus* compute(void* kp, OrtKernelContext* ctx) {
   }
   if (k->op == OP_MATMUL || P == 1) { /* rows of K: [M, K] -> [M, N] */
     if (M < k->spmm_min_m) return rows_m1(ctx, k, w, x, bias, y, M);
+    if (use_nm24_rows(k, M)) return nm24_rows_job(ctx, k, w, x, bias, y, M);
     int64_t ld = (M + 15) / 16 * 16;
     float* xt = scratch((size_t)(k->K + k->N) * ld);
     if (!xt) return gp_err(GP_ORT_FAIL, "%s: out of memory", op);
     float* yt = xt + k->K * ld;
     transpose(x, M, k->K, k->K, xt, ld);
     return spmm(ctx, k, w, xt, ld, bias, yt, ld, M, 1, 0, 0, y);
+  }
+  if (use_nm24_rows(k, P)) { /* 2:4: each image transposed to rows of K, the 2:4 row loop, back */
+    float* xs = scratch((size_t)(k->K + k->N) * P);
+    if (!xs) return gp_err(GP_ORT_FAIL, "%s: out of memory", op);
+    float* ys = xs + k->K * P;
+    for (int64_t b = 0; b < B; ++b) {
+      transpose(x + b * k->K * P, k->K, P, P, xs, k->K);
+      TRY(nm24_rows_job(ctx, k, w, xs, bias, ys, P));
+      transpose(ys, P, k->N, k->N, y + b * k->N * P, P);
+    }
+    return NULL;
   }
   /* pointwise conv: each image is already [K][P], the transposed layout */
   return spmm(ctx, k, w, x, P, bias, y, P, P, B, k->K * P, k->N * P, NULL);

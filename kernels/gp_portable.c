@@ -57,4 +57,4 @@ void gp_portable_blkn_m1(const gp_packed* p, const float* x, const float* bias, 
   }
 }
 
-const gp_isa gp_isa_portable = {"portable", 0, 0, 0, gp_portable_blkn_m1, csr_m1, spmm_t};
+const gp_isa gp_isa_portable = {"portable", 0, 0, 0, gp_portable_blkn_m1, csr_m1, spmm_t, 0, 0};

@@ -172,6 +172,13 @@ def test_every_layout_on_every_pattern(monkeypatch, isa_name):
     for layout in ("csr", "sell", "nm24", "blkn"):
         monkeypatch.setenv("GRAPHPRUNE_KERNELS_LAYOUT", layout)
         assert _run_all("SparseMatMul", shapes) == len(shapes) * len(PATTERNS)
+    # 2:4 on a few rows at once (up to 8 per pass on AVX-512, 4 on AVX2, then several passes)
+    monkeypatch.setenv("GRAPHPRUNE_KERNELS_SPMM_MIN_M", "2")
+    monkeypatch.setenv("GRAPHPRUNE_KERNELS_LAYOUT", "nm24")
+    nm = [p for p in PATTERNS if p[0] == "2:4"]
+    assert _run_all("SparseMatMul", [((3,), 130, 70), ((2, 5), 66, 24), ((11,), 40, 33), ((16,), 9, 17)],
+                    patterns=nm) == 4
+    assert _run_all("SparseConv", CONV_SHAPES, patterns=nm) == len(CONV_SHAPES)  # images as rows
 
 
 def test_pack_unpack_roundtrip():
@@ -249,6 +256,23 @@ def test_missing_sources_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(kernels, "__file__", str(tmp_path / "pkg" / "kernels.py"))
     with pytest.raises(kernels.KernelsError, match="GRAPHPRUNE_KERNELS_SRC"):
         kernels.source_dir()
+
+
+def test_sources_ship_as_package_data():
+    """A non-editable install carries the C sources: graphprune/_kernels (a symlink to kernels/) holds them
+    and pyproject's package-data globs cover every one."""
+    import ast
+    import fnmatch
+    import pathlib
+    root = pathlib.Path(kernels.__file__).resolve().parent.parent
+    text = (root / "pyproject.toml").read_text()
+    section = text.split("[tool.setuptools.package-data]", 1)[1]
+    line = next(ln for ln in section.splitlines() if ln.startswith("graphprune ="))
+    globs = ast.literal_eval(line.split("=", 1)[1].strip())
+    pkg = pathlib.Path(kernels.__file__).parent / "_kernels"
+    for f in kernels.SOURCES + kernels.CUDA_SOURCES:
+        assert (pkg / f).is_file(), f
+        assert any(fnmatch.fnmatch("_kernels/" + f, g) for g in globs), f
 
 
 def test_cli_prints_the_library_path_last():
