@@ -863,9 +863,12 @@ def sparsify(original: onnx.ModelProto, structured: onnx.ModelProto, model: onnx
             from .pipeline import count_feed
 
             feed = count_feed(model, opts.seq_len) or bench.random_inputs(model, seed=opts.seed)
-            lat = bench.measure_latency(twin, out, feed, threads=opts.threads, repeats=40)
+            # two rounds in fresh sessions, the worse one counts: on a loaded machine one
+            # median of 40 pairs still moves by several per cent
+            runs = [bench.measure_latency(twin, out, feed, threads=opts.threads, repeats=40) for _ in range(2)]
+            lat = min(runs, key=lambda r: r["speedup"])
             section["model_check"] = {"dense_zeros_ms": lat["before_ms"], "sparse_ms": lat["after_ms"],
-                                      "speedup": lat["speedup"]}
+                                      "speedup": lat["speedup"], "rounds": [r["speedup"] for r in runs]}
             if lat["speedup"] < MODEL_MARGIN:
                 for name in convert:
                     reason[name] = (f"the whole model was not faster with the kernels "
