@@ -855,7 +855,7 @@ def sparsify(original: onnx.ModelProto, structured: onnx.ModelProto, model: onnx
                     reason[lay.name] = f"kernel not faster here ({r['speedup']:.2f}x of dense)"
         del acts
     out = build(model, todo, weights, convert, pattern)
-    if convert and opts.sparse_kernels == "auto" and opts.bench is not False:
+    if convert and opts.sparse_kernels == "auto":      # part of the choice: also with --no-bench
         # the whole model, the chosen layers on the kernels against all of them dense (with their
         # zeros), interleaved: per-layer wins that do not add up (lost fusions) are undone
         twin = build(model, todo, weights, [], pattern)
