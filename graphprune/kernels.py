@@ -220,8 +220,9 @@ def register(so, path: Optional[str] = None):
 
 
 def session_options(threads: int = 1, so=None, cuda: bool = False):
-    """onnxruntime SessionOptions with graphprune's ops registered (intra-op threads = ``threads``;
-    the ops run multi-threaded on that same pool). ``cuda=True`` registers the CUDA library (CPU and
+    """onnxruntime SessionOptions with graphprune's ops registered. A new one gets intra-op threads =
+    ``threads`` (the ops run multi-threaded on that same pool); a given ``so`` is registered on and
+    returned with its own settings kept. ``cuda=True`` registers the CUDA library (CPU and
     CUDAExecutionProvider kernels); create the session with providers=["CUDAExecutionProvider", ...]."""
     import onnxruntime as ort
     if so is None:
@@ -291,7 +292,6 @@ def single_op_model(op: str, w_rows: np.ndarray, bias: Optional[np.ndarray] = No
     > 1; benchmarks use that to amortize sess.run overhead). ``w_rows`` is the dense [N, K] weight.
     ``x_shape``: X's shape, None standing for K (MatMul: last dim; Conv: dim 1).
     ``weights_as_inputs``: values/indices/indptr/bias become graph inputs instead of initializers."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
     N, K = w_rows.shape
     vals, idx, ptr = pack_csr(w_rows)

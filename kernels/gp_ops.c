@@ -506,9 +506,11 @@ static void run_task(void* vj, size_t t) {
     transpose(j->y + m0, j->k->N, m1 - m0, j->ldy, j->y_rows + m0 * j->k->N, j->k->N);
     return;
   }
-  if (j->mode == 4) { /* 2:4, all rows at once, slices [t*chunk, ...) */
-    int64_t s0 = (int64_t)t * j->chunk, s1 = s0 + j->chunk < j->units ? s0 + j->chunk : j->units;
-    isa->nm24_mr(j->pk, j->x, j->k->K, j->M, j->bias, j->y, j->k->N, s0, s1);
+  if (j->mode == 4) { /* 2:4 rows: tile (slices [s0, s1), rows [m0, m1)) */
+    int64_t st = (int64_t)t / j->m_tiles, mt = (int64_t)t % j->m_tiles;
+    int64_t s0 = st * j->chunk, s1 = s0 + j->chunk < j->units ? s0 + j->chunk : j->units;
+    int64_t m0 = mt * j->mchunk, m1 = m0 + j->mchunk < j->M ? m0 + j->mchunk : j->M;
+    isa->nm24_mr(j->pk, j->x + m0 * j->k->K, j->k->K, m1 - m0, j->bias, j->y + m0 * j->k->N, j->k->N, s0, s1);
     return;
   }
   if (j->mode == 0 || j->mode == 1) {
@@ -621,8 +623,14 @@ static OrtStatus* nm24_rows_job(OrtKernelContext* ctx, const gp_kernel* k, const
   job j = {0};
   j.k = k, j.pk = &k->pk, j.x = x, j.bias = bias, j.y = y, j.M = M, j.mode = 4;
   j.units = k->pk.nslices;
+  /* tiles of at most ~256 KB of packed weights and 64 rows, so both stay in L2 across the passes */
+  int64_t slice_bytes = k->pk.groups * 2 * (k->pk.lanes * 4 + 4);
+  int64_t fit = (256 << 10) / (slice_bytes ? slice_bytes : 1);
   j.chunk = (j.units + 15) / 16;
-  return run_tasks(ctx, &j, (j.units + j.chunk - 1) / j.chunk, M * w->nnz);
+  if (M > 8 && j.chunk > fit) j.chunk = fit > 1 ? fit : 1;
+  j.mchunk = M < 64 ? M : 64;
+  j.m_tiles = (M + j.mchunk - 1) / j.mchunk;
+  return run_tasks(ctx, &j, ((j.units + j.chunk - 1) / j.chunk) * j.m_tiles, M * w->nnz);
 }
 
 static OrtStatus* compute(void* kp, OrtKernelContext* ctx) {

@@ -181,6 +181,35 @@ def test_every_layout_on_every_pattern(monkeypatch, isa_name):
     assert _run_all("SparseConv", CONV_SHAPES, patterns=nm) == len(CONV_SHAPES)  # images as rows
 
 
+def test_edge_weights_and_sizes(monkeypatch):
+    """An all-zero weight (nnz = 0), one output, K beyond uint16 indices (CSR and SpMM paths), each layout."""
+    rng = np.random.default_rng(11)
+    big = np.zeros((3, 70000), np.float32)
+    big[:, rng.integers(0, 70000, 50)] = rng.standard_normal(50)
+    for layout in ("", "sell", "nm24", "blkn"):
+        monkeypatch.setenv("GRAPHPRUNE_KERNELS_LAYOUT", layout)
+        for W in (np.zeros((5, 12), np.float32), rng.standard_normal((1, 9)).astype(np.float32), big):
+            b = rng.standard_normal(W.shape[0]).astype(np.float32)
+            for M in (1, 3):
+                X = rng.standard_normal((M, W.shape[1])).astype(np.float32)
+                m = kernels.single_op_model("SparseMatMul", W, b)
+                _check(_session(m).run(None, {"X": X})[0], _ref_matmul(X, W, b))
+
+
+def test_one_session_run_from_several_threads():
+    """Kernels keep no per-call state (scratch is per thread): concurrent runs of one session agree."""
+    from concurrent.futures import ThreadPoolExecutor
+    rng = np.random.default_rng(12)
+    W = _weights(rng, _unstructured(rng, 200, 300, 0.2))
+    b = rng.standard_normal(200).astype(np.float32)
+    sess = _session(kernels.single_op_model("SparseMatMul", W, b))
+    xs = [rng.standard_normal((M, 300)).astype(np.float32) for M in (1, 5, 40, 7, 1, 64)] * 3
+    with ThreadPoolExecutor(4) as ex:
+        ys = list(ex.map(lambda X: sess.run(None, {"X": X})[0], xs))
+    for X, y in zip(xs, ys):
+        _check(y, _ref_matmul(X, W, b))
+
+
 def test_pack_unpack_roundtrip():
     rng = np.random.default_rng(1)
     W = _weights(rng, _unstructured(rng, 11, 29, 0.3))
@@ -281,3 +310,24 @@ def test_cli_prints_the_library_path_last():
     assert r.returncode == 0, r.stderr
     last = r.stdout.strip().splitlines()[-1]
     assert last == kernels.library_path() and os.path.isfile(last)
+
+
+@pytest.mark.slow
+def test_benchmark_tools_run(tmp_path):
+    """tools/sparse_bench.py and tools/gpu_check.py --cpu-dry-run on tiny shapes: they run, their sparse
+    results match dense, and they write what they say."""
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "tools/sparse_bench.py", "--shapes", "64x96", "--rows", "1,3",
+                        "--patterns", "u90,2:4,1x8", "--threads", "1", "--pairs", "2", "--budget-mb", "0.1",
+                        "--json", str(out)], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    import json
+    rows = json.load(open(out))["rows"]
+    assert len(rows) == 6 and all(row["rel_err"] <= 1e-4 and row["speedup"] > 0 for row in rows)
+    r = subprocess.run([sys.executable, "tools/sparse_bench.py", "--op", "conv", "--shapes", "16x24", "--rows", "5",
+                        "--patterns", "u90", "--threads", "1", "--pairs", "2"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and "WARNING" not in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "tools/gpu_check.py", "--cpu-dry-run", "--no-time", "--patterns", "u90,2:4"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and "BAD" not in r.stdout, r.stdout + r.stderr

@@ -60,17 +60,22 @@ def main(argv=None):
     ap.add_argument("--pairs", type=int, default=20)
     ap.add_argument("--patterns", default="u50,u90,u95,2:4,1x8,4x1")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--cpu-dry-run", action="store_true",
+                    help="run this script's checks and timing on the CPU library and CPUExecutionProvider "
+                         "(tests the script on a machine without a GPU)")
     a = ap.parse_args(argv)
     import onnxruntime as ort
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
+    ep = "CPUExecutionProvider" if a.cpu_dry_run else "CUDAExecutionProvider"
+    if ep not in ort.get_available_providers():
         fail(f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (install onnxruntime-gpu on a machine "
              f"with an NVIDIA GPU); providers: {ort.get_available_providers()}")
     try:
-        lib = str(kernels.build_cuda())
+        lib = kernels.library_path() if a.cpu_dry_run else str(kernels.build_cuda())
     except kernels.KernelsError as e:
         fail(e.message)
-    print(f"# onnxruntime {ort.__version__}, {kernels.library_info(lib)}, library {lib}", flush=True)
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    print(f"# onnxruntime {ort.__version__}, {kernels.library_info(lib)}, library {lib}, provider {ep}", flush=True)
+    providers = [ep, "CPUExecutionProvider"] if ep != "CPUExecutionProvider" else [ep]
+    device = "cpu" if a.cpu_dry_run else "cuda"
     rng = np.random.default_rng(0)
     bad = 0
     for op, M, K, N in CHECK_SHAPES:
@@ -90,7 +95,7 @@ def main(argv=None):
             eps = {e.get("args", {}).get("provider") for e in events if e.get("cat") == "Node"
                    and "Sparse" in e.get("args", {}).get("op_name", "")}
             err = float(np.abs(y - ref).max() / max(1.0, np.abs(ref).max()))
-            ok = err <= 1e-4 and eps == {"CUDAExecutionProvider"}
+            ok = err <= 1e-4 and eps == {ep}
             bad += not ok
             print(f"{'ok ' if ok else 'BAD'} {op:6s} M={M:<4d} K={K:<5d} N={N:<5d} {pname:4s} rel.err {err:.1e} "
                   f"ran on {sorted(e for e in eps if e)}", flush=True)
@@ -109,8 +114,8 @@ def main(argv=None):
             runs = []
             for sess in (dense, sparse):
                 io = sess.io_binding()
-                io.bind_ortvalue_input("X", ort.OrtValue.ortvalue_from_numpy(X, "cuda", 0))
-                io.bind_output("Y0", "cuda")
+                io.bind_ortvalue_input("X", ort.OrtValue.ortvalue_from_numpy(X, device, 0))
+                io.bind_output("Y0", device)
 
                 def run(sess=sess, io=io):
                     io.synchronize_inputs()

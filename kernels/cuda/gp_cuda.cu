@@ -65,15 +65,6 @@ __global__ void csr_conv_kernel(const float* __restrict__ x, const float* __rest
   }
 }
 
-bool on_device(const void* p) {
-  cudaPointerAttributes a;
-  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
-}
-
 // Checks the CSR against the contract; reads device tensors back through `stream` (0: a private stream).
 OrtStatus* check_csr(const CudaKernel* k, const tensor* val, const tensor* idx, const tensor* ptr,
                      const tensor* bias, cudaStream_t stream) {
