@@ -64,6 +64,7 @@ class Options:
     sparse_kernels: str = "auto"            # auto: timed per layer | always | never (dense with zeros)
     sparse_criterion: Optional[str] = None  # magnitude | wanda | sparsegpt | random (default from criterion)
     sparse_margin: float = 1.05             # a layer's kernel must be this much faster than dense
+    sparse_sequential: bool = False         # sparsegpt: prune stage by stage on the sparse model's inputs
 
     def sparse(self) -> bool:
         return self.sparsity is not None or self.pattern is not None

@@ -737,6 +737,22 @@ def _matches(patterns: Sequence[str], names: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names if n)
 
 
+def _stages(model: onnx.ModelProto, layers: Sequence[Layer]) -> List[int]:
+    """Per layer, the longest chain of other masked layers above its input (0: none): the order
+    in which sequential OBS prunes them (layers of one stage share no path)."""
+    at = {lay.index: j for j, lay in enumerate(layers)}
+    depth: Dict[str, int] = {}
+    out = [0] * len(layers)
+    for i, node in enumerate(model.graph.node):
+        d = max((depth.get(t, 0) for t in node.input if t), default=0)
+        if i in at:
+            out[at[i]] = depth.get(node.input[0], 0)
+            d = max(d, out[at[i]] + 1)
+        for o in node.output:
+            depth[o] = d
+    return out
+
+
 def _collect_stats(model, layers, calib, gram: bool, threads: int):
     from .calib import Request, collect
 
@@ -799,7 +815,16 @@ def sparsify(original: onnx.ModelProto, structured: onnx.ModelProto, model: onnx
         per = [s] * len(todo)
     weights: Dict[str, np.ndarray] = {}
     keeps: Dict[str, np.ndarray] = {}
-    for lay, S, sl in zip(todo, scores, per):
+    stage_of = _stages(model, todo) if crit == "sparsegpt" and getattr(opts, "sparse_sequential", False) \
+        else [0] * len(todo)
+    order = sorted(range(len(todo)), key=lambda j: stage_of[j])
+    current = 0
+    for j in order:
+        lay, S, sl = todo[j], scores[j], per[j]
+        if stage_of[j] != current:       # sequential OBS: Hessians of the inputs the sparse layers
+            current = stage_of[j]        # upstream now produce (their new weights in place)
+            stage = [todo[k] for k in order if stage_of[k] == current]
+            stats = _collect_stats(build(model, todo, weights, [], pattern), stage, calib, True, opts.threads)
         st = stats.get(lay.x) if stats else None
         if crit == "sparsegpt" and st is not None and st.gram is not None:
             Wn, keep = sparsegpt(lay.Wr, st.gram / max(st.gram_n, 1), pattern, sl)
@@ -810,6 +835,8 @@ def sparsify(original: onnx.ModelProto, structured: onnx.ModelProto, model: onnx
         keeps[lay.name] = keep
     del scores
     section["masks_s"] = time.perf_counter() - t1
+    if crit == "sparsegpt":
+        section["obs_stages"] = max(stage_of) + 1 if stage_of else 0
 
     # per-layer timing: a layer becomes a custom op only where its kernel beats dense here
     progress("timing")

@@ -448,3 +448,16 @@ def test_minilm_sparse_layers(tmp_path):
     a, b = run_model(res.model, ev), run_model(sp.densify(res.model), ev)
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-4)
+
+
+def test_sequential_obs_stages():
+    m = small_model()
+    layers, _ = sp.find_layers(m)
+    assert sp._stages(m, layers) == [0, 1, 2]          # mm1 -> mm2 -> fc, one chain
+    feeds = [{"x": np.random.default_rng(i).standard_normal((2, 8, 12)).astype(np.float32)} for i in range(4)]
+    seq = prune(m, _sparse_opts(calib=feeds, criterion="obs", sparse_sequential=True))
+    one = prune(m, _sparse_opts(calib=feeds, criterion="obs"))
+    assert seq.report["sparse"]["obs_stages"] == 3 and one.report["sparse"]["obs_stages"] == 1
+    w = lambda r: {t.name: numpy_helper.to_array(t) for t in r.model.graph.initializer}
+    np.testing.assert_array_equal(w(seq)["w1"], w(one)["w1"])      # the first stage sees the same inputs
+    assert not np.array_equal(w(seq)["w2"], w(one)["w2"])          # later ones see the sparse model's
