@@ -384,6 +384,28 @@ def _provider_options(f):
                              "pip install 'graphprune[gpu]'); never a silent fall back to the CPU")(f)
 
 
+def _sparse_options(f):
+    f = click.option("--seq-len", "seq_len", type=int, default=64, show_default=True, metavar="N",
+                     help="symbolic non-batch input dims (sequence) when counting MACs and timing sparse "
+                          "layers (e.g. 1 for a decoder's one-token step)")(f)
+    f = click.option("--sparse-criterion", default=None,
+                     type=click.Choice(["magnitude", "wanda", "sparsegpt", "random"]),
+                     help="sparse masks: magnitude, wanda (|W|·‖X‖) or sparsegpt (OBS with weight updates; "
+                          "both need --calib) [default: from --criterion: activation → wanda, obs → sparsegpt, "
+                          "else magnitude]")(f)
+    f = click.option("--sparse-kernels", default="auto", show_default=True,
+                     type=click.Choice(["auto", "always", "never"]),
+                     help="auto: a layer runs on graphprune's sparse kernel only where it beats dense here "
+                          "(timed per layer); always; never (zeros in dense layers)")(f)
+    f = click.option("--pattern", default=None, metavar="unstructured|N:M|block:RxC",
+                     help="sparse-layer pattern (N:M and RxC: R/N:M along the reduction axis, C along the "
+                          "outputs) [default with --sparsity: unstructured]")(f)
+    f = click.option("--sparsity", type=float, default=None, metavar="S",
+                     help="fraction of the weights of every eligible MatMul/Gemm/pointwise Conv zeroed, "
+                          "in [0, 1) (sparse layers; see docs/sparse.md)")(f)
+    return f
+
+
 @cli.command()
 @click.argument("model", required=False)
 @click.option("-o", "--output", "out", default=None, help="pruned model path [default: IN.pruned.onnx]")
@@ -403,10 +425,12 @@ def _provider_options(f):
               help="the latency benchmark stops after about this long (at least 3 pairs of runs)")
 @_latency_options
 @_provider_options
+@_sparse_options
 @click.option("-q", "--quiet", is_flag=True)
 def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_inexact, head_ratio, mlp_ratio,
         prune_hidden, threads, bench, verify, demo, static_batch, quiet, keep_initializer_inputs, input_ranges,
-        inputs_npz, bench_seconds, html_out, provider, device, **quality):
+        inputs_npz, bench_seconds, html_out, provider, device, sparsity, pattern, sparse_kernels,
+        sparse_criterion, seq_len, **quality):
     """Prune MODEL end to end: load, analyze, score, plan, rewrite, verify, bench, save."""
     from .io import check_output_path, save_json_atomic, save_model
     from .pipeline import Options, check_verified, prune
@@ -416,6 +440,8 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
                    prune_hidden=prune_hidden, threads=threads, bench=bench, verify=verify,
                    provider=provider, device=device,
                    keep_initializer_inputs=keep_initializer_inputs, bench_seconds=bench_seconds,
+                   sparsity=sparsity, pattern=pattern, sparse_kernels=sparse_kernels,
+                   sparse_criterion=sparse_criterion, seq_len=seq_len,
                    **_parse_feeds(input_ranges, inputs_npz), layer_table=bool(html_out), **_latency(quality),
                    **_quality(quality, static_batch))
     opts.check()
@@ -444,7 +470,7 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
     rep = res.report
     if static_batch is not None:
         rep["summary"]["options"]["static_batch"] = static_batch
-    if rep["summary"]["pruned_groups"] == 0:
+    if rep["summary"]["pruned_groups"] == 0 and not opts.sparse():
         why = rep["summary"].get("reason") or "no prunable group at these settings"
         click.echo(f"nothing was pruned: {why}; writing an unchanged copy (`graphprune analyze` lists every "
                    "group)", err=True)
@@ -456,7 +482,54 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
         write_html(rep, html_out, source=report_path)
     if not quiet:
         print_summary(rep)
+        print_sparse(rep)
         click.echo(f"wrote {out} and {report_path}" + (f" and {html_out}" if html_out else ""))
+
+
+def print_sparse(report: dict) -> None:
+    sp = report.get("sparse")
+    if not sp:
+        return
+    click.echo(f"sparse       {sp['pattern']} at {sp['sparsity']:g}: {sp.get('converted', 0)} of "
+               f"{sp.get('masked', 0)} masked layers on the sparse kernel ({len(sp['kept_dense'])} not eligible)")
+    sp_ = sorted(e["speedup"] for e in sp.get("layers", []) if e.get("speedup") is not None)
+    if sp_:
+        mc = sp.get("model_check", {})
+        click.echo(f"layer timing kernel vs dense at {sp.get('timed_at')}: {sp_[0]:.2f}x .. "
+                   f"{sp_[len(sp_) // 2]:.2f}x (median) .. {sp_[-1]:.2f}x"
+                   + (f"; whole model {mc['speedup']:.2f}x" if "speedup" in mc else ""))
+    v = sp.get("verify")
+    if v:
+        parts = []
+        for k in ("kernels_vs_densified", "densified_vs_oracle"):
+            x = v.get(k)
+            if x is not None:
+                parts.append(f"{k.replace('_', ' ')} " + (x["skipped"] if "skipped" in x else
+                             f"{'passed' if x.get('passed') else 'FAILED'} (max rel diff {x.get('max_rel_diff') or 0:.3g})"))
+        click.echo("sparse check " + "; ".join(parts))
+    if sp.get("needs"):
+        click.echo(f"note         {sp['needs']}")
+
+
+@cli.command("densify")
+@click.argument("model")
+@click.option("-o", "--output", "out", required=True, help="standard-ONNX model path")
+def densify_cmd(model, out):
+    """Write the standard-ONNX equivalent of a model with graphprune's sparse ops (the zeros in
+    place): runs in any onnxruntime, no kernel library needed."""
+    from .io import check_output_path, save_model
+    from .sparsify import densify, uses_kernels
+
+    check_output_path(out, model)
+    m = _load(model)
+    if not uses_kernels(m):
+        click.echo("the model has no graphprune sparse ops: writing an unchanged copy", err=True)
+    try:
+        d = densify(m)
+    except (KeyError, ValueError, IndexError) as e:
+        raise InputError(f"cannot densify {model}: {' '.join(str(e).split())[:200]}")
+    save_model(d, out)
+    click.echo(f"wrote {out}")
 
 
 @cli.command("analyze")
@@ -580,7 +653,11 @@ def verify_cmd(dense, pruned, plan_in, provider, device):
     d, p = _load(dense), _load(pruned)
     try:
         with use_provider(provider, device):
-            v = verify(d, p, pj)
+            if (pj.get("sparse") or {}).get("layers"):      # sparse layers: sparsify.verify_model
+                from .sparsify import verify_model
+                v = verify_model(d, p, pj)
+            else:
+                v = verify(d, p, pj)
     except GraphpruneError:
         raise
     except Exception as e:  # onnxruntime refusing one of the models

@@ -6,8 +6,8 @@ from __future__ import annotations
 import gc
 import numbers
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import onnx
 from onnx.external_data_helper import uses_external_data
@@ -106,6 +106,19 @@ class Options:
     latency_objective: str = "auto"         # rank units by importance or MACs per ms saved; auto: both, keep the better
     latency_timer: Any = None               # tests: (spec, a, b) -> ms instead of timing in onnxruntime
     layer_table: bool = False               # report["layers"] (widths, MACs, latency per layer) without a target
+    sparsity: Optional[float] = None        # sparse layers (sparsify.py): fraction of weights zeroed
+    pattern: Optional[str] = None           # unstructured | N:M | block:RxC (None: no sparse step)
+    sparse_kernels: str = "auto"            # auto: timed per layer | always | never (dense with zeros)
+    sparse_criterion: Optional[str] = None  # magnitude | wanda | sparsegpt | random (default from criterion)
+    sparse_margin: float = 1.05             # a layer's kernel must be this much faster than dense
+    sparse_sequential: bool = False         # sparsegpt: prune stage by stage on the sparse model's inputs
+
+    def sparse(self) -> bool:
+        return self.sparsity is not None or self.pattern is not None
+
+    def structured(self) -> bool:
+        """Whether structured pruning has anything to do (else its scoring is skipped)."""
+        return bool(self.ratio or self.head_ratio or self.mlp_ratio or self.target() is not None)
 
     def kind_ratios(self) -> Dict[str, Optional[float]]:
         return {"heads": self.head_ratio, "channels": self.mlp_ratio}
@@ -154,6 +167,8 @@ class Options:
             raise UsageError(f"--min-ratio must be in [0, 1), got {self.min_ratio}")
         if self.max_ratio is not None and not (self.min_ratio <= self.max_ratio < 1.0):
             raise UsageError(f"--max-ratio must be in [min-ratio, 1), got {self.max_ratio}")
+        if self.seq_len < 1:
+            raise UsageError(f"--seq-len must be >= 1, got {self.seq_len}")
         if self.calib_batch < 1:
             raise UsageError("--calib-batch must be >= 1")
         need = criterion_needs(self.criterion)
@@ -163,6 +178,22 @@ class Options:
         if self.calib is None and self.repair != "none":
             raise UsageError(f"--repair {self.repair} needs calibration data: pass --calib FILE.npz or "
                              f"--calib-dir DIR (Options(calib=...) in Python)")
+        self.check_sparse()
+
+    def check_sparse(self) -> None:
+        from .sparsify import MASK_CRITERIA, Pattern, resolve_sparsity
+
+        if not self.sparse():
+            return
+        resolve_sparsity(Pattern.parse(self.pattern or "unstructured"), self.sparsity)
+        if self.sparse_kernels not in ("auto", "always", "never"):
+            raise UsageError(f"--sparse-kernels must be auto, always or never, got {self.sparse_kernels!r}")
+        if self.sparse_criterion is not None and self.sparse_criterion not in MASK_CRITERIA:
+            raise UsageError(f"--sparse-criterion must be one of {', '.join(MASK_CRITERIA)}, "
+                             f"got {self.sparse_criterion!r}")
+        if self.calib is None and self.sparse_criterion in ("wanda", "sparsegpt"):
+            raise UsageError(f"--sparse-criterion {self.sparse_criterion} needs calibration data: pass "
+                             f"--calib FILE.npz or --calib-dir DIR")
 
     def target(self):
         if self.target_macs is not None:
@@ -363,7 +394,9 @@ def _prune(model: onnx.ModelProto, opts: Options, progress: Progress, plan_json:
     t["analyze_s"] = time.perf_counter() - t0
     calib = calibration(model, opts)
     if plan_json is None:
-        plan = plan_for(an, model, opts, calib, t, progress)
+        # sparsity only: no structured scoring (nor its calibration) is needed
+        popts = opts if opts.structured() or not opts.sparse() else replace(opts, criterion="l2")
+        plan = plan_for(an, model, popts, calib, t, progress)
     else:
         t1 = time.perf_counter()
         progress("plan")
@@ -411,6 +444,10 @@ def _prune(model: onnx.ModelProto, opts: Options, progress: Progress, plan_json:
     inexact_only = n_inexact_only(an.groups, opts)
     if inexact_only:
         report["summary"]["inexact_groups"] = inexact_only
+    if opts.sparse():
+        report["summary"]["options"].update({"sparsity": opts.sparsity, "pattern": opts.pattern or "unstructured",
+                                             "sparse_kernels": opts.sparse_kernels,
+                                             "sparse_criterion": opts.sparse_criterion})
     big = _weight_bytes(model) > AUTO_SKIP_BYTES
     do_verify = opts.verify if opts.verify is not None else not big
     do_bench = opts.bench if opts.bench is not None else not big
@@ -422,6 +459,7 @@ def _prune(model: onnx.ModelProto, opts: Options, progress: Progress, plan_json:
         t["verify_s"] = time.perf_counter() - t1
     elif opts.verify is None:
         report["verify"] = {"skipped": f"skipped: weights over {AUTO_SKIP_BYTES >> 30} GiB (use --verify to run it)"}
+    structured = pruned
     if opts.repair != "none" and removed:
         from .repair import repair
         t1 = time.perf_counter()
@@ -436,14 +474,26 @@ def _prune(model: onnx.ModelProto, opts: Options, progress: Progress, plan_json:
         report["repair"] = info
         pruned = repaired
         t["repair_s"] = time.perf_counter() - t1
+    if opts.sparse():
+        from .sparsify import sparsify
+        t1 = time.perf_counter()
+        sopts = replace(opts, verify=do_verify, bench=do_bench)      # auto: off for models over 1 GiB
+        pruned, report["sparse"] = sparsify(model, structured, pruned, pj, sopts, calib, progress)
+        t["sparsify_s"] = time.perf_counter() - t1
+    del structured
     progress("count")
     (mb, pb), feed, seq = count_at(model, opts)
     ma, pa = count.count_macs_params(pruned, feed)
+    if "sparse" in report and report["sparse"].get("converted"):
+        from .sparsify import sparse_counts
+        sc = sparse_counts(pruned, feed)       # sparse ops: nonzero MACs, stored bytes
+        ma = sc["macs"]
+        report["sparse"]["counts"] = {k: sc[k] for k in ("stored_bytes", "dense_bytes", "layers")}
     report["macs"] = {"before": int(mb), "after": int(ma)}
     if seq != opts.seq_len:
         report["macs"]["free_dims"] = seq
     report["params"] = {"before": int(pb), "after": int(pa)}
-    unchanged = not removed and "repair" not in report
+    unchanged = not removed and "repair" not in report and "sparse" not in report
     if do_bench and unchanged:
         report["latency_ms"] = {"skipped": "the model is unchanged"}
     elif do_bench:
@@ -664,6 +714,12 @@ def _unchanged(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def check_verified(report: dict) -> None:
+    sv = report.get("sparse", {}).get("verify")
+    if sv is not None and not sv.get("passed", True):
+        bad = next(k for k, x in sv.items() if isinstance(x, dict) and not x.get("passed", True))
+        x = sv[bad]
+        raise VerifyError(f"verification failed: sparse model, {bad.replace('_', ' ')} "
+                          f"({x.get('reason') or 'max_rel_diff=%s' % x.get('max_rel_diff')})")
     v = report.get("verify")
     if v is not None and "skipped" not in v and not v.get("passed"):
         why = v.get("reason") or f"max_abs_diff={v.get('max_abs_diff')}"

@@ -213,6 +213,7 @@ def session(
     else:
         model = _as_model(model_or_path)
 
+    register_kernels(model, threads, so)
     present = {o.name for o in model.graph.output}
     extra = [n for n in dict.fromkeys(extra_outputs) if n and n not in present]
     # Overrides are appended as a second serialized ModelProto: protobuf merges it
@@ -242,6 +243,15 @@ def session(
     sess = open_session(path, so)
     sess._graphprune_tmp = tmp  # keep the folder as long as the session lives
     return sess
+
+
+def register_kernels(model: onnx.ModelProto, threads: int, so: ort.SessionOptions) -> None:
+    """Sparse layers (sparsify.py) run on graphprune's custom-op library: load it into ``so``
+    for models that use its domain."""
+    from .sparsify import load_kernels, uses_kernels
+
+    if uses_kernels(model):
+        load_kernels(threads, so)
 
 
 def make_session(model_or_path: Any, threads: int = 1, **options) -> ort.InferenceSession:

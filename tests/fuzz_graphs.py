@@ -835,3 +835,55 @@ def _classify_prune_error(m: onnx.ModelProto, opts: Dict, e: BaseException) -> s
 def _first(e: BaseException) -> str:
     s = str(e).strip()
     return (s.splitlines()[0] if s else type(e).__name__)[:300]
+
+
+SPARSE_PATTERNS = ("unstructured", "2:4", "1:4", "block:2x1", "block:4x2")
+
+
+def check_sparse_case(case: Case, pattern: str, sparsity: float) -> dict:
+    """The sparse-layer property: with ``--sparsity`` / ``--pattern`` on top of the case's
+    structured options and every eligible layer forced onto the kernels, prune() completes; the
+    kernels agree with the densified model (1e-4 relative) and the densified model with the
+    masked-dense oracle carrying the sparse zeros; the sparse model runs with the dense model's
+    output names and shapes; its densified form passes the full checker and has no custom op."""
+    from graphprune.bench import random_inputs, run_model
+    from graphprune.pipeline import Options, prune
+    from graphprune.sparsify import densify, uses_kernels
+
+    m = case.model
+    opts = dict(case.opts)
+    opts.update(pattern=pattern, sparsity=None if ":" in pattern and not pattern.startswith("block")
+                else sparsity, sparse_kernels="always")
+    try:
+        res = prune(m, Options(bench=False, **opts))
+    except Exception as e:  # noqa: BLE001
+        raise FuzzFailure(f"sparse:{type(e).__name__}", _first(e)) from e
+    sp = res.report["sparse"]
+    v = sp.get("verify", {})
+    if sp["masked"] and not v.get("passed", False):
+        raise FuzzFailure("sparse-oracle", f"sparse verify failed: {v}")
+    if sp["masked"] and sp["converted"] != sp["masked"]:
+        why = [e.get("why") for e in sp["layers"] if not e["kernel"]]
+        raise FuzzFailure("sparse-kernel", f"{sp['masked'] - sp['converted']} masked layers not converted: {why[:2]}")
+    if sp["converted"]:
+        kv = v.get("kernels_vs_densified", {})
+        if not (kv.get("passed") and kv.get("max_rel_diff", 1) <= 1e-4 or kv.get("max_abs_diff", 1) <= 1e-5):
+            raise FuzzFailure("sparse-kernel", f"kernels vs densified: {kv}")
+        if not uses_kernels(res.model):
+            raise FuzzFailure("sparse-kernel", "layers reported converted but no custom op in the model")
+    feed = random_inputs(m, seed=11)
+    dense = run_model(m, feed)
+    try:
+        got = run_model(res.model, feed)
+    except Exception as e:  # noqa: BLE001
+        raise FuzzFailure("sparse-ort", f"sparse model does not run: {_first(e)}")
+    if list(dense) != list(got) or any(dense[k].shape != got[k].shape for k in dense):
+        raise FuzzFailure("sparse-shape", "outputs changed names or shapes")
+    d = densify(res.model)
+    try:
+        onnx.checker.check_model(d, full_check=True)
+    except Exception as e:  # noqa: BLE001
+        raise FuzzFailure("densify-checker", _first(e))
+    if uses_kernels(d):
+        raise FuzzFailure("densify", "custom ops left after densify")
+    return res.report

@@ -76,6 +76,20 @@ def test_fuzz_seeded_graphs(i):
     check_case(case)
 
 
+@_profile(12, shrink=False)
+@given(st.data())
+def test_fuzz_sparse_layers(data):
+    """Random graphs with sparse layers on the kernels (every eligible layer forced on): the
+    kernels equal the densified model within 1e-4 relative, the densified model the oracle."""
+    from fuzz_graphs import SPARSE_PATTERNS, check_sparse_case
+
+    case = build_case(HypoChooser(data), layout=data.draw(st.sampled_from([None, "seq"])))
+    pattern = data.draw(st.sampled_from(SPARSE_PATTERNS))
+    sparsity = data.draw(st.sampled_from([0.3, 0.5, 0.9]))
+    note(f"{case.describe()} | sparse {pattern} {sparsity}")
+    check_sparse_case(case, pattern, sparsity)
+
+
 def test_generator_is_deterministic():
     from fuzz_graphs import RngChooser
 

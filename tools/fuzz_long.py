@@ -1,6 +1,6 @@
 """Long fuzz run outside pytest: the generator of tests/fuzz_graphs.py, driven by a seeded numpy RNG.
 
-    python tools/fuzz_long.py [-n 10000] [--seed 0] [--out .cache/fuzz-failures] [--time-limit SECONDS]
+    python tools/fuzz_long.py [-n 10000] [--seed 0] [--out .cache/fuzz-failures] [--time-limit SECONDS] [--sparse]
 
 Example i uses the RNG seeded with (seed, i), so any failure is reproduced by
 ``python tools/fuzz_long.py --seed S --only I``. Every failing dense model is saved as
@@ -24,7 +24,7 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 import onnx  # noqa: E402
 
-from fuzz_graphs import FuzzFailure, RngChooser, build_case, check_case  # noqa: E402
+from fuzz_graphs import SPARSE_PATTERNS, FuzzFailure, RngChooser, build_case, check_case, check_sparse_case  # noqa: E402,E501
 
 
 @contextlib.contextmanager
@@ -59,6 +59,9 @@ def main(argv=None) -> int:
     ap.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")
     ap.add_argument("--max-blocks", type=int, default=8)
     ap.add_argument("--show-ort-log", action="store_true", help="do not mute onnxruntime's own stderr log")
+    ap.add_argument("--sparse", action="store_true",
+                    help="the sparse-layer property instead (fuzz_graphs.check_sparse_case): pattern and "
+                         "sparsity cycle with the example index, every eligible layer on the kernels")
     args = ap.parse_args(argv)
 
     indices = [args.only] if args.only is not None else range(args.start, args.start + args.examples)
@@ -74,7 +77,10 @@ def main(argv=None) -> int:
             print(f"case {i}: {case.describe()}")
         try:
             with muted_native_stderr(not args.show_ort_log):
-                check_case(case)
+                if args.sparse:
+                    check_sparse_case(case, SPARSE_PATTERNS[i % len(SPARSE_PATTERNS)], (0.3, 0.5, 0.9)[i % 3])
+                else:
+                    check_case(case)
             counts["passed"] += 1
         except FuzzFailure as e:
             kind, msg = e.kind, str(e)
