@@ -347,20 +347,20 @@ def committed_export(name: str, exporter: str, variant: Optional[str] = None) ->
 
 
 def export_reference(name: str, exporter: str, path: str, variant: Optional[str] = None) -> str:
-    """Export reference model ``name`` (models/cnn.py, models/transformers.py, the MiniLM of
-    models/minilm.py or models/bert_tiny.py) with ``exporter`` and ``variant`` (EXPORT_VARIANTS)
+    """Export reference model ``name`` (refmodels/cnn.py, refmodels/transformers.py, the MiniLM of
+    refmodels/minilm.py or refmodels/bert_tiny.py) with ``exporter`` and ``variant`` (EXPORT_VARIANTS)
     to ``path``."""
     if name in ("minilm", "bert_tiny"):
         assert variant is None
-        from models import bert_tiny, minilm
+        from refmodels import bert_tiny, minilm
 
         return str((minilm if name == "minilm" else bert_tiny).export(str(path), exporter))
     if name in TRANSFORMER_NAMES:
         assert variant is None
-        from models.transformers import export_named as export_transformer
+        from refmodels.transformers import export_named as export_transformer
 
         return str(export_transformer(name, str(path), exporter))
-    from models.export import export_named
+    from refmodels.export import export_named
 
     return str(export_named(name, str(path), exporter, **EXPORT_VARIANTS.get(variant, {})))
 

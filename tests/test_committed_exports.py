@@ -1,7 +1,7 @@
 """The reference exports committed under tests/data/exports (what the default tier prunes instead of
 exporting, see helpers_graphs.COMMITTED_EXPORTS): the folder holds exactly the declared files,
 small and free of machine paths; each runs in onnxruntime like its torch model (default tier);
-each still is what the current torch exporters make of the current models/ code (slow tier: a
+each still is what the current torch exporters make of the current refmodels/ code (slow tier: a
 fresh export compared with the committed file). Rewrite them with ``python tools/make_test_exports.py``.
 """
 
@@ -40,14 +40,14 @@ def test_committed_export_matches_torch(name, exporter, variant):
     path = committed_export(name, exporter, variant)
     if name in TRANSFORMER_NAMES:
         if name == "bert_tiny":
-            from models.bert_tiny import build
+            from refmodels.bert_tiny import build
         else:
-            from models.transformers import build
+            from refmodels.transformers import build
 
         model, example, input_names, _ = build(name) if name != "bert_tiny" else build()
         check_export(model, example, path, alone=False, input_names=input_names)
     else:
-        from models.cnn import build
+        from refmodels.cnn import build
 
         model, example = build(name)
         check_export(model, example, path, alone=False, batch=3 if variant == "dynamic-batch" else None)
@@ -56,7 +56,7 @@ def test_committed_export_matches_torch(name, exporter, variant):
 @pytest.mark.slow
 @pytest.mark.parametrize("name,exporter,variant", SPECS)
 def test_committed_export_is_current(exported, name, exporter, variant):
-    """A fresh export equals the committed one (a torch, onnxscript or models/ change that alters
+    """A fresh export equals the committed one (a torch, onnxscript or refmodels/ change that alters
     an export fails here: rewrite the files with tools/make_test_exports.py)."""
     fresh = onnx.load(exported(name, exporter, variant, fresh=True))
     assert_same_export(without_stack_traces(fresh), onnx.load(committed_export(name, exporter, variant)))

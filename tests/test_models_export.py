@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from helpers_graphs import check_export
-from models.cnn import REGISTRY, build
-from models.export import EXPORTERS, export, export_named, main
+from refmodels.cnn import REGISTRY, build
+from refmodels.export import EXPORTERS, export, export_named, main
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import pytest
 from graphprune.bench import random_inputs, run_model
 from graphprune.pipeline import Options, prune
 from helpers_graphs import EXPORT_VARIANTS, export_params
-from models.cnn import REGISTRY
+from refmodels.cnn import REGISTRY
 
 NAMES = sorted(REGISTRY)
 EXPORTERS = ["legacy", "dynamo"]

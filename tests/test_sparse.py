@@ -429,7 +429,7 @@ def test_minilm_sparse_layers(tmp_path):
     """The real all-MiniLM-L6-v2 (torch export): 36 projections masked 2:4 by SparseGPT on a few
     calibration sentences and forced onto the kernels; both checks hold, the model runs on the
     kernels, densify gives a standard model with the same outputs, and MACs are counted effective."""
-    from models import minilm
+    from refmodels import minilm
     from graphprune.bench import run_model
 
     path = minilm.export(str(tmp_path / "minilm.onnx"), "legacy")

@@ -1,6 +1,6 @@
 """TensorFlow graphs as tf2onnx writes them.
 
-models/keras_encoder.onnx is a real tf2onnx export of a small Keras encoder (models/keras_export.py
+refmodels/keras_encoder.onnx is a real tf2onnx export of a small Keras encoder (refmodels/keras_export.py
 made it; the file is committed so these tests need no TensorFlow). The hand-built cases isolate
 the two patterns it contains: Keras Dense on a 3-D input (a Tensordot: Reshape to [-1, C] with a
 symbolic batch, MatMul, Reshape back to a shape computed at run time through int32 Casts).
@@ -20,7 +20,7 @@ from graphprune.analyze.rules.reshape import axis_runs
 from graphprune.pipeline import Analyzed
 from helpers_graphs import GraphBuilder, assert_one_line_error, group_of, member, pruned, run_case
 
-KERAS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "keras_encoder.onnx")
+KERAS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "refmodels", "keras_encoder.onnx")
 
 
 def test_runs_pair_from_both_ends_around_symbolic_dims():

@@ -365,7 +365,7 @@ def test_analyze_help_has_one_ratio_default(capsys):
 
 @pytest.mark.slow
 def test_minilm_with_token_type_ids_runs_with_default_options(tmp_path, capsys):
-    from models import minilm
+    from refmodels import minilm
 
     path = minilm.export(str(tmp_path / "minilm3.onnx"), "legacy", token_type_ids=True)
     assert [i.name for i in onnx.load(path).graph.input] == ["input_ids", "attention_mask", "token_type_ids"]

@@ -55,7 +55,7 @@ def tp_prune(name: str, ratio: float, path: str, round_to=None):
     """Torch-Pruning's uniform pruning of the same torch model, exported like the dense one."""
     import torch
     import torch_pruning as tp
-    from models.export import export
+    from refmodels.export import export
 
     torch.set_num_threads(1)
     model, x = latency_models.build(name)

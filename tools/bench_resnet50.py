@@ -66,7 +66,7 @@ import platform
 import statistics
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # models/
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # refmodels/
 import time
 import warnings
 from collections import Counter
@@ -96,7 +96,7 @@ INPUT_SHAPE = (1, 3, 224, 224)
 
 def _quiet():
     """The reference exporter's quiet context, with this tool's extra loggers."""
-    from models.export import quiet
+    from refmodels.export import quiet
 
     return quiet(("torch.onnx._internal.exporter._registration", "torch.onnx._internal.exporter._core"))
 

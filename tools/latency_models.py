@@ -1,12 +1,12 @@
-"""Full-size stand-ins for six torchvision classifiers, built from the blocks of models/cnn.py.
+"""Full-size stand-ins for six torchvision classifiers, built from the blocks of refmodels/cnn.py.
 
 torchvision is not installed in the project's environment (a 5.5 GB install), so the latency
 benchmark (tools/bench_latency.py) builds the same architectures at torchvision's widths,
-depths, strides and 224x224 input from models/cnn.py's building blocks: the layer shapes (and
+depths, strides and 224x224 input from refmodels/cnn.py's building blocks: the layer shapes (and
 so the kernels onnxruntime runs and their channel counts) are torchvision's; small details
 differ (MobileNetV3's SE width is max(8, C/4) rather than rounded to 8, the ResNet stem's
 max-pool follows its ReLU). Weights are random (``torch.manual_seed``; BatchNorm statistics
-randomised as in models/cnn.py), like the zoo's ``weights=None`` models.
+randomised as in refmodels/cnn.py), like the zoo's ``weights=None`` models.
 
     python tools/latency_models.py mobilenet_v2 /tmp/mobilenet_v2.onnx
 """
@@ -21,8 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch
 from torch import nn
 
-from models import cnn
-from models.cnn import ConvBNAct
+from refmodels import cnn
+from refmodels.cnn import ConvBNAct
 
 NAMES = ("mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2_x1_0", "regnet_y_400mf", "resnet50")
 
@@ -86,7 +86,7 @@ def build(name: str, seed: int = 0):
 
 
 def export(name: str, path: str, seed: int = 0) -> str:
-    from models.export import export as _export
+    from refmodels.export import export as _export
     m, x = build(name, seed)
     _export(m, x, path, "legacy")
     return path

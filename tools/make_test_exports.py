@@ -1,5 +1,5 @@
 """Write the reference exports the default test tier loads (tests/data/exports, the list is
-tests/helpers_graphs.py's COMMITTED_EXPORTS) from the current torch exporters and models/ code.
+tests/helpers_graphs.py's COMMITTED_EXPORTS) from the current torch exporters and refmodels/ code.
 
     python tools/make_test_exports.py             # rewrite every committed export
     python tools/make_test_exports.py vit llama   # only these models

@@ -36,7 +36,7 @@ from graphprune.calib import Calibration  # noqa: E402
 from graphprune.plan import Plan, eligible, global_plan, select_units  # noqa: E402
 from graphprune.repair import repair  # noqa: E402
 from graphprune.rewrite import rewrite  # noqa: E402
-from models import minilm  # noqa: E402
+from refmodels import minilm  # noqa: E402
 
 
 def _sentence_embeddings(m, feeds) -> np.ndarray:

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from graphprune import bench  # noqa: E402
 from graphprune.pipeline import Options, count_feed, prune  # noqa: E402
-from models import minilm  # noqa: E402
+from refmodels import minilm  # noqa: E402
 from quality import bert_macs, sentences, spearman  # noqa: E402
 
 

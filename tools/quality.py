@@ -3,11 +3,11 @@ Torch-Pruning's magnitude (and, on the CNN, Taylor) pruning at equal MACs reduct
 
     python tools/quality.py [--models digits minilm] [--factors 1.5 2 3] [--out results.json]
 
-digits: the CNN of models/digits.py (trained here, seed 0), test accuracy of the pruned model
+digits: the CNN of refmodels/digits.py (trained here, seed 0), test accuracy of the pruned model
   without and with a short fine-tune (1 epoch, Adam, lr 1e-4, the same for both tools; graphprune's pruned ONNX graph is run and
   fine-tuned in torch by a small interpreter of its ops, Torch-Pruning's pruned module directly).
   Calibration: 256 training images.
-minilm: all-MiniLM-L6-v2 (models/minilm.py), English sentences split from the docstrings of
+minilm: all-MiniLM-L6-v2 (refmodels/minilm.py), English sentences split from the docstrings of
   Python's standard library; 512 calibration sentences (batched by token count, no padding),
   256 disjoint evaluation sentences.
   Mean cosine similarity of the sentence embeddings to the dense ones and Spearman correlation
@@ -186,7 +186,7 @@ def run_digits(factors, criteria, repairs, threads, finetune_epochs=1):
     import torch
     import torch_pruning as tp
 
-    from models import digits
+    from refmodels import digits
 
     torch.set_num_threads(threads)
     t = time.time()
@@ -401,7 +401,7 @@ def run_minilm(factors, configs, threads, n_calib=512, n_eval=256, tp_compare=Tr
     import torch
     import torch_pruning as tp
 
-    from models import minilm
+    from refmodels import minilm
 
     torch.set_num_threads(threads)
     tok, bert = minilm.load()
@@ -508,7 +508,7 @@ out["hwm_before_calib_mb"] = base / 1024          # the analysis' own peak
 out["rss_before_calib_mb"] = rss0 / 1024          # what calibration starts from
 print(json.dumps(out))
 ''' % (ROOT, threads)
-    from models import minilm
+    from refmodels import minilm
 
     tok, bert = minilm.load()
     cal_s, _ = sentences(n_calib, 0)

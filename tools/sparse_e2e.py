@@ -7,12 +7,12 @@ repair, then the sparse step with per-layer kernel choice); the model it writes 
 against the dense model in this process, interleaved (A B A B ..., median of per-pair ratios,
 ``bench.measure_latency``), 1 thread, batch 1, and its quality measured:
 
-minilm: all-MiniLM-L6-v2 (models/minilm.py); 128 calibration sentences, 256 evaluation sentences
+minilm: all-MiniLM-L6-v2 (refmodels/minilm.py); 128 calibration sentences, 256 evaluation sentences
   (tools/quality.py's fixed split); Spearman of the pairwise-similarity matrix of the sentence
   embeddings against the dense model's, and their mean cosine (as tools/quality.py). Latency at
   sequence 64.
-digits: the CNN of models/digits.py (trained here, seed 0): test accuracy; latency at batch 1.
-llama: one LLaMA-style decoder layer (RMSNorm, rotary, GQA, SwiGLU; models/transformers.py's
+digits: the CNN of refmodels/digits.py (trained here, seed 0): test accuracy; latency at batch 1.
+llama: one LLaMA-style decoder layer (RMSNorm, rotary, GQA, SwiGLU; refmodels/transformers.py's
   Llama at dim 1024, hidden 2816, 16 heads, 4 KV heads; random weights): cosine and relative
   error of its outputs against the dense layer on held-out random tokens. Latency at sequence 64
   and at sequence 1 (one decoding step without a cache); layers are chosen at sequence 64 (the
@@ -98,7 +98,7 @@ def minilm_configs() -> List[dict]:
 
 
 def run_minilm(threads: int, configs=None) -> dict:
-    from models import minilm
+    from refmodels import minilm
     from quality import sentences, spearman
 
     tok, _ = minilm.load()
@@ -130,7 +130,7 @@ def run_minilm(threads: int, configs=None) -> dict:
 
 def run_digits(threads: int) -> dict:
     import torch
-    from models import digits
+    from refmodels import digits
 
     torch.set_num_threads(threads)
     net, acc0 = digits.train(seed=0, log=log)
@@ -157,7 +157,7 @@ def run_digits(threads: int) -> dict:
 
 def run_llama(threads: int, configs=None) -> dict:
     import torch
-    from models.transformers import Llama, _randomise, export_model
+    from refmodels.transformers import Llama, _randomise, export_model
 
     torch.manual_seed(0)
     net = Llama(vocab=1000, dim=1024, depth=1, heads=16, kv_heads=4, hidden=2816, ctx=128)
@@ -194,7 +194,7 @@ def run_llama(threads: int, configs=None) -> dict:
 def run_minilm_layers(threads: int, sparsities=(0.5, 0.7, 0.8, 0.9), rows: int = 64) -> dict:
     """Per-layer dense vs kernel at MiniLM's six layer kinds of block 0 (magnitude masks,
     unstructured and 2:4), at ``rows`` tokens: the figures the pipeline's per-layer choice sees."""
-    from models import minilm
+    from refmodels import minilm
 
     from graphprune import sparsify as sp
 

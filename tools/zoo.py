@@ -66,7 +66,7 @@ import statistics
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # models/
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # refmodels/
 import time
 import traceback
 import warnings
@@ -150,7 +150,7 @@ FIELDS = ["source", "model", "exporter", "tool", "status", "reason", "runs_ort",
 
 def _quiet():
     """The reference exporter's quiet context, with this tool's extra loggers."""
-    from models.export import quiet
+    from refmodels.export import quiet
 
     return quiet(("torch._dynamo", "torch.fx", "onnx_ir", "torch.onnx._internal.exporter._core"))
 
@@ -320,9 +320,9 @@ def work_export(args, row) -> None:
         _wheel_model(args, row["model"], path)
         return
     if args.source[0] == "keras":
-        import importlib.util       # by path: models/__init__ imports torch, which a TF venv lacks
+        import importlib.util       # by path: refmodels/__init__ imports torch, which a TF venv lacks
         spec = importlib.util.spec_from_file_location(
-            "keras_export", os.path.join(os.path.dirname(HERE), "models", "keras_export.py"))
+            "keras_export", os.path.join(os.path.dirname(HERE), "refmodels", "keras_export.py"))
         keras_export = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(keras_export)
         keras_export.export_application(row["model"], path, opset=OPSET["tf2onnx"], ir_version=MAX_IR_VERSION)

@@ -2,7 +2,7 @@
 residual, depthwise-separable with squeeze-excite, and concat blocks. Trains in well under two
 minutes on two CPU cores; used by tools/quality.py.
 
-    python -m models.digits OUT.onnx       # train (seed 0) and export (legacy exporter, dynamic batch)
+    python -m refmodels.digits OUT.onnx       # train (seed 0) and export (legacy exporter, dynamic batch)
 
 ``data()`` gives the fixed split: (x_train, y_train, x_test, y_test), float32 [N, 1, 16, 16]
 scaled to [0, 1] then standardised, int64 labels.

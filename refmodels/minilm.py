@@ -5,7 +5,7 @@ The ONNX graph takes ``input_ids`` and ``attention_mask`` ([batch, sequence], in
 returns ``last_hidden_state`` ([batch, sequence, 384]); sentence embeddings are its mean over
 the attention mask, L2-normalised (what sentence-transformers does for this model).
 
-    python -m models.minilm OUT.onnx --exporter legacy|dynamo [--token-type-ids]
+    python -m refmodels.minilm OUT.onnx --exporter legacy|dynamo [--token-type-ids]
 """
 
 from __future__ import annotations

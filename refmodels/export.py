@@ -16,7 +16,7 @@ is clamped so onnxruntime accepts it.
 
 CLI::
 
-    python -m models.export NAME OUT.onnx [--exporter legacy|dynamo] [--opset N]
+    python -m refmodels.export NAME OUT.onnx [--exporter legacy|dynamo] [--opset N]
                             [--seed S] [--dynamic-batch] [--keep-bn]
 """
 
@@ -34,7 +34,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from models.cnn import REGISTRY, build
+from refmodels.cnn import REGISTRY, build
 
 __all__ = ["EXPORTERS", "DEFAULT_OPSET", "MAX_IR_VERSION", "export", "export_named", "main"]
 
@@ -223,7 +223,7 @@ def export_named(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m models.export", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m refmodels.export", description=__doc__.split("\n")[0])
     p.add_argument("name", choices=sorted(REGISTRY), metavar="NAME",
                    help="model name: " + ", ".join(REGISTRY))
     p.add_argument("out", metavar="OUT.onnx", help="output .onnx path")

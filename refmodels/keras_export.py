@@ -6,12 +6,12 @@ input as a Tensordot (Reshape to [-1, C] -> MatMul -> Reshape back to a shape co
 time from Shape -> Cast -> Gather -> Concat -> Cast) and the attention einsums as
 MatMul/Transpose/Reshape chains whose flattened sizes are computed with ReduceProd.
 
-The file it writes, models/keras_encoder.onnx (93 KB), is committed, so the tests need neither
+The file it writes, refmodels/keras_encoder.onnx (93 KB), is committed, so the tests need neither
 TensorFlow nor tf2onnx (a re-export has the same graph, but tf2onnx's constant names and the
 random weights differ from run to run). To re-create it (TensorFlow 2.21 CPU, Keras 3.15, tf2onnx 1.17)::
 
     python -m venv /tmp/venv-tf && /tmp/venv-tf/bin/pip install tensorflow-cpu tf2onnx
-    /tmp/venv-tf/bin/python models/keras_export.py models/keras_encoder.onnx
+    /tmp/venv-tf/bin/python refmodels/keras_export.py refmodels/keras_encoder.onnx
 """
 
 import os
@@ -60,4 +60,4 @@ def build_and_export(path: str) -> None:
 
 
 if __name__ == "__main__":
-    build_and_export(sys.argv[1] if len(sys.argv) > 1 else "models/keras_encoder.onnx")
+    build_and_export(sys.argv[1] if len(sys.argv) > 1 else "refmodels/keras_encoder.onnx")

@@ -6,9 +6,9 @@ EmbedLayerNormalization).
 Hidden size 32, 2 layers of 4 heads (head dim 8), MLP width 64, a 100-token vocabulary; biases
 and LayerNorm parameters random too (no two layers alike, as after training). The ONNX
 graph takes ``input_ids`` and ``attention_mask`` ([batch, sequence], int64) and returns
-``last_hidden_state`` ([batch, sequence, 32]), like models/minilm.py.
+``last_hidden_state`` ([batch, sequence, 32]), like refmodels/minilm.py.
 
-    python -m models.bert_tiny OUT.onnx --exporter legacy|dynamo
+    python -m refmodels.bert_tiny OUT.onnx --exporter legacy|dynamo
 """
 
 from __future__ import annotations
