@@ -962,21 +962,9 @@ def measure_fraction(dense_sess, pruned_sess, feed, repeats: int = 30, warmup: i
                      threads: int = 1) -> Tuple[float, float]:
     """(pruned / dense latency, dense ms): both sessions interleaved (A B A B ...), the ratio
     of their median times (thread CPU time with one thread, see _clock)."""
-    fa = {i.name: feed[i.name] for i in dense_sess.get_inputs() if i.name in feed}
-    fb = {i.name: feed[i.name] for i in pruned_sess.get_inputs() if i.name in feed}
-    for _ in range(warmup):
-        dense_sess.run(None, fa)
-        pruned_sess.run(None, fb)
-    ta, tb = [], []
-    clock = _clock(threads)
-    for _ in range(repeats):
-        t0 = clock()
-        dense_sess.run(None, fa)
-        t1 = clock()
-        pruned_sess.run(None, fb)
-        t2 = clock()
-        ta.append(t1 - t0)
-        tb.append(t2 - t1)
+    from .runtime import time_pairs
+
+    ta, tb = time_pairs(dense_sess, pruned_sess, feed, warmup=warmup, repeats=repeats, clock=_clock(threads))
     qa, qb = float(np.median(ta)), float(np.median(tb))
     return qb / max(qa, 1e-12), qa * 1e3
 

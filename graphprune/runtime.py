@@ -313,11 +313,28 @@ def measure_latency(
         raise ValueError("repeats must be >= 1")
     sa = make_session(dense_model, threads)
     sb = make_session(pruned_model, threads)
+    ta, tb = time_pairs(sa, sb, feed, warmup=warmup, repeats=repeats, max_seconds=max_seconds)
+    ratios = [a / b for a, b in zip(ta, tb) if b > 0]
+    return {
+        "before_ms": statistics.median(ta) * 1e3,
+        "after_ms": statistics.median(tb) * 1e3,
+        "speedup": statistics.median(ratios) if ratios else float("nan"),
+        "pairs": len(ta),
+    }
+
+
+def time_pairs(sa: ort.InferenceSession, sb: ort.InferenceSession, feed: Mapping[str, np.ndarray],
+               warmup: int = 5, repeats: int = 30, max_seconds: float | None = None,
+               clock=time.perf_counter) -> tuple[list[float], list[float]]:
+    """Run two sessions interleaved (A B A B ...) on ``feed`` (each gets the inputs it has):
+    ``warmup`` untimed pairs, then ``repeats`` timed ones, or fewer (at least 3, warm-up
+    included in the budget) once ``max_seconds`` of wall time have passed. ``clock``: what a
+    run's time is read from (``time.thread_time`` measures CPU time of a one-thread run).
+    Returns the per-run times of A and of B, in seconds."""
     fa = {i.name: feed[i.name] for i in sa.get_inputs() if i.name in feed}
     fb = {i.name: feed[i.name] for i in sb.get_inputs() if i.name in feed}
-    clock = time.perf_counter
-    start = clock()
-    late = lambda: max_seconds is not None and clock() - start > max_seconds
+    start = time.perf_counter()
+    late = lambda: max_seconds is not None and time.perf_counter() - start > max_seconds
     for _ in range(max(0, warmup)):
         sa.run(None, fa)
         sb.run(None, fb)
@@ -335,13 +352,7 @@ def measure_latency(
         t2 = clock()
         ta.append(t1 - t0)
         tb.append(t2 - t1)
-    ratios = [a / b for a, b in zip(ta, tb) if b > 0]
-    return {
-        "before_ms": statistics.median(ta) * 1e3,
-        "after_ms": statistics.median(tb) * 1e3,
-        "speedup": statistics.median(ratios) if ratios else float("nan"),
-        "pairs": len(ta),
-    }
+    return ta, tb
 
 
 def run_for_shapes(model: onnx.ModelProto, feed: Mapping[str, np.ndarray], names: list[str]) -> dict:
