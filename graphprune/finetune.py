@@ -285,6 +285,7 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, data, opts: Fin
     torch = require_torch()
     from . import bench
     from .torch.interpreter import OnnxModule, write_back
+    from .verify import agreement
 
     opts.check()
     _check_pair(student, teacher)
@@ -377,8 +378,16 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, data, opts: Fin
             else torch.optim.Adam(params, lr=opts.lr)
         spe = dat.steps_per_epoch()
         total = opts.steps if opts.steps is not None else max(1, int(round((opts.epochs or 1.0) * spe)))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / max(1, total // 20)) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        warm = max(1, total // 20)
+
+        def set_lr() -> None:
+            # linear warm-up, then cosine decay over the planned steps or the time budget
+            frac = step / total
+            if opts.max_seconds is not None:
+                frac = max(frac, (time.perf_counter() - t_train) / opts.max_seconds)
+            f = min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+            for gr in opt.param_groups:
+                gr["lr"] = opts.lr * f
         eval_every = opts.eval_every or max(1, total // 10)
 
         def batch_loss(feed, ref=None):
@@ -405,18 +414,27 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, data, opts: Fin
                 "trainable_tensors": len(params), "trainable_params": int(sum(p.numel() for p in params)),
                 "masked_tensors": int(sum(m is not None for m in masks)), "matched_tensors": list(match),
                 "losses": kinds, "lr": opts.lr, "batch": dat.batch, "seed": opts.seed}
+        probe_feeds = list(dat.validation()) if dat.n_val() else list(dat.epoch())[:4]
+        dat.rng = np.random.default_rng(opts.seed + 1)
+        sb = _static_batch(student)
+        if sb:          # agreement runs the graphs as they are: in their static batch
+            probe_feeds = [{k: v[i:i + sb] for k, v in f.items()} for f in probe_feeds
+                           for i in range(0, next(iter(f.values())).shape[0] - sb + 1, sb)][:64]
+        on = f"{dat.n_val()} held-out samples" if dat.n_val() else "training samples"
+        agree_before = agreement(teacher, student, probe_feeds)
         val0 = validate()
         info["val_loss_before"] = val0
         best_val, best_state, bad_evals = val0, None, 0
         prev = [p.detach().clone() for p in params]
         init = [p.detach().clone() for p in params] if dat.n_val() else None
         step, stop, losses = 0, "steps", []
+        t_train = time.perf_counter()
         ema = None
         while step < total and stop == "steps":
             for feed in dat.epoch():
                 if step >= total:
                     break
-                if opts.max_seconds is not None and time.perf_counter() - t_start > opts.max_seconds:
+                if opts.max_seconds is not None and time.perf_counter() - t_train > opts.max_seconds:
                     stop = "time budget"
                     break
                 loss = batch_loss(feed)
@@ -436,8 +454,8 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, data, opts: Fin
                 for p, m in zip(params, masks):
                     if m is not None and p.grad is not None:
                         p.grad.mul_(m)
+                set_lr()
                 opt.step()
-                sched.step()
                 with torch.no_grad():
                     for p, m in zip(params, masks):
                         if m is not None:
@@ -473,6 +491,7 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, data, opts: Fin
         out = write_back(module, student)
         if structure(out) != structure(student):
             raise RuntimeError("fine-tuning changed the graph's structure")
+        info["agreement"] = {"on": on, "before": agree_before, "after": agreement(teacher, out, probe_feeds)}
         return out, info
     finally:
         torch.set_num_threads(threads_before)
