@@ -495,3 +495,84 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, data, opts: Fin
         return out, info
     finally:
         torch.set_num_threads(threads_before)
+
+
+# ----------------------------------------------------------------------------- prune, then distil
+
+
+def _step_options(opts, k: int, i: int, dense_cost: Dict[str, float], cur_cost: Dict[str, float]):
+    """Options of step ``i`` (1-based) of ``k``: a geometric schedule toward the final target
+    (MACs/params fraction of the dense model, or the fraction of channels kept)."""
+    import copy
+
+    o = copy.copy(opts)
+    o.bench = False
+    target = opts.target()
+    if target is not None:
+        kind, frac = target
+        goal = dense_cost[kind] * frac ** (i / k)
+        rel = min(1.0, goal / max(cur_cost[kind], 1.0))
+        if kind == "macs":
+            o.target_macs = rel
+        else:
+            o.target_params = rel
+    else:
+        step = lambda r: None if r is None else 1.0 - (1.0 - r) ** (1.0 / k)
+        o.ratio, o.head_ratio, o.mlp_ratio = step(opts.ratio), step(opts.head_ratio), step(opts.mlp_ratio)
+    return o
+
+
+def prune_and_finetune(model: onnx.ModelProto, opts, data, ft: FinetuneOptions, steps: int = 1,
+                       progress=None, ft_progress=None):
+    """``pipeline.prune`` then :func:`finetune` toward the dense ``model``; with ``steps`` k > 1,
+    k rounds of (prune a geometric share of the target, repair, distil toward the dense model).
+    Returns a ``pipeline.Result`` whose report has a ``finetune`` section and, for k > 1, the
+    report of every step under ``steps`` (each step's plan names the tensors of the previous
+    step's model; ``graphprune.torch.apply_plan`` applies them in order)."""
+    from . import bench
+    from .pipeline import count_feed, prune
+
+    if steps < 1:
+        raise UsageError(f"--prune-steps must be >= 1, got {steps}")
+    ft.check()
+    if steps == 1:
+        res = prune(model, opts, progress or (lambda s: None))
+        if progress:
+            progress("finetune")
+        res.model, info = finetune(res.model, model, data, ft, ft_progress)
+        res.report["finetune"] = info
+        return res
+    feed = count_feed(model, opts.seq_len)
+    mb, pb = bench.count_macs_params(model, feed)
+    dense_cost = {"macs": float(mb), "params": float(pb)}
+    cur, reports, res = model, [], None
+    for i in range(1, steps + 1):
+        m, p = bench.count_macs_params(cur, feed) if i > 1 else (mb, pb)
+        o = _step_options(opts, steps, i, dense_cost, {"macs": float(m), "params": float(p)})
+        res = prune(cur, o, progress or (lambda s: None))
+        if progress:
+            progress(f"ft {i}/{steps}")
+        tuned, info = finetune(res.model, model, data, ft, ft_progress)
+        res.report["finetune"] = info
+        reports.append(res.report)
+        cur = tuned
+    rep = dict(res.report)
+    rep["steps"] = reports
+    rep["finetune"] = reports[-1]["finetune"]
+    ma, pa = bench.count_macs_params(cur, feed)
+    rep["macs"] = {"before": int(mb), "after": int(ma)}
+    rep["params"] = {"before": int(pb), "after": int(pa)}
+    rep["summary"] = dict(rep["summary"])
+    rep["summary"]["prune_steps"] = steps
+    rep.pop("latency_ms", None)
+    if opts.bench is not False:
+        try:
+            size, lat = bench.at_free_sizes(model, lambda sz: bench.measure_latency(
+                model, cur, bench.random_inputs(model, seed=opts.seed, other=sz), threads=opts.threads,
+                repeats=opts.bench_repeats))
+            rep["latency_ms"] = {"before": lat["before_ms"], "after": lat["after_ms"], "speedup": lat["speedup"],
+                                 "threads": opts.threads}
+        except Exception as e:
+            rep["latency_ms"] = {"skipped": f"onnxruntime cannot run the model: {str(e).splitlines()[0][:300]}"}
+    res.model, res.report = cur, rep
+    return res
