@@ -474,7 +474,7 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, data, opts: Fin
                         best_state = [p.detach().clone() for p in params]
                     else:
                         bad_evals += 1
-                        if bad_evals >= opts.patience:
+                        if bad_evals >= opts.patience and step < total:
                             stop = "early stop"
                             break
                 if progress is not None:
