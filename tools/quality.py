@@ -148,9 +148,9 @@ def distil(pruned: onnx.ModelProto, dense: onnx.ModelProto, feeds, seconds: floa
 # ----------------------------------------------------------------------------- digits
 
 
-def run_digits(factors, criteria, repairs, threads, finetune_epochs=1):
+def run_digits(factors, criteria, repairs, threads, finetune_epochs=1, tp_compare=True, distil_s=0.0,
+               distil_lr=1e-3, distil_loss="kl", configs=None):
     import torch
-    import torch_pruning as tp
 
     from models import digits
 
@@ -172,6 +172,17 @@ def run_digits(factors, criteria, repairs, threads, finetune_epochs=1):
         digits.fit(mod, xtr, ytr, epochs=finetune_epochs, lr=1e-4, seed=1, adam=True)
         return digits.accuracy(mod, xte, yte)
 
+    def shifted(x):          # unlabeled distillation inputs: the training images and their 1-pixel shifts
+        return np.concatenate([np.roll(x, (dy, dx), axis=(2, 3)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+
+    def distil_digits(m):
+        from graphprune.finetune import FinetuneOptions, finetune
+        cal = Calibration.from_arrays({"image": shifted(xtr)}, batch=64)
+        tuned, info = finetune(m, model, cal, FinetuneOptions(
+            epochs=1000, lr=distil_lr, batch=64, max_seconds=distil_s, threads=threads, loss=distil_loss,
+            val_fraction=0.05, eval_every=100, patience=1000))
+        return acc_onnx(tuned), info
+
     dense = acc_onnx(model)
     log(f"dense accuracy {dense:.4f}")
     calib = Calibration.from_arrays({"image": xtr[:256]}, batch=64)
@@ -179,15 +190,21 @@ def run_digits(factors, criteria, repairs, threads, finetune_epochs=1):
     rows = []
     for f in factors:
         target = 1.0 / f
-        for crit in criteria:
-            for rep in repairs:
-                t = time.time()
-                pruned, macs = gp.prune(crit, target, rep, "uniform", "mean")
-                acc = acc_onnx(pruned)
-                ft = finetune_onnx(pruned)
-                rows.append({"model": "digits", "factor": f, "tool": "graphprune", "criterion": crit, "repair": rep,
-                             "macs": macs, "acc": acc, "acc_ft": ft, "s": time.time() - t})
-                log(rows[-1])
+        for crit, rep in (configs or [(c, r) for c in criteria for r in repairs]):
+            t = time.time()
+            pruned, macs = gp.prune(crit, target, rep, "uniform", "mean")
+            acc = acc_onnx(pruned)
+            ft = finetune_onnx(pruned)
+            rows.append({"model": "digits", "factor": f, "tool": "graphprune", "criterion": crit, "repair": rep,
+                         "macs": macs, "acc": acc, "acc_ft": ft, "s": time.time() - t})
+            if distil_s:
+                acc_d, info = distil_digits(pruned)
+                rows[-1].update({"acc_distil": acc_d, "ft_steps": info["steps"], "ft_s": info["seconds"],
+                                 "ft_loss": distil_loss, "ft_lr": distil_lr, "ft_load": os.getloadavg()[0]})
+            log(rows[-1])
+        if not tp_compare:
+            continue
+        import torch_pruning as tp
         # Torch-Pruning
         example = torch.from_numpy(xtr[:1])
         dense_macs = bench.count_macs_params(model)[0]
@@ -510,11 +527,14 @@ def table(res: dict) -> str:
     if "digits" in res:
         d = res["digits"]
         lines += [f"digits CNN (dense test accuracy {d['dense'] * 100:.1f} %; 360 test images; graphprune: --scope uniform, bisection on the ratio to the MACs target)", "",
-                  "| MACs | tool | criterion | repair | MACs kept | accuracy | after 1-epoch fine-tune |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| MACs | tool | criterion | repair | MACs kept | accuracy | after 1-epoch fine-tune | "
+                  "after distillation (graphprune finetune) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in d["rows"]:
+            dd = (f" {r['acc_distil'] * 100:.1f} ({r['ft_steps']} steps, {r['ft_s']:.0f} s) |"
+                  if "acc_distil" in r else " - |")
             lines.append(f"| {r['factor']}x | {r['tool']} | {r['criterion']} | {r['repair']} | {r['macs']:.3f} | "
-                         f"{r['acc'] * 100:.1f} | {r['acc_ft'] * 100:.1f} |")
+                         f"{r['acc'] * 100:.1f} | {r['acc_ft'] * 100:.1f} |" + dd)
         lines.append("")
     if "minilm" in res:
         d = res["minilm"]
@@ -568,17 +588,24 @@ def main():
     ap.add_argument("--minilm-configs", nargs="+", default=None, metavar="CRIT/REPAIR/SCOPE/NORM",
                     help="graphprune configurations for MiniLM (default: the five of the published table)")
     ap.add_argument("--distil-seconds", type=float, default=0.0,
-                    help="MiniLM: also distil every graphprune row for this long (graphprune.finetune, CPU) on "
+                    help="digits and MiniLM: also distil every graphprune row for this long (graphprune.finetune, CPU) on "
                          "unlabeled sentences, and measure again")
     ap.add_argument("--distil-sentences", type=int, default=4096)
     ap.add_argument("--distil-lr", type=float, default=1e-4)
-    ap.add_argument("--no-tp", action="store_true", help="MiniLM: skip the Torch-Pruning rows")
+    ap.add_argument("--no-tp", action="store_true", help="skip the Torch-Pruning rows")
+    ap.add_argument("--digits-configs", nargs="+", default=None, metavar="CRIT/REPAIR",
+                    help="graphprune configurations for digits (default: every criterion x repair)")
+    ap.add_argument("--digits-distil-lr", type=float, default=1e-3)
+    ap.add_argument("--digits-distil-loss", default="kl", choices=("mse", "cosine", "kl"))
     a = ap.parse_args()
     res = {}
     t0 = time.time()
     if "digits" in a.models:
         crits = ["l2", "fpgm", "activation", "fluctuation", "obs", "taylor", "random"]
-        res["digits"] = run_digits(a.factors, crits, ["none", "bias", "lstsq"], a.threads)
+        configs = [tuple(c.split("/")) for c in a.digits_configs] if a.digits_configs else None
+        res["digits"] = run_digits(a.factors, crits, ["none", "bias", "lstsq"], a.threads, tp_compare=not a.no_tp,
+                                   distil_s=a.distil_seconds, distil_lr=a.digits_distil_lr,
+                                   distil_loss=a.digits_distil_loss, configs=configs)
     if "minilm" in a.models:
         configs = [("l2", "none", "global", "mean"), ("fluctuation", "lstsq", "global", "none"),
                    ("obs", "none", "global", "none"), ("obs", "lstsq", "global", "none"),
