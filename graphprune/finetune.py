@@ -19,6 +19,7 @@ bytes. A non-finite loss stops training and keeps the last weights that gave a f
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -414,13 +415,15 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, data, opts: Fin
                 "trainable_tensors": len(params), "trainable_params": int(sum(p.numel() for p in params)),
                 "masked_tensors": int(sum(m is not None for m in masks)), "matched_tensors": list(match),
                 "losses": kinds, "lr": opts.lr, "batch": dat.batch, "seed": opts.seed}
-        probe_feeds = list(dat.validation()) if dat.n_val() else list(dat.epoch())[:4]
+        # agreement before/after: on up to 16 held-out batches (their teacher outputs are held at once)
+        probe_feeds = list(itertools.islice(dat.validation() if dat.n_val() else dat.epoch(), 16))
         dat.rng = np.random.default_rng(opts.seed + 1)
         sb = _static_batch(student)
         if sb:          # agreement runs the graphs as they are: in their static batch
             probe_feeds = [{k: v[i:i + sb] for k, v in f.items()} for f in probe_feeds
                            for i in range(0, next(iter(f.values())).shape[0] - sb + 1, sb)][:64]
-        on = f"{dat.n_val()} held-out samples" if dat.n_val() else "training samples"
+        n_probe = sum(next(iter(f.values())).shape[0] for f in probe_feeds)
+        on = f"{n_probe} held-out samples" if dat.n_val() else f"{n_probe} training samples"
         agree_before = agreement(teacher, student, probe_feeds)
         val0 = validate()
         info["val_loss_before"] = val0

@@ -146,6 +146,11 @@ def apply_plan(module: torch.nn.Module, plan_or_report: Union[str, Mapping, Sequ
     import json
 
     plans = plan_or_report if isinstance(plan_or_report, (list, tuple)) else [plan_or_report]
+    if len(plans) == 1 and isinstance(plans[0], str):
+        with open(plans[0], encoding="utf-8") as f:
+            plans = [json.load(f)]
+    if len(plans) == 1 and isinstance(plans[0], Mapping) and isinstance(plans[0].get("steps"), list):
+        plans = list(plans[0]["steps"])          # an iterative run's report: its steps in order
     values = None
     if onnx_model is not None:
         from ..io import load_model
