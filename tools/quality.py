@@ -139,7 +139,7 @@ def distil(pruned: onnx.ModelProto, dense: onnx.ModelProto, feeds, seconds: floa
             log(f"  distil step {ev['step']} loss {ev['loss_avg']:.4g} val {ev.get('best_val')} {ev['elapsed_s']:.0f}s")
 
     tuned, info = finetune(pruned, dense, feeds, FinetuneOptions(
-        steps=steps, lr=lr, batch=batch, max_seconds=seconds, threads=threads, val_fraction=0.05,
+        steps=steps, lr=lr, batch=batch, max_seconds=seconds, clock="cpu", threads=threads, val_fraction=0.05,
         eval_every=eval_every, patience=1000), progress)
     info["wall_s"] = time.time() - t
     return tuned, info
@@ -179,7 +179,7 @@ def run_digits(factors, criteria, repairs, threads, finetune_epochs=1, tp_compar
         from graphprune.finetune import FinetuneOptions, finetune
         cal = Calibration.from_arrays({"image": shifted(xtr)}, batch=64)
         tuned, info = finetune(m, model, cal, FinetuneOptions(
-            epochs=1000, lr=distil_lr, batch=64, max_seconds=distil_s, threads=threads, loss=distil_loss,
+            epochs=1000, lr=distil_lr, batch=64, max_seconds=distil_s, clock="cpu", threads=threads, loss=distil_loss,
             val_fraction=0.05, eval_every=100, patience=1000))
         return acc_onnx(tuned), info
 
@@ -200,6 +200,7 @@ def run_digits(factors, criteria, repairs, threads, finetune_epochs=1, tp_compar
             if distil_s:
                 acc_d, info = distil_digits(pruned)
                 rows[-1].update({"acc_distil": acc_d, "ft_steps": info["steps"], "ft_s": info["seconds"],
+                                 "ft_cpu_s": info["train_cpu_s"],
                                  "ft_loss": distil_loss, "ft_lr": distil_lr, "ft_load": os.getloadavg()[0]})
             log(rows[-1])
         if not tp_compare:
@@ -427,7 +428,7 @@ def run_minilm(factors, configs, threads, n_calib=512, n_eval=256, tp_compare=Tr
                 tuned, info = distil(pruned, model, distil_feeds, distil_s, distil_lr, threads)
                 after = metrics(emb_onnx(tuned), e0)
                 rows[-1].update({"ft_cos": after["cos"], "ft_spearman": after["spearman"], "ft_steps": info["steps"],
-                                 "ft_s": info["seconds"], "ft_sentences": sum(int(x["input_ids"].shape[0]) for x in distil_feeds), "ft_lr": distil_lr,
+                                 "ft_s": info["seconds"], "ft_cpu_s": info["train_cpu_s"], "ft_sentences": sum(int(x["input_ids"].shape[0]) for x in distil_feeds), "ft_lr": distil_lr,
                                  "ft_load": os.getloadavg()[0]})
             log(rows[-1])
         if not tp_compare:
@@ -531,7 +532,7 @@ def table(res: dict) -> str:
                   "after distillation (graphprune finetune) |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in d["rows"]:
-            dd = (f" {r['acc_distil'] * 100:.1f} ({r['ft_steps']} steps, {r['ft_s']:.0f} s) |"
+            dd = (f" {r['acc_distil'] * 100:.1f} ({r['ft_steps']} steps, {r['ft_cpu_s']:.0f} CPU s) |"
                   if "acc_distil" in r else " - |")
             lines.append(f"| {r['factor']}x | {r['tool']} | {r['criterion']} | {r['repair']} | {r['macs']:.3f} | "
                          f"{r['acc'] * 100:.1f} | {r['acc_ft'] * 100:.1f} |" + dd)
@@ -545,7 +546,7 @@ def table(res: dict) -> str:
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in d["rows"]:
             sc = f"{r.get('scope', '-')} / {r.get('normalize', '-')}" if r["tool"] == "graphprune" else "-"
-            ft = (f" {r['ft_cos']:.4f} / {r['ft_spearman']:.4f} ({r['ft_steps']} steps, {r['ft_s']:.0f} s) |"
+            ft = (f" {r['ft_cos']:.4f} / {r['ft_spearman']:.4f} ({r['ft_steps']} steps, {r['ft_cpu_s']:.0f} CPU s) |"
                   if "ft_spearman" in r else " - |")
             lines.append(f"| {r['factor']}x | {r['tool']} | {r['criterion']} | {r['repair']} | {sc} | "
                          f"{r['macs']:.3f} | {r['cos']:.4f} | {r['spearman']:.4f} |" + ft)
