@@ -295,7 +295,11 @@ def _finetune_options(prefix: str = ""):
                                              help="weight of the intermediate-tensor loss")),
                      ("--patience", dict(type=int, default=5, show_default=True,
                                          help="validations without improvement before stopping")),
-                     ("--eval-every", dict(type=int, default=None, help="steps between validations [~10 per run]"))]
+                     ("--eval-every", dict(type=int, default=None, help="steps between validations [~10 per run]")),
+                     ("--freeze", dict(multiple=True, metavar="NAME", help="keep this constant (name or glob) as "
+                                                                           "it is; repeatable")),
+                     ("--train-embeddings", dict(is_flag=True, help="also train embedding tables (constants "
+                                                                    "read only by Gather)"))]
         for name, kw in reversed(opts):
             f = click.option(name, **kw)(f)
         return f
@@ -318,10 +322,10 @@ def _ft_options(kw: dict, prefix: str = "", seed: int = 0, threads: int = 1):
     o = FinetuneOptions(steps=g("steps"), epochs=g("epochs"), lr=g("lr", 1e-4), batch=g("batch", 16), seed=seed,
                         loss=loss, output_loss=per, match=tuple(g("match", ()) or ()),
                         val_fraction=g("val_fraction", 0.1), max_seconds=g("max_seconds"), threads=threads)
-    for n in ("temperature", "match_weight", "patience", "eval_every"):
+    for n in ("temperature", "match_weight", "patience", "eval_every", "freeze", "train_embeddings"):
         v = kw.pop(n, None)
         if v is not None:
-            setattr(o, n, v)
+            setattr(o, n, tuple(v) if n == "freeze" else v)
     o.check()
     return o
 

@@ -54,6 +54,8 @@ class FinetuneOptions:
     max_seconds: Optional[float] = None      # time budget for training
     clock: str = "wall"                      # the budget's clock: wall, or cpu (this process' CPU time)
     threads: int = 1                         # torch and onnxruntime threads
+    train_embeddings: bool = False           # also train tables read only by Gather (embeddings)
+    freeze: Sequence[str] = ()               # constants (names or globs) kept as they are
 
     def check(self) -> None:
         if self.steps is not None and self.steps < 1:
@@ -288,7 +290,7 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, data, opts: Fin
 
     torch = require_torch()
     from . import bench
-    from .torch.interpreter import OnnxModule, write_back
+    from .torch.interpreter import OnnxModule, trainable_constants, write_back
     from .verify import agreement
 
     opts.check()
@@ -301,7 +303,9 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, data, opts: Fin
     torch.set_num_threads(opts.threads)
     t_start, cpu0 = time.perf_counter(), time.process_time()
     try:
-        module = OnnxModule(student)
+        names = [n for n in trainable_constants(student, embeddings=opts.train_embeddings)
+                 if not any(fnmatch.fnmatchcase(n, p) for p in opts.freeze)]
+        module = OnnxModule(student, trainable=names)
         dat = _Data(calib, opts.batch, opts.val_fraction, opts.seed, _static_batch(student))
         outputs = _float_outputs(student)
         if not outputs:

@@ -861,10 +861,11 @@ def _to_torch(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a)
 
 
-def trainable_constants(model: onnx.ModelProto) -> List[str]:
+def trainable_constants(model: onnx.ModelProto, embeddings: bool = True) -> List[str]:
     """Names of the float32 constants (initializers and Constant outputs) with more than one
     element whose every reader uses them at a differentiable input (not a shape operand, an
-    index, a bound or a BatchNorm statistic), in graph order."""
+    index, a bound or a BatchNorm statistic), in graph order. ``embeddings=False`` leaves out
+    tables read only by Gather (embedding lookups)."""
     outputs = {o.name for o in model.graph.output}
     cands = {}
     for t in model.graph.initializer:
@@ -876,13 +877,19 @@ def trainable_constants(model: onnx.ModelProto) -> List[str]:
             if t.data_type == onnx.TensorProto.FLOAT and int(np.prod(t.dims)) > 1:
                 cands[n.output[0]] = True
     used = set()
+    lookup_only = {}
     for n in model.graph.node:
         frozen = FROZEN_INPUTS.get(n.op_type, set())
         for i, name in enumerate(n.input):
             if name in cands:
                 used.add(name)
+                lookup_only[name] = lookup_only.get(name, True) and n.op_type == "Gather" and i == 0
                 if i in frozen or n.domain not in ("", "ai.onnx"):
                     cands[name] = False
+    if not embeddings:
+        for name, only in lookup_only.items():
+            if only:
+                cands[name] = False
     order = [t.name for t in model.graph.initializer] + \
             [n.output[0] for n in model.graph.node if n.op_type == "Constant"]
     return [k for k in order if cands.get(k) and k in used and k not in outputs]
