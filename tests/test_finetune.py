@@ -321,3 +321,22 @@ def test_apply_plan_errors():
     from graphprune.errors import VerifyError
     with pytest.raises(VerifyError):
         check_export(wrong, res.model, (x,))
+
+
+def test_apply_plan_follows_an_iterative_run():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32), torch.nn.ReLU(),
+                              torch.nn.Linear(32, 4)).eval()
+    x = torch.randn(4, 8)
+    dense = export(net, (x,), "legacy", input_names=["x"])
+    res = prune_and_finetune(dense, Options(ratio=0.6, bench=False), Calibration.from_arrays(data()),
+                             FinetuneOptions(steps=3, lr=1e-3), steps=2)
+    assert len(res.report["steps"]) == 2
+    apply_plan(net, res.report, onnx_model=dense)
+    shapes = {t.name: tuple(t.dims) for t in res.model.graph.initializer}
+    sd = net.state_dict()
+    assert any(k in shapes for k in sd)
+    for k, v in sd.items():
+        if k in shapes:
+            assert tuple(v.shape) == shapes[k], k
+    assert net[0].out_features < 32 and net[2].in_features == net[0].out_features
