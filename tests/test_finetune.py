@@ -340,3 +340,15 @@ def test_apply_plan_follows_an_iterative_run():
         if k in shapes:
             assert tuple(v.shape) == shapes[k], k
     assert net[0].out_features < 32 and net[2].in_features == net[0].out_features
+
+
+def test_paddle2onnx_minus_one_batch_dim_is_free(pair):
+    dense, pruned = pair
+    dense2, pruned2 = onnx.ModelProto(), onnx.ModelProto()
+    dense2.CopyFrom(dense)
+    pruned2.CopyFrom(pruned)
+    for m in (dense2, pruned2):                       # paddle2onnx writes -1 for a dynamic dim
+        m.graph.input[0].type.tensor_type.shape.dim[0].Clear()
+        m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1
+    out, info = finetune(pruned2, dense2, Calibration.from_arrays(data()), FinetuneOptions(**{**OPTS, "steps": 5}))
+    assert info["steps"] == 5 and structure(out) == structure(pruned2)
