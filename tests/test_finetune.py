@@ -352,3 +352,10 @@ def test_paddle2onnx_minus_one_batch_dim_is_free(pair):
         m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1
     out, info = finetune(pruned2, dense2, Calibration.from_arrays(data()), FinetuneOptions(**{**OPTS, "steps": 5}))
     assert info["steps"] == 5 and structure(out) == structure(pruned2)
+
+
+def test_paddle2onnx_question_mark_dims_are_independent():
+    b = GraphBuilder(seed=3)
+    x = b.input("x", [-1, 3, "?", "?"])
+    m = b.model(b.node("Identity", [b.relu(b.conv(x, 3, 4, name="c"))], outputs=["y"]))
+    Calibration.from_arrays({"x": np.zeros((2, 3, 8, 16), np.float32)}).check(m)      # H != W is fine
