@@ -386,14 +386,15 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, data, opts: Fin
             else torch.optim.Adam(params, lr=opts.lr)
         spe = dat.steps_per_epoch()
         total = opts.steps if opts.steps is not None else max(1, int(round((opts.epochs or 1.0) * spe)))
-        warm = max(1, total // 20)
 
         def set_lr() -> None:
-            # linear warm-up, then cosine decay over the planned steps or the time budget
+            # linear warm-up over the first 5 %, then cosine decay, of the planned steps or of the
+            # time budget, whichever runs out first
             frac = step / total
             if opts.max_seconds is not None:
                 frac = max(frac, (now() - t_train) / opts.max_seconds)
-            f = min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+            warm = min(1.0, max(frac, (step + 1) / total) / 0.05)
+            f = warm * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
             for gr in opt.param_groups:
                 gr["lr"] = opts.lr * f
         eval_every = opts.eval_every or max(1, total // 10)
