@@ -68,7 +68,7 @@ def main():
             raise RuntimeError(r.stderr[-2000:])
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print(f"| samples | input arrays MB | peak RSS growth during finetune MB | growth - 2 x inputs MB |")
+    print("| samples | input arrays MB | peak RSS growth during finetune MB | growth - 2 x inputs MB |")
     print("|---|---|---|---|")
     for r in rows:
         print(f"| {r['n']} | {r['data_mb']:.1f} | {r['growth_mb']:.1f} | {r['growth_mb'] - 2 * r['data_mb']:.1f} |")
