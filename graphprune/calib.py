@@ -52,11 +52,11 @@ def _input_specs(model: onnx.ModelProto) -> Dict[str, Tuple[np.dtype, list]]:
         dims: list = []
         if tt.HasField("shape"):
             for d in tt.shape.dim:
-                if d.HasField("dim_value"):
+                if d.HasField("dim_value") and d.dim_value >= 0:
                     dims.append(int(d.dim_value))
-                elif d.HasField("dim_param") and d.dim_param:
+                elif d.HasField("dim_param") and d.dim_param and d.dim_param != "?":
                     dims.append(d.dim_param)
-                else:
+                else:                       # unknown, or paddle2onnx's anonymous "?"
                     dims.append(None)
         else:
             dims = None

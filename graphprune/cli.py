@@ -372,6 +372,198 @@ def _quality(kw: dict, static_batch: Optional[int] = None) -> dict:
     return q
 
 
+# ----------------------------------------------------------------------------- fine-tuning
+
+
+def _run_finetune_options(f):
+    """`run --finetune-data D [--prune-steps k] [--finetune-...]`: distillation after repair."""
+    f = _finetune_options("finetune-")(f)
+    f = click.option("--prune-steps", type=int, default=1, show_default=True,
+                     help="with --finetune-data: prune in k steps toward the target, distilling after each")(f)
+    f = click.option("--finetune-data", default=None, metavar="FILE.npz|DIR",
+                     help="after pruning (and repair), distil the pruned model toward the input model on these "
+                          "unlabeled inputs (see `graphprune finetune`)")(f)
+    return f
+
+
+def _pop_run_finetune(kw: dict, seed: int, threads: int):
+    path, k = kw.pop("finetune_data", None), kw.pop("prune_steps", 1)
+    ft = _ft_options(kw, "finetune-", seed=seed, threads=threads)
+    if path is None:
+        if k != 1:
+            raise UsageError("--prune-steps needs --finetune-data")
+        return None
+    return path, k, ft
+
+
+def _run_with_finetune(m, opts, ft, progress, quiet):
+    from .finetune import prune_and_finetune
+
+    path, k, fo = ft
+    data = _data(path, fo.batch)
+    bar = _Bar(quiet)
+
+    def step(name):
+        bar.done()
+        progress(name)
+        if name.startswith("f"):
+            progress.done()
+    res = prune_and_finetune(m, opts, data, fo, k, step, bar)
+    bar.done()
+    return res
+
+
+def _finetune_options(prefix: str = ""):
+    """Options of the distillation step; ``prefix`` ("finetune-") names them on `run`."""
+    def deco(f):
+        p = prefix
+        opts = [
+            (f"--{p}steps", dict(type=int, default=None, help="optimizer steps [default: 1 epoch]")),
+            (f"--{p}epochs", dict(type=float, default=None, help="passes over the training split")),
+            (f"--{p}lr", dict(type=float, default=1e-4, show_default=True, help="Adam learning rate (cosine decay)")),
+            (f"--{p}batch", dict(type=int, default=16, show_default=True, help="samples per step")),
+            (f"--{p}loss", dict(multiple=True, metavar="KIND|OUTPUT=KIND",
+                                help="mse (relative, default), cosine or kl (logits), for every output or one; "
+                                     "repeatable")),
+            (f"--{p}match", dict(multiple=True, metavar="NAME|auto",
+                                 help="also match this intermediate tensor (name or glob) that both graphs keep "
+                                      "with the same shape; auto: layer outputs of equal shape (<= 12)")),
+            (f"--{p}val-fraction", dict(type=float, default=0.1, show_default=True,
+                                        help="held-out samples for early stopping (best weights kept)")),
+            (f"--{p}max-seconds", dict(type=float, default=None, help="time budget for training")),
+        ]
+        if not prefix:
+            opts += [("--temperature", dict(type=float, default=1.0, show_default=True, help="kl loss temperature")),
+                     ("--match-weight", dict(type=float, default=1.0, show_default=True,
+                                             help="weight of the intermediate-tensor loss")),
+                     ("--patience", dict(type=int, default=5, show_default=True,
+                                         help="validations without improvement before stopping")),
+                     ("--eval-every", dict(type=int, default=None, help="steps between validations [~10 per run]")),
+                     ("--freeze", dict(multiple=True, metavar="NAME", help="keep this constant (name or glob) as "
+                                                                           "it is; repeatable")),
+                     ("--train-embeddings", dict(is_flag=True, help="also train embedding tables (constants "
+                                                                    "read only by Gather)"))]
+        for name, kw in reversed(opts):
+            f = click.option(name, **kw)(f)
+        return f
+    return deco
+
+
+def _ft_options(kw: dict, prefix: str = "", seed: int = 0, threads: int = 1):
+    """FinetuneOptions from the popped option values."""
+    from .finetune import FinetuneOptions
+
+    k = prefix.replace("-", "_")
+    g = lambda n, d=None: kw.pop(k + n, d)
+    loss, per = "mse", {}
+    for item in g("loss", ()) or ():
+        if "=" in item:
+            name, kind = item.rsplit("=", 1)
+            per[name] = kind
+        else:
+            loss = item
+    o = FinetuneOptions(steps=g("steps"), epochs=g("epochs"), lr=g("lr", 1e-4), batch=g("batch", 16), seed=seed,
+                        loss=loss, output_loss=per, match=tuple(g("match", ()) or ()),
+                        val_fraction=g("val_fraction", 0.1), max_seconds=g("max_seconds"), threads=threads)
+    for n in ("temperature", "match_weight", "patience", "eval_every", "freeze", "train_embeddings"):
+        v = kw.pop(n, None)
+        if v is not None:
+            setattr(o, n, tuple(v) if n == "freeze" else v)
+    o.check()
+    return o
+
+
+def _data(path: str, batch: int):
+    from .calib import Calibration
+    from .errors import CalibrationError
+
+    if os.path.isdir(path):
+        return Calibration.from_dir(path, batch)
+    if not os.path.exists(path):
+        raise CalibrationError(f"data {path} does not exist")
+    return Calibration.from_npz(path, batch)
+
+
+class _Bar:
+    """One progress line on stderr: rewritten in place on a terminal, every 10 % otherwise."""
+
+    def __init__(self, quiet: bool, label: str = "finetune"):
+        self.quiet, self.label, self.last, self.shown = quiet, label, 0.0, -1
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, ev: dict) -> None:
+        if self.quiet:
+            return
+        step, total = ev["step"], ev["total"]
+        decile = step * 10 // max(total, 1)
+        now = time.perf_counter()
+        if self.tty and (now - self.last < 0.2 and step < total):
+            return
+        if not self.tty and decile == self.shown and step < total:
+            return
+        self.last, self.shown = now, decile
+        w = 20
+        fill = w * step // max(total, 1)
+        val = f" val {ev['val']:.4g}" if ev.get("val") is not None else ""
+        line = (f"  {self.label} [{'#' * fill}{'.' * (w - fill)}] {step}/{total} loss {ev['loss_avg']:.4g}{val} "
+                f"{ev['elapsed_s']:.0f}s")
+        click.echo(("\r" + line) if self.tty else line, err=True, nl=not self.tty)
+
+    def done(self) -> None:
+        if self.tty and not self.quiet and self.shown >= 0:
+            click.echo("", err=True)
+
+
+def print_finetune(info: dict) -> None:
+    a = info.get("agreement", {})
+    b, f = a.get("before") or {}, a.get("after") or {}
+    if b.get("cosine") is not None and f.get("cosine") is not None:
+        click.echo(f"finetune     {info['steps']} steps ({info['stopped']}), {info['seconds']:.0f}s; agreement with "
+                   f"the teacher on {a.get('on', 'held-out data')}: cosine {b['cosine']:.4f} -> {f['cosine']:.4f}, "
+                   f"rel. error {b['rel_err']:.4f} -> {f['rel_err']:.4f}")
+    if info["stopped"] == "non-finite loss":
+        click.echo(f"finetune     the loss became non-finite at step {info.get('nan_step')}: stopped, kept the last "
+                   "weights with a finite loss", err=True)
+
+
+@cli.command("finetune")
+@click.argument("model")
+@click.option("--teacher", required=True, help="the dense model whose outputs the pruned MODEL learns")
+@click.option("--data", "data_path", required=True, metavar="FILE.npz|DIR",
+              help="unlabeled inputs: one array per graph input (first axis = samples), or a folder of .npz/.npy")
+@click.option("-o", "--output", "out", default=None, help="fine-tuned model [default: IN.finetuned.onnx]")
+@click.option("--report", default=None, help="also write what happened (JSON) here")
+@_finetune_options()
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True, help="torch and onnxruntime threads")
+@click.option("-q", "--quiet", is_flag=True)
+def finetune_cmd(model, teacher, data_path, out, report, seed, threads, quiet, **kw):
+    """Recover accuracy: distil the pruned MODEL toward the dense --teacher's outputs on unlabeled
+    --data. Only weight values change (same nodes, names and shapes); zeros stay zero."""
+    from .finetune import finetune
+    from .io import check_output_path, save_json_atomic, save_model
+
+    ft = _ft_options(kw, seed=seed, threads=threads)
+    out = out or (model[:-5] if model.endswith(".onnx") else model) + ".finetuned.onnx"
+    check_output_path(out, model)
+    check_output_path(out, teacher)
+    if report:
+        check_output_path(report, model)
+    s, t = _load(model), _load(teacher)
+    data = _data(data_path, ft.batch)
+    bar = _Bar(quiet)
+    if not quiet:
+        click.echo(f"fine-tuning {model} toward {teacher} ({data.samples()} samples)", err=True)
+    tuned, info = finetune(s, t, data, ft, bar)
+    bar.done()
+    save_model(tuned, out)
+    if report:
+        save_json_atomic({"finetune": info}, report)
+    print_finetune(info)
+    if not quiet:
+        click.echo(f"wrote {out}" + (f" and {report}" if report else ""))
+
+
 def _provider_options(f):
     """--provider / --device: the onnxruntime execution provider of verify, the benchmark,
     calibration and the latency model."""
@@ -426,6 +618,7 @@ def _sparse_options(f):
 @_latency_options
 @_provider_options
 @_sparse_options
+@_run_finetune_options
 @click.option("-q", "--quiet", is_flag=True)
 def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_inexact, head_ratio, mlp_ratio,
         prune_hidden, threads, bench, verify, demo, static_batch, quiet, keep_initializer_inputs, input_ranges,
@@ -434,6 +627,8 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
     """Prune MODEL end to end: load, analyze, score, plan, rewrite, verify, bench, save."""
     from .io import check_output_path, save_json_atomic, save_model
     from .pipeline import Options, check_verified, prune
+
+    ft = _pop_run_finetune(quality, seed, threads)
 
     opts = Options(ratio=ratio, round_to=round_to, protect=protect, criterion=criterion, seed=seed,
                    allow_inexact=allow_inexact, head_ratio=head_ratio, mlp_ratio=mlp_ratio,
@@ -465,9 +660,11 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
     if not quiet:
         rt = f"auto = {opts.rounding()}" if round_to == "auto" else round_to
         click.echo(f"pruning {model} (ratio {ratio}, round-to {rt}, criterion {criterion})", err=True)
-    res = prune(m, opts, progress)
+    res = prune(m, opts, progress) if ft is None else _run_with_finetune(m, opts, ft, progress, quiet)
     progress.close()
     rep = res.report
+    for step in rep.get("steps", []):
+        check_verified(step)
     if static_batch is not None:
         rep["summary"]["options"]["static_batch"] = static_batch
     if rep["summary"]["pruned_groups"] == 0 and not opts.sparse():
@@ -483,6 +680,8 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
     if not quiet:
         print_summary(rep)
         print_sparse(rep)
+        if "finetune" in rep:
+            print_finetune(rep["finetune"])
         click.echo(f"wrote {out} and {report_path}" + (f" and {html_out}" if html_out else ""))
 
 

@@ -108,83 +108,49 @@ class GP:
 
 
 def onnx_to_torch(model: onnx.ModelProto):
-    """A torch module that runs (and can train) the ops of a pruned CNN graph."""
+    """A torch module that runs (and can train) a one-output graph: graphprune's interpreter
+    (graphprune.torch), returning the output tensor itself (for a supervised loop)."""
     import torch
-    import torch.nn.functional as F
-    from onnx import numpy_helper
 
-    class Net(torch.nn.Module):
+    from graphprune.torch import onnx_to_torch as convert
+
+    class Single(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.consts = {}
-            self.params = torch.nn.ParameterDict()
-            self.names = {}
-            for t in model.graph.initializer:
-                a = numpy_helper.to_array(t)
-                if a.dtype.kind == "f" and a.ndim >= 1:
-                    key = f"p{len(self.names)}"
-                    self.names[t.name] = key
-                    self.params[key] = torch.nn.Parameter(torch.from_numpy(a.copy()))
-                else:
-                    self.consts[t.name] = torch.from_numpy(np.array(a))
-            for n in model.graph.node:
-                if n.op_type == "Constant":
-                    self.consts[n.output[0]] = torch.from_numpy(np.array(numpy_helper.to_array(n.attribute[0].t)))
-
-        def get(self, env, name):
-            if name in env:
-                return env[name]
-            if name in self.names:
-                return self.params[self.names[name]]
-            return self.consts[name]
+            self.net = convert(model)
 
         def forward(self, x):
-            env = {model.graph.input[0].name: x}
-            for n in model.graph.node:
-                a = {at.name: onnx.helper.get_attribute_value(at) for at in n.attribute}
-                ins = [self.get(env, i) if i else None for i in n.input]
-                op = n.op_type
-                if op == "Constant":
-                    continue
-                if op == "Conv":
-                    p = a.get("pads", [0, 0, 0, 0])
-                    y = F.conv2d(ins[0], ins[1], ins[2] if len(ins) > 2 else None, a.get("strides", [1, 1]),
-                                 (p[0], p[1]), a.get("dilations", [1, 1]), a.get("group", 1))
-                elif op == "Relu":
-                    y = F.relu(ins[0])
-                elif op == "Sigmoid":
-                    y = torch.sigmoid(ins[0])
-                elif op == "Add":
-                    y = ins[0] + ins[1]
-                elif op == "Mul":
-                    y = ins[0] * ins[1]
-                elif op == "GlobalAveragePool":
-                    y = ins[0].mean(dim=(2, 3), keepdim=True)
-                elif op == "Flatten":
-                    y = torch.flatten(ins[0], a.get("axis", 1))
-                elif op == "Concat":
-                    y = torch.cat(ins, a["axis"])
-                elif op == "Gemm":
-                    w = ins[1].T if a.get("transB", 0) else ins[1]
-                    y = ins[0] @ w + (ins[2] if len(ins) > 2 and ins[2] is not None else 0)
-                elif op == "MatMul":
-                    y = ins[0] @ ins[1]
-                elif op == "Identity":
-                    y = ins[0]
-                else:
-                    raise NotImplementedError(op)
-                env[n.output[0]] = y
-            return env[model.graph.output[0].name]
+            return next(iter(self.net(x).values()))
 
-    return Net()
+    return Single()
+
+
+def distil(pruned: onnx.ModelProto, dense: onnx.ModelProto, feeds, seconds: float, lr: float, threads: int,
+           batch: int = 16, steps: int = 100000, eval_every: int = 50) -> (onnx.ModelProto, dict):
+    """graphprune.finetune on unlabeled feeds within a time budget (the CLI's `finetune`)."""
+    from graphprune.finetune import FinetuneOptions, finetune
+
+    t = time.time()
+    last = [0.0]
+
+    def progress(ev):
+        if time.time() - last[0] > 30:
+            last[0] = time.time()
+            log(f"  distil step {ev['step']} loss {ev['loss_avg']:.4g} val {ev.get('best_val')} {ev['elapsed_s']:.0f}s")
+
+    tuned, info = finetune(pruned, dense, feeds, FinetuneOptions(
+        steps=steps, lr=lr, batch=batch, max_seconds=seconds, clock="cpu", threads=threads, val_fraction=0.05,
+        eval_every=eval_every, patience=1000), progress)
+    info["wall_s"] = time.time() - t
+    return tuned, info
 
 
 # ----------------------------------------------------------------------------- digits
 
 
-def run_digits(factors, criteria, repairs, threads, finetune_epochs=1):
+def run_digits(factors, criteria, repairs, threads, finetune_epochs=1, tp_compare=True, distil_s=0.0,
+               distil_lr=1e-3, distil_loss="kl", configs=None):
     import torch
-    import torch_pruning as tp
 
     from refmodels import digits
 
@@ -206,6 +172,17 @@ def run_digits(factors, criteria, repairs, threads, finetune_epochs=1):
         digits.fit(mod, xtr, ytr, epochs=finetune_epochs, lr=1e-4, seed=1, adam=True)
         return digits.accuracy(mod, xte, yte)
 
+    def shifted(x):          # unlabeled distillation inputs: the training images and their 1-pixel shifts
+        return np.concatenate([np.roll(x, (dy, dx), axis=(2, 3)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+
+    def distil_digits(m):
+        from graphprune.finetune import FinetuneOptions, finetune
+        cal = Calibration.from_arrays({"image": shifted(xtr)}, batch=64)
+        tuned, info = finetune(m, model, cal, FinetuneOptions(
+            epochs=1000, lr=distil_lr, batch=64, max_seconds=distil_s, clock="cpu", threads=threads, loss=distil_loss,
+            val_fraction=0.05, eval_every=100, patience=1000))
+        return acc_onnx(tuned), info
+
     dense = acc_onnx(model)
     log(f"dense accuracy {dense:.4f}")
     calib = Calibration.from_arrays({"image": xtr[:256]}, batch=64)
@@ -213,15 +190,22 @@ def run_digits(factors, criteria, repairs, threads, finetune_epochs=1):
     rows = []
     for f in factors:
         target = 1.0 / f
-        for crit in criteria:
-            for rep in repairs:
-                t = time.time()
-                pruned, macs = gp.prune(crit, target, rep, "uniform", "mean")
-                acc = acc_onnx(pruned)
-                ft = finetune_onnx(pruned)
-                rows.append({"model": "digits", "factor": f, "tool": "graphprune", "criterion": crit, "repair": rep,
-                             "macs": macs, "acc": acc, "acc_ft": ft, "s": time.time() - t})
-                log(rows[-1])
+        for crit, rep in (configs or [(c, r) for c in criteria for r in repairs]):
+            t = time.time()
+            pruned, macs = gp.prune(crit, target, rep, "uniform", "mean")
+            acc = acc_onnx(pruned)
+            ft = finetune_onnx(pruned)
+            rows.append({"model": "digits", "factor": f, "tool": "graphprune", "criterion": crit, "repair": rep,
+                         "macs": macs, "acc": acc, "acc_ft": ft, "s": time.time() - t})
+            if distil_s:
+                acc_d, info = distil_digits(pruned)
+                rows[-1].update({"acc_distil": acc_d, "ft_steps": info["steps"], "ft_s": info["seconds"],
+                                 "ft_cpu_s": info["train_cpu_s"],
+                                 "ft_loss": distil_loss, "ft_lr": distil_lr, "ft_load": os.getloadavg()[0]})
+            log(rows[-1])
+        if not tp_compare:
+            continue
+        import torch_pruning as tp
         # Torch-Pruning
         example = torch.from_numpy(xtr[:1])
         dense_macs = bench.count_macs_params(model)[0]
@@ -397,9 +381,9 @@ def spearman(a, b) -> float:
     return float(spearmanr(a[iu], b[iu]).correlation)
 
 
-def run_minilm(factors, configs, threads, n_calib=512, n_eval=256, tp_compare=True, pool="base"):
+def run_minilm(factors, configs, threads, n_calib=512, n_eval=256, tp_compare=True, pool="base",
+               distil_s: float = 0.0, distil_sentences: int = 4096, distil_lr: float = 1e-4):
     import torch
-    import torch_pruning as tp
 
     from refmodels import minilm
 
@@ -428,6 +412,7 @@ def run_minilm(factors, configs, threads, n_calib=512, n_eval=256, tp_compare=Tr
     gp = GP(model, calib, threads=threads)
     log(f"analyzed in {time.time() - t:.1f}s")
     rows = []
+    distil_feeds = None
     for f in factors:
         target = 1.0 / f
         for crit, rep, scope, norm in configs:
@@ -436,9 +421,19 @@ def run_minilm(factors, configs, threads, n_calib=512, n_eval=256, tp_compare=Tr
             rows.append({"model": "minilm", "factor": f, "tool": "graphprune", "criterion": crit, "repair": rep,
                          "scope": scope, "normalize": norm, "macs": macs, **metrics(emb_onnx(pruned), e0),
                          "s": time.time() - t})
+            if distil_s:
+                if distil_feeds is None:
+                    ds, _ = sentences(distil_sentences, n_eval, pool="large")
+                    distil_feeds = minilm.tokenize_unpadded(tok, ds, max_batch=16)
+                tuned, info = distil(pruned, model, distil_feeds, distil_s, distil_lr, threads)
+                after = metrics(emb_onnx(tuned), e0)
+                rows[-1].update({"ft_cos": after["cos"], "ft_spearman": after["spearman"], "ft_steps": info["steps"],
+                                 "ft_s": info["seconds"], "ft_cpu_s": info["train_cpu_s"], "ft_sentences": sum(int(x["input_ids"].shape[0]) for x in distil_feeds), "ft_lr": distil_lr,
+                                 "ft_load": os.getloadavg()[0]})
             log(rows[-1])
         if not tp_compare:
             continue
+        import torch_pruning as tp
         ids = torch.from_numpy(cal["input_ids"][:2])
         mask = torch.from_numpy(cal["attention_mask"][:2])
 
@@ -533,23 +528,28 @@ def table(res: dict) -> str:
     if "digits" in res:
         d = res["digits"]
         lines += [f"digits CNN (dense test accuracy {d['dense'] * 100:.1f} %; 360 test images; graphprune: --scope uniform, bisection on the ratio to the MACs target)", "",
-                  "| MACs | tool | criterion | repair | MACs kept | accuracy | after 1-epoch fine-tune |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| MACs | tool | criterion | repair | MACs kept | accuracy | after 1-epoch fine-tune | "
+                  "after distillation (graphprune finetune) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in d["rows"]:
+            dd = (f" {r['acc_distil'] * 100:.1f} ({r['ft_steps']} steps, {r['ft_cpu_s']:.0f} CPU s) |"
+                  if "acc_distil" in r else " - |")
             lines.append(f"| {r['factor']}x | {r['tool']} | {r['criterion']} | {r['repair']} | {r['macs']:.3f} | "
-                         f"{r['acc'] * 100:.1f} | {r['acc_ft'] * 100:.1f} |")
+                         f"{r['acc'] * 100:.1f} | {r['acc_ft'] * 100:.1f} |" + dd)
         lines.append("")
     if "minilm" in res:
         d = res["minilm"]
         lines += [f"all-MiniLM-L6-v2 ({d['n_calib']} calibration / {d['n_eval']} evaluation sentences; "
                   f"MACs at sequence 64: {d['dense_macs'] / 1e6:.0f} M dense)", "",
                   "| MACs | tool | criterion | repair | scope / normalize | MACs kept | embedding cosine | "
-                  "Spearman (pairwise sim.) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "Spearman (pairwise sim.) | after distillation: cosine / Spearman |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in d["rows"]:
             sc = f"{r.get('scope', '-')} / {r.get('normalize', '-')}" if r["tool"] == "graphprune" else "-"
+            ft = (f" {r['ft_cos']:.4f} / {r['ft_spearman']:.4f} ({r['ft_steps']} steps, {r['ft_cpu_s']:.0f} CPU s) |"
+                  if "ft_spearman" in r else " - |")
             lines.append(f"| {r['factor']}x | {r['tool']} | {r['criterion']} | {r['repair']} | {sc} | "
-                         f"{r['macs']:.3f} | {r['cos']:.4f} | {r['spearman']:.4f} |")
+                         f"{r['macs']:.3f} | {r['cos']:.4f} | {r['spearman']:.4f} |" + ft)
         lines.append("")
     if "calibration" in res:
         c = res["calibration"]
@@ -588,20 +588,35 @@ def main():
                     help="large: MiniLM calibration sentences also from more packages' docstrings (see sentences)")
     ap.add_argument("--minilm-configs", nargs="+", default=None, metavar="CRIT/REPAIR/SCOPE/NORM",
                     help="graphprune configurations for MiniLM (default: the five of the published table)")
+    ap.add_argument("--distil-seconds", type=float, default=0.0,
+                    help="digits and MiniLM: also distil every graphprune row for this long (graphprune.finetune, CPU) on "
+                         "unlabeled sentences, and measure again")
+    ap.add_argument("--distil-sentences", type=int, default=4096)
+    ap.add_argument("--distil-lr", type=float, default=1e-4)
+    ap.add_argument("--no-tp", action="store_true", help="skip the Torch-Pruning rows")
+    ap.add_argument("--digits-configs", nargs="+", default=None, metavar="CRIT/REPAIR",
+                    help="graphprune configurations for digits (default: every criterion x repair)")
+    ap.add_argument("--digits-distil-lr", type=float, default=1e-3)
+    ap.add_argument("--digits-distil-loss", default="kl", choices=("mse", "cosine", "kl"))
     a = ap.parse_args()
     res = {}
     t0 = time.time()
     if "digits" in a.models:
         crits = ["l2", "fpgm", "activation", "fluctuation", "obs", "taylor", "random"]
-        res["digits"] = run_digits(a.factors, crits, ["none", "bias", "lstsq"], a.threads)
+        configs = [tuple(c.split("/")) for c in a.digits_configs] if a.digits_configs else None
+        res["digits"] = run_digits(a.factors, crits, ["none", "bias", "lstsq"], a.threads, tp_compare=not a.no_tp,
+                                   distil_s=a.distil_seconds, distil_lr=a.digits_distil_lr,
+                                   distil_loss=a.digits_distil_loss, configs=configs)
     if "minilm" in a.models:
         configs = [("l2", "none", "global", "mean"), ("fluctuation", "lstsq", "global", "none"),
                    ("obs", "none", "global", "none"), ("obs", "lstsq", "global", "none"),
                    ("random", "lstsq", "global", "mean")]
         if a.minilm_configs:
             configs = [tuple(c.split("/")) for c in a.minilm_configs]
-        res["minilm"] = run_minilm(a.factors, configs, a.threads, n_calib=a.minilm_calib, pool=a.calib_pool)
-    if "minilm" in a.models or "calibration" in a.models:
+        res["minilm"] = run_minilm(a.factors, configs, a.threads, n_calib=a.minilm_calib, pool=a.calib_pool,
+                                   tp_compare=not a.no_tp, distil_s=a.distil_seconds,
+                                   distil_sentences=a.distil_sentences, distil_lr=a.distil_lr)
+    if ("minilm" in a.models and not a.distil_seconds) or "calibration" in a.models:
         res["calibration"] = measure_calibration(threads=a.threads)
     res["seconds"] = time.time() - t0
     if a.out:
