@@ -132,7 +132,7 @@ def test_cnn_with_constant_nodes_and_matched_intermediates():
 
 
 def test_interpreter_matches_onnxruntime_on_a_tf2onnx_model():
-    m = onnx.load(os.path.join(ROOT, "models", "keras_encoder.onnx"))
+    m = onnx.load(os.path.join(ROOT, "refmodels", "keras_encoder.onnx"))
     feed = bench.random_inputs(m, seed=0, batch=3)
     ref = bench.run_model(m, feed)
     with torch.no_grad():

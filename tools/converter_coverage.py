@@ -3,9 +3,9 @@ interpreter (graphprune.torch.interpreter) or onnx2torch (PyPI).
 
     python tools/converter_coverage.py [--cache DIR] [--exporters legacy dynamo] [--out cov.json]
 
-Models: the CNN reference models (models/cnn.py) and the transformer ones (models/transformers.py),
+Models: the CNN reference models (refmodels/cnn.py) and the transformer ones (refmodels/transformers.py),
 each exported by torch's legacy and dynamo exporters; all-MiniLM-L6-v2 (legacy); the tf2onnx
-Keras encoder (models/keras_encoder.onnx); the PaddleOCR models that the rapidocr-onnxruntime
+Keras encoder (refmodels/keras_encoder.onnx); the PaddleOCR models that the rapidocr-onnxruntime
 1.4.4 wheel ships (paddle2onnx), taken from the wheel (``pip download --no-deps``, once).
 
 graphprune's interpreter is *run*: a model counts as covered when it converts and its outputs
@@ -126,9 +126,9 @@ def ours(model: onnx.ModelProto) -> dict:
 
 def models(cache: str, exporters) -> list:
     out = []
-    from models import cnn
-    from models import transformers as tr
-    from models.export import export_named as export_cnn
+    from refmodels import cnn
+    from refmodels import transformers as tr
+    from refmodels.export import export_named as export_cnn
     d = os.path.join(cache, "coverage")
     os.makedirs(d, exist_ok=True)
     for ex in exporters:
@@ -140,10 +140,10 @@ def models(cache: str, exporters) -> list:
                         lambda p, name=name, ex=ex: tr.export_named(name, p, ex)))
 
     def minilm_export(p):
-        from models import minilm
+        from refmodels import minilm
         minilm.export(p, "legacy")
     out.append(("all-MiniLM-L6-v2 (legacy)", os.path.join(d, "minilm.legacy.onnx"), minilm_export))
-    out.append(("keras encoder (tf2onnx)", os.path.join(ROOT, "models", "keras_encoder.onnx"), None))
+    out.append(("keras encoder (tf2onnx)", os.path.join(ROOT, "refmodels", "keras_encoder.onnx"), None))
     whl = wheel(cache, "rapidocr-onnxruntime==1.4.4")
     for f in WHEELS["rapidocr-onnxruntime==1.4.4"]:
         def take(p, f=f):

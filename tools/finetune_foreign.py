@@ -3,7 +3,7 @@
   - PaddleOCR's text-direction classifier (paddle2onnx, shipped in the rapidocr-onnxruntime 1.4.4
     wheel; weights in Constant nodes), on synthetic text-line images (dark glyph-like blocks on a
     light background, upright and rotated by 180 degrees, PaddleOCR's [-1, 1] normalisation);
-  - the tf2onnx Keras encoder (models/keras_encoder.onnx), on Gaussian inputs, --static-batch 1.
+  - the tf2onnx Keras encoder (refmodels/keras_encoder.onnx), on Gaussian inputs, --static-batch 1.
 
 For each: `graphprune run --target-macs 0.5 --calib C --repair lstsq --finetune-data D`, and the
 report's agreement with the dense model (cosine, relative error) on held-out samples before and
@@ -102,7 +102,7 @@ def main():
         rng = np.random.default_rng(0)
         np.savez(os.path.join(a.tmp, "k_data.npz"), x=rng.standard_normal((1024, 16, 32)).astype(np.float32))
         np.savez(os.path.join(a.tmp, "k_calib.npz"), x=rng.standard_normal((64, 16, 32)).astype(np.float32))
-        row, _ = run(a, "Keras encoder (tf2onnx)", os.path.join(ROOT, "models", "keras_encoder.onnx"),
+        row, _ = run(a, "Keras encoder (tf2onnx)", os.path.join(ROOT, "refmodels", "keras_encoder.onnx"),
                      os.path.join(a.tmp, "k_data.npz"), os.path.join(a.tmp, "k_calib.npz"), ["--static-batch", "1"])
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)

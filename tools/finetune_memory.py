@@ -52,7 +52,7 @@ def main():
     import onnx
 
     from graphprune.pipeline import Options, prune
-    from models.export import export_named
+    from refmodels.export import export_named
 
     tmp = tempfile.mkdtemp()
     dense = os.path.join(tmp, "dense.onnx")
