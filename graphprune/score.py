@@ -332,6 +332,9 @@ def obs_greedy(layers: Sequence[Tuple[np.ndarray, np.ndarray]], cols_of_unit: Se
     unit u's columns in consumer k (all units the same count per consumer). ``trace`` collects
     (unit, added error) in removal order."""
     n = len(cols_of_unit[0])
+    if all(len(c) == 1 for cu in cols_of_unit for c in cu):
+        return _obs_greedy_columns(layers, [np.array([c[0] for c in cu], np.int64) for cu in cols_of_unit],
+                                   steps, trace)
     Ws = [W.astype(np.float64).copy() for W, _ in layers]
     His = [H.astype(np.float64).copy() for _, H in layers]
     C = [np.stack([np.asarray(c, np.int64) for c in cu]) for cu in cols_of_unit]    # [units, q]
@@ -382,6 +385,112 @@ def obs_greedy(layers: Sequence[Tuple[np.ndarray, np.ndarray]], cols_of_unit: Se
     if idx.size:                    # never removed: above every removed unit, in OBS order
         top = max(level, 1e-300)
         rank = np.argsort(np.argsort(errors(idx), kind="stable"), kind="stable")
+        score[idx] = top * (2.0 + rank)
+    return score
+
+
+OBS_BLOCK = 64   # removals accumulated before they are folded into W and H^-1 (one gemm each)
+
+
+class _LazyLayer:
+    """One consumer of the one-column-per-unit greedy OBS, with lazily batched updates.
+
+    The current weights and inverse Hessian are the folded ``W0``/``Hi0`` minus the removals of
+    this block as low-rank factors, ``W = W0 - A Vᵀ`` and ``H⁻¹ = Hi0 - V Vᵀ`` (removing column p
+    with h = H⁻¹[:, p] appends v = h/√h_p and a = W[:, p]/√h_p). The greedy choice only reads the
+    alive columns' squared norms ``N`` and ``diag(H⁻¹)`` ``D``, kept current per step in O((d + out)
+    · block); every ``OBS_BLOCK`` removals the factors are folded in (two gemms), the removed
+    columns dropped (the matrices shrink as units go) and ``N``, ``D`` recomputed exactly."""
+
+    def __init__(self, W: np.ndarray, Hi: np.ndarray, col_of_unit: np.ndarray, block: int):
+        d = Hi.shape[0]
+        self.W0 = np.ascontiguousarray(W, dtype=np.float64).copy()
+        self.Hi0 = np.ascontiguousarray(Hi, dtype=np.float64).copy()
+        self.unit_col = np.asarray(col_of_unit, np.int64).copy()          # unit -> local column
+        self.dead = np.zeros(d, bool)
+        self.V = np.zeros((d, block))
+        self.A = np.zeros((W.shape[0], block))
+        self.t = 0
+        self.refresh()
+
+    def refresh(self):
+        self.D = np.diag(self.Hi0)[self.unit_col].copy()
+        self.N = np.einsum("ij,ij->j", self.W0, self.W0)[self.unit_col]
+
+    def errors(self) -> np.ndarray:
+        return self.N / np.maximum(self.D, 1e-300)
+
+    def remove(self, u: int, alive: np.ndarray):
+        p, t = int(self.unit_col[u]), self.t
+        V, A = self.V[:, :t], self.A[:, :t]
+        h = self.Hi0[:, p] - V @ V[p]
+        hpp = float(h[p])
+        self.dead[p] = True
+        if not hpp > 0.0:           # singular: the dense path's pinv of [0] changes nothing
+            return
+        s = 1.0 / np.sqrt(hpp)
+        v = h * s
+        a = (self.W0[:, p] - A @ V[p]) * s
+        aw = a @ self.W0 - (a @ A) @ V.T                               # aᵀ W, current W
+        L = self.unit_col[alive]
+        vl = v[L]
+        self.D[alive] -= vl * vl
+        self.N[alive] += vl * (vl * float(a @ a) - 2.0 * aw[L])
+        self.V[:, t] = v
+        self.A[:, t] = a
+        self.t += 1
+        if self.t == self.V.shape[1]:
+            self.fold()
+
+    def fold(self):
+        t = self.t
+        if t:
+            V, A = self.V[:, :t], self.A[:, :t]
+            self.Hi0 -= V @ V.T
+            self.W0 -= A @ V.T
+        keep = np.nonzero(~self.dead)[0]
+        if keep.size < self.dead.size:
+            new = np.full(self.dead.size, -1, np.int64)
+            new[keep] = np.arange(keep.size)
+            self.Hi0 = np.ascontiguousarray(self.Hi0[np.ix_(keep, keep)])
+            self.W0 = np.ascontiguousarray(self.W0[:, keep])
+            self.unit_col = new[self.unit_col]                          # dead units: -1, never read
+            self.unit_col[self.unit_col < 0] = 0
+            self.dead = np.zeros(keep.size, bool)
+            self.V = np.zeros((keep.size, self.V.shape[1]))
+        self.t = 0
+        self.refresh()
+
+
+def _obs_greedy_columns(layers, col_of_unit: Sequence[np.ndarray], steps: int,
+                        trace: Optional[list] = None) -> np.ndarray:
+    """``obs_greedy`` when every unit is one column in every consumer: the same removal order
+    and errors (up to float rounding), with the updates batched as in SparseGPT's lazy batch
+    updates (see ``_LazyLayer``)."""
+    n = len(col_of_unit[0])
+    Ls = [_LazyLayer(W, H, c, OBS_BLOCK) for (W, H), c in zip(layers, col_of_unit)]
+    alive = np.ones(n, bool)
+    score = np.zeros(n)
+    level = 0.0
+    for _ in range(min(steps, n - 1)):
+        err = sum(L.errors() for L in Ls)
+        err[~alive] = np.inf
+        u = int(np.argmin(err))
+        e = float(err[u])
+        level = max(level, e)
+        score[u] = level
+        if trace is not None:
+            trace.append((u, e))
+        alive[u] = False
+        for L in Ls:
+            L.remove(u, alive)
+    idx = np.nonzero(alive)[0]
+    if idx.size:
+        for L in Ls:
+            L.fold()
+        top = max(level, 1e-300)
+        err = sum(L.errors() for L in Ls)[idx]
+        rank = np.argsort(np.argsort(err, kind="stable"), kind="stable")
         score[idx] = top * (2.0 + rank)
     return score
 
