@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .analyze import ConsumerInput, Group, GroupMember, consumer_inputs
 from .graph import Graph
@@ -331,6 +332,11 @@ def obs_greedy(layers: Sequence[Tuple[np.ndarray, np.ndarray]], cols_of_unit: Se
     all others. ``layers``: (W as [outputs, columns], H^-1) per consumer; ``cols_of_unit[k][u]``:
     unit u's columns in consumer k (all units the same count per consumer). ``trace`` collects
     (unit, added error) in removal order."""
+    with threadpool_limits(1, user_api="blas"):     # many small BLAS calls: threads only contend
+        return _obs_greedy(layers, cols_of_unit, steps, trace)
+
+
+def _obs_greedy(layers, cols_of_unit, steps: int, trace: Optional[list]) -> np.ndarray:
     n = len(cols_of_unit[0])
     if all(len(c) == 1 for cu in cols_of_unit for c in cu):
         return _obs_greedy_columns(layers, [np.array([c[0] for c in cu], np.int64) for cu in cols_of_unit],
@@ -398,67 +404,78 @@ class _LazyLayer:
     The current weights and inverse Hessian are the folded ``W0``/``Hi0`` minus the removals of
     this block as low-rank factors, ``W = W0 - A Vᵀ`` and ``H⁻¹ = Hi0 - V Vᵀ`` (removing column p
     with h = H⁻¹[:, p] appends v = h/√h_p and a = W[:, p]/√h_p). The greedy choice only reads the
-    alive columns' squared norms ``N`` and ``diag(H⁻¹)`` ``D``, kept current per step in O((d + out)
-    · block); every ``OBS_BLOCK`` removals the factors are folded in (two gemms), the removed
-    columns dropped (the matrices shrink as units go) and ``N``, ``D`` recomputed exactly."""
+    alive columns' squared norms ``N`` and ``diag(H⁻¹)`` ``D``; they are kept current per step
+    with ``G = W0ᵀW0`` and ``P = W0ᵀA`` in O(d · block) (no pass over W or H⁻¹ per removal, and
+    small enough products that numpy's own loops, not threaded BLAS, do them: threaded gemv per
+    step is several times slower on a busy machine). Every ``OBS_BLOCK`` removals the factors are
+    folded in (gemms), the removed columns dropped (the matrices shrink as units go) and ``N``,
+    ``D`` recomputed exactly. Rows of ``V``, ``A``, ``P`` below are the factors' columns."""
 
     def __init__(self, W: np.ndarray, Hi: np.ndarray, col_of_unit: np.ndarray, block: int):
         d = Hi.shape[0]
         self.W0 = np.ascontiguousarray(W, dtype=np.float64).copy()
         self.Hi0 = np.ascontiguousarray(Hi, dtype=np.float64).copy()
+        self.Hi0 = (self.Hi0 + self.Hi0.T) / 2           # rows are read as columns
+        self.G = self.W0.T @ self.W0
         self.unit_col = np.asarray(col_of_unit, np.int64).copy()          # unit -> local column
         self.dead = np.zeros(d, bool)
-        self.V = np.zeros((d, block))
-        self.A = np.zeros((W.shape[0], block))
-        self.t = 0
+        self.block = block
+        self._alloc(d)
         self.refresh()
+
+    def _alloc(self, d: int):
+        self.V = np.zeros((self.block, d))
+        self.A = np.zeros((self.block, self.W0.shape[0]))
+        self.P = np.zeros((self.block, d))
+        self.t = 0
 
     def refresh(self):
         self.D = np.diag(self.Hi0)[self.unit_col].copy()
-        self.N = np.einsum("ij,ij->j", self.W0, self.W0)[self.unit_col]
+        self.N = np.diag(self.G)[self.unit_col].copy()
 
     def errors(self) -> np.ndarray:
         return self.N / np.maximum(self.D, 1e-300)
 
     def remove(self, u: int, alive: np.ndarray):
         p, t = int(self.unit_col[u]), self.t
-        V, A = self.V[:, :t], self.A[:, :t]
-        h = self.Hi0[:, p] - V @ V[p]
+        V, A, P = self.V[:t], self.A[:t], self.P[:t]
+        vp = V[:, p].copy()
+        h = self.Hi0[p] - np.einsum("td,t->d", V, vp)
         hpp = float(h[p])
         self.dead[p] = True
         if not hpp > 0.0:           # singular: the dense path's pinv of [0] changes nothing
             return
         s = 1.0 / np.sqrt(hpp)
         v = h * s
-        a = (self.W0[:, p] - A @ V[p]) * s
-        aw = a @ self.W0 - (a @ A) @ V.T                               # aᵀ W, current W
+        a = (self.W0[:, p] - np.einsum("to,t->o", A, vp)) * s
+        w0a = (self.G[p] - np.einsum("td,t->d", P, vp)) * s             # W0ᵀ a
+        aw = w0a - np.einsum("td,t->d", V, np.einsum("to,o->t", A, a))   # W ᵀ a, current W
         L = self.unit_col[alive]
         vl = v[L]
         self.D[alive] -= vl * vl
         self.N[alive] += vl * (vl * float(a @ a) - 2.0 * aw[L])
-        self.V[:, t] = v
-        self.A[:, t] = a
+        self.V[t], self.A[t], self.P[t] = v, a, w0a
         self.t += 1
-        if self.t == self.V.shape[1]:
+        if self.t == self.block:
             self.fold()
 
     def fold(self):
         t = self.t
-        if t:
-            V, A = self.V[:, :t], self.A[:, :t]
-            self.Hi0 -= V @ V.T
-            self.W0 -= A @ V.T
         keep = np.nonzero(~self.dead)[0]
-        if keep.size < self.dead.size:
-            new = np.full(self.dead.size, -1, np.int64)
-            new[keep] = np.arange(keep.size)
-            self.Hi0 = np.ascontiguousarray(self.Hi0[np.ix_(keep, keep)])
-            self.W0 = np.ascontiguousarray(self.W0[:, keep])
-            self.unit_col = new[self.unit_col]                          # dead units: -1, never read
-            self.unit_col[self.unit_col < 0] = 0
-            self.dead = np.zeros(keep.size, bool)
-            self.V = np.zeros((keep.size, self.V.shape[1]))
-        self.t = 0
+        V, A, P = self.V[:t, keep], self.A[:t], self.P[:t, keep]
+        Hi, G = self.Hi0[np.ix_(keep, keep)], self.G[np.ix_(keep, keep)]
+        if t:       # W = W0 - AᵀV: WᵀW = G - VᵀP - PᵀV + Vᵀ(AAᵀ)V = G - VᵀR - RᵀV, R = P - (AAᵀ)V/2
+            Hi -= V.T @ V
+            VR = V.T @ (P - 0.5 * ((A @ A.T) @ V))
+            G -= VR
+            G -= VR.T
+        self.W0 = np.ascontiguousarray(self.W0[:, keep] - A.T @ V)
+        self.Hi0, self.G = np.ascontiguousarray(Hi), np.ascontiguousarray(G)
+        new = np.zeros(self.dead.size, np.int64)        # dead units map to 0: never read again
+        new[keep] = np.arange(keep.size)
+        self.unit_col = new[self.unit_col]
+        self.dead = np.zeros(keep.size, bool)
+        self._alloc(keep.size)
         self.refresh()
 
 
