@@ -515,3 +515,25 @@ def test_obs_greedy_matches_the_straightforward_reference(q, n, block, monkeypat
     removed = [u for u, _ in ref]
     np.testing.assert_allclose(s[removed], np.maximum.accumulate([e for _, e in ref]), rtol=1e-7)
     assert s[[u for u in range(n) if u not in removed]].min() > s[removed].max()
+
+
+@pytest.mark.parametrize("acc_bytes", [1, 200, 1 << 30])
+def test_repair_normal_equations_gathered_in_blocks(acc_bytes, monkeypatch):
+    """The repair's normal equations are the same sums whichever way the feeds' rows are
+    gathered into gemms (one per feed, a few feeds, all at once)."""
+    import graphprune.repair as R
+    monkeypatch.setattr(R, "ACC_BYTES", acc_bytes)
+    rng = np.random.default_rng(1)
+    Xs = [rng.standard_normal((r, 4)).astype(np.float32) for r in (3, 7, 1, 5)]
+    Ys = [rng.standard_normal((X.shape[0], 2)) for X in Xs]
+    X, Y = np.concatenate(Xs), np.concatenate(Ys)
+    Xa = np.concatenate([X, np.ones((len(X), 1))], axis=1)
+    for mode, want in (("lstsq", (Xa.T @ Xa, Xa.T @ Y)), ("bias", (Xa.sum(0), Y.sum(0)))):
+        ne = R._NormalEquations(mode)
+        for Xi, Yi in zip(Xs, Ys):
+            ne.add(Xi, Yi)
+        *got, n = ne.result()
+        assert n == len(X)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+    assert R._NormalEquations("lstsq").result() is None
