@@ -331,7 +331,12 @@ def obs_greedy(layers: Sequence[Tuple[np.ndarray, np.ndarray]], cols_of_unit: Se
     order, so a threshold removes a prefix of that order); units never removed score above
     all others. ``layers``: (W as [outputs, columns], H^-1) per consumer; ``cols_of_unit[k][u]``:
     unit u's columns in consumer k (all units the same count per consumer). ``trace`` collects
-    (unit, added error) in removal order."""
+    (unit, added error) in removal order.
+
+    When every unit is one column in every consumer (channels of a linear layer) the updates
+    are lazily batched (``_LazyLayer``: same order and errors up to float rounding, about 20×
+    faster on MiniLM's FFN groups); multi-column units (heads, conv channels) take one full
+    rank-q update per removal."""
     with threadpool_limits(1, user_api="blas"):     # many small BLAS calls: threads only contend
         return _obs_greedy(layers, cols_of_unit, steps, trace)
 
