@@ -490,7 +490,7 @@ def _obs_greedy_reference(layers, cols, steps):
     return trace
 
 
-@pytest.mark.parametrize("q,n,block", [(1, 40, 64), (1, 40, 7), (1, 9, 1), (3, 8, 64), (2, 6, 4)])
+@pytest.mark.parametrize("q,n,block", [(1, 40, 64), (1, 40, 7), (1, 9, 1), (3, 8, 64), (2, 6, 4), (4, 16, 3)])
 def test_obs_greedy_matches_the_straightforward_reference(q, n, block, monkeypatch):
     """The batched obs_greedy (lazy low-rank updates folded every OBS_BLOCK removals, matrices
     shrinking as units go) removes the same units in the same order with the same added errors
