@@ -427,15 +427,15 @@ class _NormalEquations:
     unpadded sentences) spend their time allocating and adding d×d matrices."""
 
     def __init__(self, mode: str):
-        self.mode, self.X, self.Y, self.rows = mode, [], [], 0
+        self.mode, self.X, self.Y, self.pending = mode, [], [], 0
         self.sums = None
         self.n = 0
 
     def add(self, X: np.ndarray, Y: np.ndarray):
         self.X.append(X)
         self.Y.append(Y)
-        self.rows += X.nbytes
-        if self.rows >= ACC_BYTES:
+        self.pending += X.nbytes
+        if self.pending >= ACC_BYTES:
             self._flush()
 
     def _flush(self):
@@ -443,7 +443,7 @@ class _NormalEquations:
             return
         X = np.concatenate(self.X, axis=0)
         Y = np.concatenate(self.Y, axis=0)
-        self.X, self.Y, self.rows = [], [], 0
+        self.X, self.Y, self.pending = [], [], 0
         Xa = np.concatenate([X, np.ones((X.shape[0], 1))], axis=1)
         upd = (Xa.T @ Xa, Xa.T @ Y) if self.mode == "lstsq" else (Xa.sum(0), Y.sum(0))
         if self.sums is None:
