@@ -365,7 +365,7 @@ def repair(dense: onnx.ModelProto, pruned: onnx.ModelProto, an, plan_json: dict,
         xs = list(dict.fromkeys([c.x for c in stage] + [c.residual for c in stage if c.residual]))
         psess = runtime.session(ed.to_model(), threads, extra_outputs=xs)
         in_pruned = {i.name for i in psess.get_inputs()}
-        acc = {id(c): None for c in stage}
+        acc = {id(c): _NormalEquations(mode) for c in stage}
         for fi, feed in enumerate(feeds):
             tv = targets[fi] if targets is not None else dense_targets(feed, stage)
             xv = dict(zip(xs, psess.run(xs, {k: v for k, v in feed.items() if k in in_pruned})))
@@ -374,13 +374,8 @@ def repair(dense: onnx.ModelProto, pruned: onnx.ModelProto, an, plan_json: dict,
                 Y = tv[id(c)].astype(np.float64)
                 if c.residual is not None:
                     Y = Y - _pruned_rows(xv[c.residual], c)
-                Xa = np.concatenate([X, np.ones((X.shape[0], 1))], axis=1)
-                a = acc[id(c)]
-                if mode == "lstsq":
-                    upd = (Xa.T @ Xa, Xa.T @ Y, X.shape[0])
-                else:
-                    upd = (Xa.sum(0), Y.sum(0), X.shape[0])
-                acc[id(c)] = upd if a is None else tuple(p + q for p, q in zip(a, upd))
+                acc[id(c)].add(X, Y)
+        acc = {k: v.result() for k, v in acc.items()}
         for c in sorted(stage, key=lambda c: -c.node):
             a = acc[id(c)]
             if a is None:
@@ -420,6 +415,47 @@ def repair(dense: onnx.ModelProto, pruned: onnx.ModelProto, an, plan_json: dict,
             apply_correction(ed, c, W_new, b_delta)
             info["repaired"].append(an.graph.labels[c.node])
     return ed.to_model(), info
+
+
+ACC_BYTES = 8 << 20   # calibration rows (of X) gathered before one gemm into the normal equations
+
+
+class _NormalEquations:
+    """Sums [X 1]ᵀ[X 1], [X 1]ᵀY and the row count (``lstsq``; column sums for ``bias``) over
+    the calibration feeds. Rows of several feeds are gathered into one gemm (``ACC_BYTES`` of X
+    at a time) added in place: one small gemm and a fresh d×d sum per feed (short
+    unpadded sentences) spend their time allocating and adding d×d matrices."""
+
+    def __init__(self, mode: str):
+        self.mode, self.X, self.Y, self.pending = mode, [], [], 0
+        self.sums = None
+        self.n = 0
+
+    def add(self, X: np.ndarray, Y: np.ndarray):
+        self.X.append(X)
+        self.Y.append(Y)
+        self.pending += X.nbytes
+        if self.pending >= ACC_BYTES:
+            self._flush()
+
+    def _flush(self):
+        if not self.X:
+            return
+        X = np.concatenate(self.X, axis=0)
+        Y = np.concatenate(self.Y, axis=0)
+        self.X, self.Y, self.pending = [], [], 0
+        Xa = np.concatenate([X, np.ones((X.shape[0], 1))], axis=1)
+        upd = (Xa.T @ Xa, Xa.T @ Y) if self.mode == "lstsq" else (Xa.sum(0), Y.sum(0))
+        if self.sums is None:
+            self.sums = upd
+        else:
+            for acc, u in zip(self.sums, upd):
+                acc += u
+        self.n += X.shape[0]
+
+    def result(self):
+        self._flush()
+        return None if self.sums is None else (*self.sums, self.n)
 
 
 def _as_matrix(W: np.ndarray, c: Consumer, node: onnx.NodeProto) -> np.ndarray:

@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .analyze import ConsumerInput, Group, GroupMember, consumer_inputs
 from .graph import Graph
@@ -330,58 +331,184 @@ def obs_greedy(layers: Sequence[Tuple[np.ndarray, np.ndarray]], cols_of_unit: Se
     order, so a threshold removes a prefix of that order); units never removed score above
     all others. ``layers``: (W as [outputs, columns], H^-1) per consumer; ``cols_of_unit[k][u]``:
     unit u's columns in consumer k (all units the same count per consumer). ``trace`` collects
-    (unit, added error) in removal order."""
-    n = len(cols_of_unit[0])
-    Ws = [W.astype(np.float64).copy() for W, _ in layers]
-    His = [H.astype(np.float64).copy() for _, H in layers]
-    C = [np.stack([np.asarray(c, np.int64) for c in cu]) for cu in cols_of_unit]    # [units, q]
+    (unit, added error) in removal order.
+
+    The updates are lazily batched (``_LazyLayer``, ``_LazyBlockLayer``): the same order and
+    errors as one full rank-q update of W and H⁻¹ per removal, up to float rounding, about 13×
+    faster on MiniLM's FFN groups."""
+    cols = [np.stack([np.asarray(c, np.int64) for c in cu]) for cu in cols_of_unit]      # [units, q]
+    with threadpool_limits(1, user_api="blas"):     # many small BLAS calls: threads only contend
+        return _obs_greedy_columns(layers, cols, steps, trace)
+
+
+OBS_BLOCK = 64   # removals accumulated before they are folded into W and H^-1 (one gemm each)
+
+
+class _LazyLayer:
+    """One consumer of the one-column-per-unit greedy OBS, with lazily batched updates.
+
+    The current weights and inverse Hessian are the folded ``W0``/``Hi0`` minus the removals of
+    this block as low-rank factors, ``W = W0 - A Vᵀ`` and ``H⁻¹ = Hi0 - V Vᵀ`` (removing column p
+    with h = H⁻¹[:, p] appends v = h/√h_p and a = W[:, p]/√h_p). The greedy choice only reads the
+    alive columns' squared norms ``N`` and ``diag(H⁻¹)`` ``D``; they are kept current per step
+    with ``G = W0ᵀW0`` and ``P = W0ᵀA`` in O(d · block) (no pass over W or H⁻¹ per removal, and
+    small enough products that numpy's own loops, not threaded BLAS, do them: threaded gemv per
+    step is several times slower on a busy machine). Every ``OBS_BLOCK`` removals the factors are
+    folded in (gemms), the removed columns dropped (the matrices shrink as units go) and ``N``,
+    ``D`` recomputed exactly. Rows of ``V``, ``A``, ``P`` below are the factors' columns."""
+
+    def __init__(self, W: np.ndarray, Hi: np.ndarray, col_of_unit: np.ndarray, block: int):
+        d = Hi.shape[0]
+        self.W0 = np.ascontiguousarray(W, dtype=np.float64).copy()
+        self.Hi0 = np.ascontiguousarray(Hi, dtype=np.float64).copy()
+        self.Hi0 = (self.Hi0 + self.Hi0.T) / 2           # rows are read as columns
+        self.G = self.W0.T @ self.W0
+        self.unit_col = np.asarray(col_of_unit, np.int64).copy()          # unit -> local column
+        self.dead = np.zeros(d, bool)
+        self.block = block
+        self._alloc(d)
+        self.refresh()
+
+    def _alloc(self, d: int):
+        self.V = np.zeros((self.block, d))
+        self.A = np.zeros((self.block, self.W0.shape[0]))
+        self.P = np.zeros((self.block, d))
+        self.t = 0
+
+    def refresh(self):
+        self.D = np.diag(self.Hi0)[self.unit_col].copy()
+        self.N = np.diag(self.G)[self.unit_col].copy()
+
+    def errors(self) -> np.ndarray:
+        return self.N / np.maximum(self.D, 1e-300)
+
+    def remove(self, u: int, alive: np.ndarray):
+        p, t = int(self.unit_col[u]), self.t
+        V, A, P = self.V[:t], self.A[:t], self.P[:t]
+        vp = V[:, p].copy()
+        h = self.Hi0[p] - np.einsum("td,t->d", V, vp)
+        hpp = float(h[p])
+        self.dead[p] = True
+        if not hpp > 0.0:           # singular: the dense path's pinv of [0] changes nothing
+            return
+        s = 1.0 / np.sqrt(hpp)
+        v = h * s
+        a = (self.W0[:, p] - np.einsum("to,t->o", A, vp)) * s
+        w0a = (self.G[p] - np.einsum("td,t->d", P, vp)) * s             # W0ᵀ a
+        aw = w0a - np.einsum("td,t->d", V, np.einsum("to,o->t", A, a))   # W ᵀ a, current W
+        L = self.unit_col[alive]
+        vl = v[L]
+        self.D[alive] -= vl * vl
+        self.N[alive] += vl * (vl * float(a @ a) - 2.0 * aw[L])
+        self.V[t], self.A[t], self.P[t] = v, a, w0a
+        self.t += 1
+        if self.t == self.block:
+            self.fold()
+
+    def fold(self):
+        t = self.t
+        keep = np.nonzero(~self.dead)[0]
+        V, A, P = self.V[:t, keep], self.A[:t], self.P[:t, keep]
+        Hi, G = self.Hi0[np.ix_(keep, keep)], self.G[np.ix_(keep, keep)]
+        if t:       # W = W0 - AᵀV: WᵀW = G - VᵀP - PᵀV + Vᵀ(AAᵀ)V = G - VᵀR - RᵀV, R = P - (AAᵀ)V/2
+            Hi -= V.T @ V
+            VR = V.T @ (P - 0.5 * ((A @ A.T) @ V))
+            G -= VR
+            G -= VR.T
+        self.W0 = np.ascontiguousarray(self.W0[:, keep] - A.T @ V)
+        self.Hi0, self.G = np.ascontiguousarray(Hi), np.ascontiguousarray(G)
+        new = np.zeros(self.dead.size, np.int64)        # dead units map to 0: never read again
+        new[keep] = np.arange(keep.size)
+        self.unit_col = new[self.unit_col]
+        self.dead = np.zeros(keep.size, bool)
+        self._alloc(keep.size)
+        self.refresh()
+
+
+class _LazyBlockLayer(_LazyLayer):
+    """``_LazyLayer`` for units of q > 1 columns each (heads, conv channels): a removal appends
+    r ≤ q factor rows (v = F ᵀH⁻¹[Q, :] with F Fᵀ the pseudo-inverse of H⁻¹_QQ, from its
+    eigendecomposition, as the dense update's inverse/pinv), and the greedy choice reads the
+    alive units' q×q blocks of H⁻¹ and of WᵀW."""
+
+    def __init__(self, W: np.ndarray, Hi: np.ndarray, cols_of_unit: np.ndarray, block: int):
+        self.q = cols_of_unit.shape[1]
+        self.gone = np.zeros(len(cols_of_unit), bool)
+        super().__init__(W, Hi, cols_of_unit, block * self.q)
+
+    def refresh(self):
+        C = self.unit_col
+        self.D = self.Hi0[C[:, :, None], C[:, None, :]]                 # [n, q, q]
+        self.D[self.gone] = np.eye(self.q)                              # never read; kept invertible
+        self.N = self.G[C[:, :, None], C[:, None, :]]
+
+    def errors(self) -> np.ndarray:
+        try:
+            inv = np.linalg.inv(self.D)
+        except np.linalg.LinAlgError:
+            inv = np.linalg.pinv(self.D)
+        return np.einsum("mqp,mqp->m", inv, self.N)
+
+    def remove(self, u: int, alive: np.ndarray):
+        Q, t = self.unit_col[u], self.t
+        V, A, P = self.V[:t], self.A[:t], self.P[:t]
+        VQ = V[:, Q]                                                    # [t, q]
+        h = self.Hi0[Q] - VQ.T @ V                                      # H⁻¹[Q, :], [q, d]
+        hqq = (h[:, Q] + h[:, Q].T) / 2
+        e, U = np.linalg.eigh(hqq)
+        ok = e > max(float(e.max(initial=0.0)), 0.0) * 1e-15
+        self.dead[Q] = True
+        self.gone[u] = True
+        self.D[u] = np.eye(self.q)
+        if not ok.any():
+            return
+        F = U[:, ok] / np.sqrt(e[ok])                                  # [q, r]
+        v = F.T @ h                                                     # [r, d]
+        wq = self.W0[:, Q] - A.T @ VQ                                   # W[:, Q], [out, q]
+        a = F.T @ wq.T                                                  # [r, out]
+        w0a = F.T @ (self.G[Q] - VQ.T @ P)                              # a W0, [r, d]
+        aw = w0a - (a @ A.T) @ V                                        # a W, current W
+        C = self.unit_col[alive]                                        # [m, q]
+        vc, xc = v[:, C], aw[:, C]                                      # [r, m, q]
+        self.D[alive] -= np.einsum("rmq,rmp->mqp", vc, vc)
+        cross = np.einsum("rmq,rmp->mqp", vc, xc)
+        self.N[alive] += np.einsum("rmq,rs,smp->mqp", vc, a @ a.T, vc) - cross - cross.transpose(0, 2, 1)
+        r = v.shape[0]
+        self.V[t:t + r], self.A[t:t + r], self.P[t:t + r] = v, a, w0a
+        self.t += r
+        if self.t + self.q > self.block:
+            self.fold()
+
+
+def _obs_greedy_columns(layers, col_of_unit: Sequence[np.ndarray], steps: int,
+                        trace: Optional[list] = None) -> np.ndarray:
+    """``obs_greedy`` with the updates batched as in SparseGPT's lazy batch updates (see
+    ``_LazyLayer``); ``col_of_unit[k]``: [units, q] columns of consumer k."""
+    n = len(col_of_unit[0])
+    Ls = [_LazyLayer(W, H, c[:, 0], OBS_BLOCK) if c.shape[1] == 1 else _LazyBlockLayer(W, H, c, OBS_BLOCK)
+          for (W, H), c in zip(layers, col_of_unit)]
     alive = np.ones(n, bool)
     score = np.zeros(n)
     level = 0.0
-
-    def errors(idx: np.ndarray) -> np.ndarray:
-        err = np.zeros(len(idx))
-        for W, Hi, Ck in zip(Ws, His, C):
-            Q = Ck[idx]                                              # [m, q]
-            if Q.shape[1] == 1:
-                err += (W[:, Q[:, 0]] ** 2).sum(0) / np.maximum(Hi[Q[:, 0], Q[:, 0]], 1e-300)
-                continue
-            blocks = Hi[Q[:, :, None], Q[:, None, :]]                # [m, q, q]
-            try:
-                inv = np.linalg.inv(blocks)
-            except np.linalg.LinAlgError:
-                inv = np.linalg.pinv(blocks)
-            Wq = W[:, Q]                                             # [out, m, q]
-            err += np.einsum("omq,mqr,omr->m", Wq, inv, Wq)
-        return err
-
     for _ in range(min(steps, n - 1)):
-        idx = np.nonzero(alive)[0]
-        err = errors(idx)
-        j = int(np.argmin(err))
-        u = int(idx[j])
-        level = max(level, float(err[j]))
+        err = sum(L.errors() for L in Ls)
+        err[~alive] = np.inf
+        u = int(np.argmin(err))
+        e = float(err[u])
+        level = max(level, e)
         score[u] = level
         if trace is not None:
-            trace.append((u, float(err[j])))
+            trace.append((u, e))
         alive[u] = False
-        for W, Hi, Ck in zip(Ws, His, C):
-            q = Ck[u]
-            try:
-                M = np.linalg.inv(Hi[np.ix_(q, q)])
-            except np.linalg.LinAlgError:
-                M = np.linalg.pinv(Hi[np.ix_(q, q)])
-            rows_q = Hi[q, :]                                        # [q, d]
-            W -= (W[:, q] @ M) @ rows_q
-            Hi -= Hi[:, q] @ M @ rows_q
-            W[:, q] = 0.0
-            Hi[q, :] = 0.0
-            Hi[:, q] = 0.0
-            Hi[q, q] = 1.0          # removed columns stay inert (weights 0) in later steps
+        for L in Ls:
+            L.remove(u, alive)
     idx = np.nonzero(alive)[0]
-    if idx.size:                    # never removed: above every removed unit, in OBS order
+    if idx.size:
+        for L in Ls:
+            L.fold()
         top = max(level, 1e-300)
-        rank = np.argsort(np.argsort(errors(idx), kind="stable"), kind="stable")
+        err = sum(L.errors() for L in Ls)[idx]
+        rank = np.argsort(np.argsort(err, kind="stable"), kind="stable")
         score[idx] = top * (2.0 + rank)
     return score
 

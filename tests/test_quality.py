@@ -469,3 +469,71 @@ def test_repair_recomputes_dense_targets_per_stage_when_they_do_not_fit(monkeypa
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def _obs_greedy_reference(layers, cols, steps):
+    """Straightforward sequential OBS (full update of W and H^-1 per removal): the removal
+    order and added errors obs_greedy must reproduce."""
+    Ws = [W.astype(np.float64).copy() for W, _ in layers]
+    His = [H.astype(np.float64).copy() for _, H in layers]
+    alive, trace = list(range(len(cols[0]))), []
+    for _ in range(steps):
+        errs = [sum(float(np.sum((W[:, c[u]] @ np.linalg.inv(Hi[np.ix_(c[u], c[u])])) * W[:, c[u]]))
+                    for W, Hi, c in zip(Ws, His, cols)) for u in alive]
+        u = alive.pop(int(np.argmin(errs)))
+        trace.append((u, min(errs)))
+        for W, Hi, c in zip(Ws, His, cols):
+            q = c[u]
+            M = np.linalg.inv(Hi[np.ix_(q, q)])
+            W -= W[:, q] @ M @ Hi[q, :]
+            Hi -= Hi[:, q] @ M @ Hi[q, :]
+    return trace
+
+
+@pytest.mark.parametrize("q,n,block", [(1, 40, 64), (1, 40, 7), (1, 9, 1), (3, 8, 64), (2, 6, 4), (4, 16, 3)])
+def test_obs_greedy_matches_the_straightforward_reference(q, n, block, monkeypatch):
+    """The batched obs_greedy (lazy low-rank updates folded every OBS_BLOCK removals, matrices
+    shrinking as units go) removes the same units in the same order with the same added errors
+    as one full OBS update per removal, for one- and multi-column units, two consumers, one of
+    them with extra columns no unit owns; units never removed score above every removed one."""
+    import graphprune.score as S
+    monkeypatch.setattr(S, "OBS_BLOCK", block)
+    rng = np.random.default_rng(q * 100 + n + block)
+    layers, cols = [], []
+    for k, extra in enumerate((0, 3)):
+        d = n * q + extra
+        X = rng.standard_normal((4 * d, d)) @ rng.standard_normal((d, d))
+        layers.append((rng.standard_normal((5 + k, d)), S.damped_inverse(X.T @ X / (4 * d))))
+        perm = rng.permutation(n * q)
+        cols.append([perm[u * q:(u + 1) * q] for u in range(n)])
+    steps = n - 2
+    trace = []
+    s = S.obs_greedy(layers, cols, steps=steps, trace=trace)
+    ref = _obs_greedy_reference(layers, cols, steps)
+    assert [u for u, _ in trace] == [u for u, _ in ref]
+    np.testing.assert_allclose([e for _, e in trace], [e for _, e in ref], rtol=1e-7, atol=1e-12)
+    removed = [u for u, _ in ref]
+    np.testing.assert_allclose(s[removed], np.maximum.accumulate([e for _, e in ref]), rtol=1e-7)
+    assert s[[u for u in range(n) if u not in removed]].min() > s[removed].max()
+
+
+@pytest.mark.parametrize("acc_bytes", [1, 200, 1 << 30])
+def test_repair_normal_equations_gathered_in_blocks(acc_bytes, monkeypatch):
+    """The repair's normal equations are the same sums whichever way the feeds' rows are
+    gathered into gemms (one per feed, a few feeds, all at once)."""
+    import graphprune.repair as R
+    monkeypatch.setattr(R, "ACC_BYTES", acc_bytes)
+    rng = np.random.default_rng(1)
+    Xs = [rng.standard_normal((r, 4)).astype(np.float32) for r in (3, 7, 1, 5)]
+    Ys = [rng.standard_normal((X.shape[0], 2)) for X in Xs]
+    X, Y = np.concatenate(Xs), np.concatenate(Ys)
+    Xa = np.concatenate([X, np.ones((len(X), 1))], axis=1)
+    for mode, want in (("lstsq", (Xa.T @ Xa, Xa.T @ Y)), ("bias", (Xa.sum(0), Y.sum(0)))):
+        ne = R._NormalEquations(mode)
+        for Xi, Yi in zip(Xs, Ys):
+            ne.add(Xi, Yi)
+        *got, n = ne.result()
+        assert n == len(X)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+    assert R._NormalEquations("lstsq").result() is None
