@@ -17,14 +17,13 @@ from onnx import helper
 
 from graphprune import bench
 from graphprune.calib import Calibration
-from graphprune.cli import main
 from graphprune.errors import CalibrationError, UsageError
 from graphprune.finetune import FinetuneOptions, finetune, prune_and_finetune, structure
 from graphprune.pipeline import Options, prune
 from graphprune.torch import apply_plan
 from graphprune.torch.interpreter import ConversionError, OnnxModule, trainable_constants
 from graphprune.torch.module_prune import check_export, export
-from helpers_graphs import GraphBuilder
+from helpers_graphs import GraphBuilder, run_cli_in_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -163,16 +162,6 @@ def test_bad_inputs_raise_one_line_errors(pair):
         OnnxModule(odd)
 
 
-def run_cli(capsys, *args):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
-
-
 def sha(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
@@ -185,7 +174,7 @@ def test_cli_finetune_and_bad_input(tmp_path, capsys, pair):
     onnx.save(pruned, str(p))
     np.savez(npz, **data())
     out = tmp_path / "o.onnx"
-    code, so, se = run_cli(capsys, "finetune", str(p), "--teacher", str(d), "--data", str(npz), "-o", str(out),
+    code, so, se = run_cli_in_process("finetune", str(p), "--teacher", str(d), "--data", str(npz), "-o", str(out),
                            "--steps", "20", "--lr", "1e-2", "--report", str(tmp_path / "r.json"))
     assert code == 0, se
     assert "agreement" in so and "finetune [" in se
@@ -198,7 +187,7 @@ def test_cli_finetune_and_bad_input(tmp_path, capsys, pair):
     for args, exit_code in [(["--data", str(bad)], 6), (["--data", str(tmp_path / "missing.npz")], 6),
                             (["--data", str(npz), "--steps", "0"], 2), (["--data", str(npz), "--loss", "huber"], 2)]:
         o2 = tmp_path / "o2.onnx"
-        code, so, se = run_cli(capsys, "finetune", str(p), "--teacher", str(d), "-o", str(o2), *args)
+        code, so, se = run_cli_in_process("finetune", str(p), "--teacher", str(d), "-o", str(o2), *args)
         assert code == exit_code, (args, se)
         assert len([ln for ln in se.splitlines() if ln.startswith("graphprune: error")]) == 1 and "Traceback" not in se
         assert not o2.exists() and sha(p) == h
@@ -209,7 +198,7 @@ def test_run_with_finetune_data_and_prune_steps(tmp_path, capsys):
     d, npz, out = tmp_path / "d.onnx", tmp_path / "x.npz", tmp_path / "o.onnx"
     onnx.save(dense, str(d))
     np.savez(npz, **data())
-    code, so, se = run_cli(capsys, "run", str(d), "-o", str(out), "--no-bench", "--target-macs", "0.3",
+    code, so, se = run_cli_in_process("run", str(d), "-o", str(out), "--no-bench", "--target-macs", "0.3",
                            "--finetune-data", str(npz), "--finetune-steps", "10", "--finetune-lr", "1e-2",
                            "--prune-steps", "2")
     assert code == 0, se
@@ -218,7 +207,7 @@ def test_run_with_finetune_data_and_prune_steps(tmp_path, capsys):
     assert rep["macs"]["after"] <= 0.3 * rep["macs"]["before"]
     assert rep["steps"][0]["macs"]["after"] > rep["macs"]["after"]
     assert rep["finetune"]["agreement"]["after"]["rel_err"] < rep["finetune"]["agreement"]["before"]["rel_err"]
-    code, so, se = run_cli(capsys, "run", str(d), "-o", str(out), "--prune-steps", "2")
+    code, so, se = run_cli_in_process("run", str(d), "-o", str(out), "--prune-steps", "2")
     assert code == 2 and "--finetune-data" in se
 
 

@@ -10,7 +10,7 @@ from onnx import helper, numpy_helper
 from graphprune import sparsify as sp
 from graphprune.errors import UsageError
 from graphprune.pipeline import Options, prune
-from tests.helpers_graphs import GraphBuilder
+from helpers_graphs import GraphBuilder, run_cli_in_process
 
 
 # --------------------------------------------------------------------------- patterns
@@ -239,15 +239,6 @@ def test_options_bad_sparse_values():
 # --------------------------------------------------------------------------- command line
 
 
-def gp(capsys, *args):
-    """The command line in-process (exit code, stderr): subprocesses cost seconds each here."""
-    from graphprune.cli import main
-
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    return e.value.code, capsys.readouterr().err
-
-
 def test_cli_bad_sparse_input(tmp_path, capsys):
     p = tmp_path / "m.onnx"
     onnx.save(small_model(), str(p))
@@ -255,7 +246,7 @@ def test_cli_bad_sparse_input(tmp_path, capsys):
     for args in (["--sparsity", "1.0"], ["--pattern", "zigzag"], ["--pattern", "2:4", "--sparsity", "0.3"],
                  ["--sparsity", "0.5", "--seq-len", "0"],
                  ["--pattern", "block:4"], ["--sparse-criterion", "wanda", "--sparsity", "0.5"]):
-        code, err = gp(capsys, "run", str(p), "-o", str(tmp_path / "o.onnx"), *args)
+        code, _, err = run_cli_in_process("run", str(p), "-o", str(tmp_path / "o.onnx"), *args)
         assert code == 2, (args, err)
         assert "Traceback" not in err
         assert len([ln for ln in err.splitlines() if ln.startswith("graphprune: error")]) == 1, err

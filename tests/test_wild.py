@@ -13,19 +13,9 @@ import pytest
 
 import wild_graphs as wg
 from graphprune import bench, io as gio
-from graphprune.cli import Progress, main, print_summary
+from graphprune.cli import Progress, print_summary
+from helpers_graphs import run_cli_in_process
 from graphprune.verify import compare
-
-
-def gp(capsys, *args):
-    """graphprune ARGS in this process: (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def save(tmp_path, name, m=None):
@@ -86,7 +76,7 @@ def test_synthetic_calibration_indices_are_valid_too():
 
 def test_bert_like_prunes_with_default_options(tmp_path, capsys):
     path = save(tmp_path, "bert_like")
-    code, out, err = gp(capsys, "run", path)
+    code, out, err = run_cli_in_process("run", path)
     assert code == 0, err
     rep = report(str(tmp_path / "bert_like.pruned.onnx"))
     assert rep["verify"]["passed"] and rep["summary"]["pruned_groups"] == 1
@@ -96,14 +86,14 @@ def test_bert_like_prunes_with_default_options(tmp_path, capsys):
 
 def test_out_of_range_input_names_the_input_and_node(tmp_path, capsys):
     path = save(tmp_path, "bert_like")
-    code, out, err = gp(capsys, "run", path, "--input", "token_type_ids=0:5", "--no-bench")
+    code, out, err = run_cli_in_process("run", path, "--input", "token_type_ids=0:5", "--no-bench")
     assert code == 3, err
     line = [ln for ln in err.splitlines() if ln.startswith("graphprune: error")][0]
     assert "'token_type_ids'" in line and "'type_gather'" in line and "--input token_type_ids=0:2" in line
     assert not os.path.exists(tmp_path / "bert_like.pruned.onnx")
-    code, _, err = gp(capsys, "run", path, "--input", "nosuch=0:1")
+    code, _, err = run_cli_in_process("run", path, "--input", "nosuch=0:1")
     assert code == 2 and "no input 'nosuch'" in err
-    code, _, err = gp(capsys, "run", path, "--input", "input_ids=5:1")
+    code, _, err = run_cli_in_process("run", path, "--input", "input_ids=5:1")
     assert code == 2 and "HIGH must be greater" in err
 
 
@@ -113,16 +103,16 @@ def test_sample_inputs_and_calibration_feed_verify_and_bench(tmp_path, capsys):
     ids = rng.integers(0, 30, (4, 6))
     arrays = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
     np.savez(tmp_path / "sample.npz", **arrays)
-    code, _, err = gp(capsys, "run", path, "--inputs", str(tmp_path / "sample.npz"), "-o", str(tmp_path / "a.onnx"))
+    code, _, err = run_cli_in_process("run", path, "--inputs", str(tmp_path / "sample.npz"), "-o", str(tmp_path / "a.onnx"))
     assert code == 0, err
     rep = report(str(tmp_path / "a.onnx"))
     assert rep["verify"]["passed"] and "free_dims" not in rep["latency_ms"]
-    code, _, err = gp(capsys, "run", path, "--calib", str(tmp_path / "sample.npz"), "--criterion", "activation",
+    code, _, err = run_cli_in_process("run", path, "--calib", str(tmp_path / "sample.npz"), "--criterion", "activation",
                       "-o", str(tmp_path / "b.onnx"))
     assert code == 0, err
     # a sample that does not fit the model: exit 6 like calibration data
     np.savez(tmp_path / "bad.npz", input_ids=ids)
-    code, _, err = gp(capsys, "run", path, "--inputs", str(tmp_path / "bad.npz"), "-o", str(tmp_path / "c.onnx"))
+    code, _, err = run_cli_in_process("run", path, "--inputs", str(tmp_path / "bad.npz"), "-o", str(tmp_path / "c.onnx"))
     assert code == 6, err
 
 
@@ -134,7 +124,7 @@ def test_initializer_inputs_are_constants_by_default(tmp_path, capsys):
     before = open(path, "rb").read()
     for extra in ([], ["--no-verify"]):
         out = str(tmp_path / f"out{len(extra)}.onnx")
-        code, _, err = gp(capsys, "run", path, "-o", out, *extra)
+        code, _, err = run_cli_in_process("run", path, "-o", out, *extra)
         assert code == 0, err
         assert sum("initializers are also listed as graph inputs" in ln for ln in err.splitlines()) == 1
         m = onnx.load(out)
@@ -149,13 +139,13 @@ def test_initializer_inputs_are_constants_by_default(tmp_path, capsys):
 
 def test_keep_initializer_inputs_blocks_them(tmp_path, capsys):
     path = save(tmp_path, "initializer_inputs")
-    code, out, err = gp(capsys, "run", path, "--keep-initializer-inputs")
+    code, out, err = run_cli_in_process("run", path, "--keep-initializer-inputs")
     assert code == 0, err
     assert "nothing was pruned: every group is blocked" in err and "also a graph input" in err
     m = onnx.load(str(tmp_path / "initializer_inputs.pruned.onnx"))
     assert len(m.graph.input) == 5
     runs(str(tmp_path / "initializer_inputs.pruned.onnx"))
-    code, out, err = gp(capsys, "analyze", path)
+    code, out, err = run_cli_in_process("analyze", path)
     assert code == 0 and "2 groups, 1 prunable" in out
 
 
@@ -171,7 +161,7 @@ def test_an_output_that_does_not_run_is_never_written(tmp_path, capsys, monkeypa
 
     monkeypatch.setattr(pipeline, "rewrite", broken)
     path = save(tmp_path, "unsorted")
-    code, _, err = gp(capsys, "run", path, "--no-verify", "--no-bench")
+    code, _, err = run_cli_in_process("run", path, "--no-verify", "--no-bench")
     assert code == 1 and "internal error" in err and "stray" in err
     assert not os.path.exists(tmp_path / "unsorted.pruned.onnx")
 
@@ -183,7 +173,7 @@ def test_an_output_that_does_not_run_is_never_written(tmp_path, capsys, monkeypa
         return m
 
     monkeypatch.setattr(pipeline, "rewrite", dead)
-    code, _, err = gp(capsys, "run", path, "--no-verify", "--no-bench")
+    code, _, err = run_cli_in_process("run", path, "--no-verify", "--no-bench")
     assert code == 1 and "does not run" in err, err
     assert not os.path.exists(tmp_path / "unsorted.pruned.onnx")
 
@@ -196,7 +186,7 @@ def test_unsorted_graph_is_sorted_on_load(tmp_path, capsys):
     notes = []
     m = gio.load_model(path, notes=notes)
     assert [n.name for n in m.graph.node] == ["conv1", "relu1", "conv2"] and len(notes) == 1
-    code, _, err = gp(capsys, "run", path)
+    code, _, err = run_cli_in_process("run", path)
     assert code == 0, err
     assert "not in topological order: sorted" in err
     assert report(str(tmp_path / "unsorted.pruned.onnx"))["verify"]["passed"]
@@ -207,7 +197,7 @@ def test_a_cycle_is_refused_in_one_whole_sentence(tmp_path, capsys):
     m = wg.unsorted()
     next(n for n in m.graph.node if n.name == "conv1").input[0] = "y"      # conv1 <- conv2 <- relu1 <- conv1
     path = save(tmp_path, "cycle", m)
-    code, _, err = gp(capsys, "run", path)
+    code, _, err = run_cli_in_process("run", path)
     assert code == 3
     line = [ln for ln in err.splitlines() if ln.startswith("graphprune: error")][0]
     assert line.endswith("is not output of any previous nodes."), line
@@ -230,7 +220,7 @@ def test_sort_keeps_subgraph_readers_after_their_producers():
 
 def test_sequence_of_maps_outputs_verify(tmp_path, capsys):
     path = save(tmp_path, "zipmap_classifier")
-    code, _, err = gp(capsys, "run", path)
+    code, _, err = run_cli_in_process("run", path)
     assert code == 0, err
     rep = report(str(tmp_path / "zipmap_classifier.pruned.onnx"))
     assert rep["verify"]["passed"] and rep["summary"]["pruned_groups"] == 1
@@ -249,11 +239,11 @@ def test_compare_non_tensor_outputs():
 
 def test_inexact_groups_are_the_reason_not_the_if(tmp_path, capsys):
     path = save(tmp_path, "kws_layernorm")
-    code, out, err = gp(capsys, "analyze", path)
+    code, out, err = run_cli_in_process("analyze", path)
     assert code == 0
     assert "3 groups, 0 prunable (2 more with --allow-inexact)" in out
     assert "--allow-inexact" in out.splitlines()[-1] and "control flow" not in out
-    code, _, err = gp(capsys, "run", path)
+    code, _, err = run_cli_in_process("run", path)
     assert code == 0 and "--allow-inexact" in err and "control flow" not in err
     rep = report(str(tmp_path / "kws_layernorm.pruned.onnx"))
     assert rep["summary"]["prunable_groups"] == 0 and rep["summary"]["inexact_groups"] == 2
@@ -261,7 +251,7 @@ def test_inexact_groups_are_the_reason_not_the_if(tmp_path, capsys):
 
 def test_allow_inexact_verifies_the_exact_part_and_reports_agreement(tmp_path, capsys):
     path = save(tmp_path, "kws_layernorm")
-    code, out, err = gp(capsys, "run", path, "--allow-inexact")
+    code, out, err = run_cli_in_process("run", path, "--allow-inexact")
     assert code == 0, err
     v = report(str(tmp_path / "kws_layernorm.pruned.onnx"))["verify"]
     assert v["passed"] and v["inexact_groups"] == [0, 1]
@@ -281,9 +271,9 @@ def test_quantized_model_is_said_before_any_analysis(tmp_path, capsys, monkeypat
 
     monkeypatch.setattr(pipeline, "Analyzed", never)
     path = save(tmp_path, "quantized")
-    code, out, err = gp(capsys, "analyze", path)
+    code, out, err = run_cli_in_process("analyze", path)
     assert code == 0 and "why: the model is quantized" in out
-    code, out, err = gp(capsys, "run", path)
+    code, out, err = run_cli_in_process("run", path)
     assert code == 0 and "nothing was pruned: the model is quantized" in err
     rep = report(str(tmp_path / "quantized.pruned.onnx"))
     assert rep["latency_ms"] == {"skipped": "the model is unchanged"}
@@ -312,7 +302,7 @@ def test_free_dim_the_weights_fix_is_found_before_guessing(tmp_path, capsys):
     m = wg.fixed_length()
     assert bench.free_sizes(m)[:2] == [8, 32]
     path = save(tmp_path, "fixed_length")
-    code, _, err = gp(capsys, "run", path, "--no-bench")
+    code, _, err = run_cli_in_process("run", path, "--no-bench")
     assert code == 0, err
     assert "unknown dims count as 1" not in err
     rep = report(str(tmp_path / "fixed_length.pruned.onnx"))
@@ -354,7 +344,7 @@ def test_zero_params_row_is_not_a_ratio(capsys):
 
 
 def test_analyze_help_has_one_ratio_default(capsys):
-    code, out, _ = gp(capsys, "analyze", "--help")
+    code, out, _ = run_cli_in_process("analyze", "--help")
     text = " ".join(out.split())
     i = text.index("--ratio FLOAT")
     assert "default: 0, every channel kept" in text[i:i + 200] and "[default: 0.5]" not in text[i:i + 200]
@@ -369,7 +359,7 @@ def test_minilm_with_token_type_ids_runs_with_default_options(tmp_path, capsys):
 
     path = minilm.export(str(tmp_path / "minilm3.onnx"), "legacy", token_type_ids=True)
     assert [i.name for i in onnx.load(path).graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
-    code, _, err = gp(capsys, "run", path, "--bench-seconds", "2")
+    code, _, err = run_cli_in_process("run", path, "--bench-seconds", "2")
     assert code == 0, err
     rep = report(str(tmp_path / "minilm3.pruned.onnx"))
     assert rep["verify"]["passed"] and rep["summary"]["pruned_groups"] >= 12
@@ -388,7 +378,7 @@ def test_onnx_light_models_ir3_initializer_inputs(tmp_path, capsys, name):
         g.write(f.read())
     for extra in ([], ["--no-verify"]):
         out = str(tmp_path / f"out{len(extra)}.onnx")
-        code, _, err = gp(capsys, "run", path, "-o", out, "--bench-seconds", "1", *extra)
+        code, _, err = run_cli_in_process("run", path, "-o", out, "--bench-seconds", "1", *extra)
         assert code == 0, err
         rep = report(out)
         assert 2.5 < rep["macs"]["before"] / rep["macs"]["after"] < 5
