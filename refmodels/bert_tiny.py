@@ -26,6 +26,8 @@ def build(seed: int = 0):
     import torch
     from transformers import BertConfig, BertModel
 
+    from .minilm import token_states
+
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
                      intermediate_size=MLP, max_position_embeddings=64, type_vocab_size=2,
@@ -41,20 +43,12 @@ def build(seed: int = 0):
             elif name.endswith("bias"):
                 p.copy_((torch.rand(p.shape, generator=gen) - 0.5) * 0.4)
 
-    class Encoder(torch.nn.Module):
-        def __init__(self, bert):
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids, attention_mask):
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
     ids = torch.randint(0, VOCAB, (2, 9), generator=gen)
     mask = torch.ones(2, 9, dtype=torch.int64)
     mask[1, 6:] = 0                                   # the second sequence is padded
     names = ["input_ids", "attention_mask"]
     dyn = {n: {0: "batch", 1: "sequence"} for n in names + ["output"]}
-    return Encoder(bert).eval(), (ids, mask), names, dyn
+    return token_states(bert).eval(), (ids, mask), names, dyn
 
 
 def export(path: str, exporter: str = "legacy", opset: int | None = None, seed: int = 0) -> str:

@@ -39,6 +39,22 @@ def load():
 
 
 
+def token_states(bert):
+    """``bert`` (a Hugging Face BertModel) as a module of (input_ids, attention_mask) that returns
+    the token states (its last hidden state), the output graphprune prunes and compares."""
+    import torch
+
+    class Encoder(torch.nn.Module):
+        def __init__(self, bert):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    return Encoder(bert)
+
+
 def export(path: str, exporter: str = "legacy", opset: int | None = None, token_type_ids: bool = False) -> str:
     """``token_type_ids=True``: the three inputs of the usual Hugging Face BERT export
     (``input_ids``, ``attention_mask``, ``token_type_ids``; the type table has 2 rows)."""
@@ -50,19 +66,11 @@ def export(path: str, exporter: str = "legacy", opset: int | None = None, token_
     if token_type_ids:
         return _export3(path, exporter, opset, tok, model)
 
-    class Encoder(torch.nn.Module):
-        def __init__(self, bert):
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids, attention_mask):
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
     enc = tokenize(tok, ["a sentence to trace the graph with", "and a second, longer one to pad the batch"])
     example = (torch.from_numpy(enc["input_ids"]), torch.from_numpy(enc["attention_mask"]))
     dyn = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
            "output": {0: "batch", 1: "sequence"}}
-    return export_model(Encoder(model), example, ["input_ids", "attention_mask"], dyn, path, exporter, opset)
+    return export_model(token_states(model), example, ["input_ids", "attention_mask"], dyn, path, exporter, opset)
 
 
 def _export3(path, exporter, opset, tok, model) -> str:
