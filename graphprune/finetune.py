@@ -32,6 +32,10 @@ from .errors import CalibrationError, UsageError
 
 LOSSES = ("mse", "cosine", "kl")
 AUTO_MATCH_OPS = ("LayerNormalization", "Add", "Relu", "BatchNormalization", "Clip", "HardSwish", "Concat")
+# "auto" on a transformer: the normalised residual stream (its width is kept by head/MLP pruning)
+AUTO_NORM_OPS = ("LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization",
+                 "SkipLayerNormalization", "SkipSimplifiedLayerNormalization")
+VAL_CACHE_BYTES = 256 * 2 ** 20                # the teacher's outputs on the held-out split kept up to this size
 
 
 @dataclass
@@ -252,7 +256,7 @@ def _match_candidates(student: onnx.ModelProto, teacher: onnx.ModelProto, patter
     s_out = {o: n.op_type for n in student.graph.node for o in n.output if n.op_type != "Constant"}
     t_out = {o: n.op_type for n in teacher.graph.node for o in n.output if n.op_type != "Constant"}
     outputs = {o.name for o in student.graph.output}
-    order = [o for n in student.graph.node for o in n.output if o in t_out and o not in outputs and o]
+    order = [o for n in student.graph.node for o in n.output if o in s_out and o in t_out and o not in outputs and o]
     out = []
     for p in patterns:
         if p == "auto":
@@ -371,9 +375,18 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, data, opts: Fin
                 raise UsageError(f"the teacher's output {o!r} has shape {tuple(ref[o].shape)}, the student's "
                                  f"{tuple(got[o].shape)}")
         match = [m for m in match if tuple(ref[m].shape) == tuple(got[m].shape) and got[m].is_floating_point()]
+        if "auto" in opts.match:
+            explicit = set(_match_candidates(student, teacher, [p for p in opts.match if p != "auto"]))
+            ops = {o: n.op_type for n in student.graph.node for o in n.output}
+            # what pruning did not reach (the student computes the teacher's values) guides nothing
+            match = [m for m in match if m in explicit or float(_loss_fn("mse", 1.0)(got[m].double(), ref[m].double())) > 1e-8]
+            norms = [m for m in match if ops[m] in AUTO_NORM_OPS]
+            if norms:       # layer outputs of a transformer: the normalised residual stream only
+                match = [m for m in match if m in explicit or m in norms]
         if "auto" in opts.match and len(match) > opts.max_match:
             pick = np.linspace(0, len(match) - 1, opts.max_match).round().astype(int)
             match = [match[i] for i in sorted(set(pick.tolist()))]
+        t_names = outputs + match                               # the teacher fetches only what is matched
         mfn = _loss_fn("mse", 1.0)
         del ref, got
 
@@ -408,15 +421,27 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, data, opts: Fin
                 loss = loss + opts.match_weight * sum(mfn(got[m], ref[m]) for m in match) / len(match)
             return loss
 
+        val_refs: List[dict] = []          # the teacher's outputs on the held-out batches, when small
+        val_cached = [False]
+
         def validate() -> Optional[float]:
             if dat.n_val() == 0:
                 return None
             tot, n = 0.0, 0
+            size = 0
             with torch.no_grad():
-                for feed in dat.validation():
+                for i, feed in enumerate(dat.validation()):
                     b = next(iter(feed.values())).shape[0]
-                    tot += float(batch_loss(feed)) * b
+                    ref = val_refs[i] if val_cached[0] else teach(feed)
+                    if not val_cached[0] and size <= VAL_CACHE_BYTES:
+                        size += sum(v.numel() * v.element_size() for v in ref.values())
+                        val_refs.append(ref)
+                    tot += float(batch_loss(feed, ref)) * b
                     n += b
+            if not val_cached[0]:
+                val_cached[0] = size <= VAL_CACHE_BYTES
+                if not val_cached[0]:
+                    val_refs.clear()
             return tot / max(n, 1)
 
         info = {"steps_planned": total, "train_samples": int(dat.n_train), "val_samples": int(dat.n_val()),

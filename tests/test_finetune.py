@@ -130,6 +130,36 @@ def test_cnn_with_constant_nodes_and_matched_intermediates():
     assert info2["agreement"]["after"]["rel_err"] < info2["agreement"]["before"]["rel_err"]
 
 
+def residual_mlp_stack(seed=0, d=8, hidden=32, blocks=3):
+    """x[N, S, d] -> LayerNorm -> blocks of (MatMul d->hidden, Relu, MatMul hidden->d, residual Add,
+    LayerNorm): a transformer's residual stream, whose width pruning keeps."""
+    b = GraphBuilder(seed=seed)
+    h = b.input("x", ["N", "S", d])
+    ln = lambda x, i: b.node("LayerNormalization", [x, b.const(f"ln{i}.g", 1 + 0.1 * b.randn(d).astype(np.float32)),
+                                                     b.const(f"ln{i}.b", 0.1 * b.randn(d).astype(np.float32))],
+                             name=f"ln{i}", axis=-1, outputs=["y"] if i == blocks else None)
+    h = ln(h, 0)
+    for i in range(1, blocks + 1):
+        u = b.node("MatMul", [h, b.const(f"fc{i}a.w", b.randn(d, hidden, scale=d ** -0.5).astype(np.float32))])
+        u = b.relu(b.node("Add", [u, b.const(f"fc{i}a.b", 0.1 * b.randn(hidden).astype(np.float32))]))
+        u = b.node("MatMul", [u, b.const(f"fc{i}b.w", b.randn(hidden, d, scale=hidden ** -0.5).astype(np.float32))])
+        h = ln(b.node("Add", [u, h]), i)
+    return b.model(h)
+
+
+def test_match_auto_on_a_residual_stream_takes_the_pruned_layers_norm_outputs():
+    dense = residual_mlp_stack()
+    pruned = prune(dense, Options(ratio=0.5, bench=False)).model
+    cal = Calibration.from_arrays(data(64, (5, 8)))
+    out, info = finetune(pruned, dense, cal, FinetuneOptions(steps=20, lr=1e-2, batch=16, match=("auto",)))
+    # the LayerNorm outputs after pruned layers (not ln0: pruning did not reach it; not the last: an output)
+    assert info["matched_tensors"] == ["ln1_out", "ln2_out"]
+    assert info["agreement"]["after"]["rel_err"] < info["agreement"]["before"]["rel_err"]
+    # a name given with auto is kept even when it already agrees
+    _, info2 = finetune(pruned, dense, cal, FinetuneOptions(steps=1, batch=16, match=("auto", "ln0_out")))
+    assert info2["matched_tensors"] == ["ln0_out", "ln1_out", "ln2_out"]
+
+
 def test_interpreter_matches_onnxruntime_on_a_tf2onnx_model():
     m = onnx.load(os.path.join(ROOT, "refmodels", "keras_encoder.onnx"))
     feed = bench.random_inputs(m, seed=0, batch=3)
