@@ -60,6 +60,9 @@ class FinetuneOptions:
     threads: int = 1                         # torch and onnxruntime threads
     train_embeddings: bool = False           # also train tables read only by Gather (embeddings)
     freeze: Sequence[str] = ()               # constants (names or globs) kept as they are
+    # Python only: a term added to the loss, extra_loss(student, teacher, feed) -> scalar tensor, where
+    # student/teacher map output (and matched) names to torch tensors and feed is the batch's inputs
+    extra_loss: Optional[Callable] = None
 
     def check(self) -> None:
         if self.steps is not None and self.steps < 1:
@@ -419,6 +422,8 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, data, opts: Fin
             loss = sum(parts.values()) / len(parts)
             if match:
                 loss = loss + opts.match_weight * sum(mfn(got[m], ref[m]) for m in match) / len(match)
+            if opts.extra_loss is not None:
+                loss = loss + opts.extra_loss(got, ref, feed)
             return loss
 
         val_refs: List[dict] = []          # the teacher's outputs on the held-out batches, when small

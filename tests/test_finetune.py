@@ -155,9 +155,16 @@ def test_match_auto_on_a_residual_stream_takes_the_pruned_layers_norm_outputs():
     # the LayerNorm outputs after pruned layers (not ln0: pruning did not reach it; not the last: an output)
     assert info["matched_tensors"] == ["ln1_out", "ln2_out"]
     assert info["agreement"]["after"]["rel_err"] < info["agreement"]["before"]["rel_err"]
-    # a name given with auto is kept even when it already agrees
-    _, info2 = finetune(pruned, dense, cal, FinetuneOptions(steps=1, batch=16, match=("auto", "ln0_out")))
+    # a name given with auto is kept even when it already agrees; extra_loss sees outputs and matches
+    seen = []
+
+    def extra(student, teacher, feed):
+        seen.append((sorted(student), sorted(teacher), sorted(feed)))
+        return 0.5 * (1 - torch.nn.functional.cosine_similarity(student["y"].mean(1), teacher["y"].mean(1))).mean()
+    _, info2 = finetune(pruned, dense, cal, FinetuneOptions(steps=1, batch=16, match=("auto", "ln0_out"),
+                                                            extra_loss=extra))
     assert info2["matched_tensors"] == ["ln0_out", "ln1_out", "ln2_out"]
+    assert seen and seen[0] == (["ln0_out", "ln1_out", "ln2_out", "y"],) * 2 + (["x"],)
 
 
 def test_interpreter_matches_onnxruntime_on_a_tf2onnx_model():
