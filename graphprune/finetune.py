@@ -522,6 +522,11 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, data, opts: Fin
                 if progress is not None:
                     progress({"step": step, "total": total, "loss": lv, "loss_avg": ema, "val": val,
                               "best_val": best_val, "elapsed_s": time.perf_counter() - t_start})
+        if dat.n_val() and step and stop == "time budget" and step % eval_every:
+            # the budget ran out between validations: the steps since the last one count too
+            val = validate()
+            if math.isfinite(val) and (best_val is None or val < best_val):
+                best_val, best_state = val, [p.detach().clone() for p in params]
         if dat.n_val() and step:
             # keep the best validation weights (the input's own when training never beat them)
             with torch.no_grad():

@@ -105,6 +105,16 @@ def test_zeros_of_sparse_weights_stay_zero(pair):
     assert np.all(w2[w == 0] == 0) and not np.array_equal(w2[w != 0], w[w != 0])
 
 
+def test_time_budget_between_validations_still_keeps_the_last_steps(pair):
+    dense, pruned = pair
+    out, info = finetune(pruned, dense, Calibration.from_arrays(data()),
+                         FinetuneOptions(**{**OPTS, "steps": 10 ** 6, "eval_every": 10 ** 6, "max_seconds": 0.3,
+                                            "clock": "cpu", "lr": 1e-2}))
+    assert info["stopped"] == "time budget" and info["steps"] > 1
+    assert info["val_loss_best"] < info["val_loss_before"]
+    assert info["agreement"]["after"]["rel_err"] < info["agreement"]["before"]["rel_err"]
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_weights(pair):
     dense, pruned = pair
     out, info = finetune(pruned, dense, Calibration.from_arrays(data()),
