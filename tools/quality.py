@@ -126,9 +126,22 @@ def onnx_to_torch(model: onnx.ModelProto):
 
 
 def distil(pruned: onnx.ModelProto, dense: onnx.ModelProto, feeds, seconds: float, lr: float, threads: int,
-           batch: int = 16, steps: int = 100000, eval_every: int = 50) -> (onnx.ModelProto, dict):
-    """graphprune.finetune on unlabeled feeds within a time budget (the CLI's `finetune`)."""
+           batch: int = 16, steps: int = 100000, eval_every: int = 50, match=(), match_weight: float = 1.0,
+           pooled_weight: float = 0.0) -> (onnx.ModelProto, dict):
+    """graphprune.finetune on unlabeled feeds within a time budget (the CLI's `finetune`).
+    ``pooled_weight``: also 1 - cosine of the mean-pooled sentence embeddings (what the MiniLM
+    metric reads), through FinetuneOptions.extra_loss."""
     from graphprune.finetune import FinetuneOptions, finetune
+
+    extra = None
+    if pooled_weight:
+        import torch
+
+        def extra(student, teacher, feed):
+            m = torch.from_numpy(np.asarray(feed["attention_mask"])).to(torch.float32)[..., None]
+            s, t = next(iter(student.values())), next(iter(teacher.values()))
+            es, et = (s * m).sum(1) / m.sum(1).clamp_min(1e-9), (t * m).sum(1) / m.sum(1).clamp_min(1e-9)
+            return pooled_weight * (1 - torch.nn.functional.cosine_similarity(es, et, dim=-1)).mean()
 
     t = time.time()
     last = [0.0]
@@ -140,7 +153,8 @@ def distil(pruned: onnx.ModelProto, dense: onnx.ModelProto, feeds, seconds: floa
 
     tuned, info = finetune(pruned, dense, feeds, FinetuneOptions(
         steps=steps, lr=lr, batch=batch, max_seconds=seconds, clock="cpu", threads=threads, val_fraction=0.05,
-        eval_every=eval_every, patience=1000), progress)
+        eval_every=eval_every, patience=1000, match=tuple(match), match_weight=match_weight,
+        extra_loss=extra), progress)
     info["wall_s"] = time.time() - t
     return tuned, info
 
@@ -382,7 +396,7 @@ def spearman(a, b) -> float:
 
 
 def run_minilm(factors, configs, threads, n_calib=512, n_eval=256, tp_compare=True, pool="base",
-               distil_s: float = 0.0, distil_sentences: int = 4096, distil_lr: float = 1e-4):
+               distil_s: float = 0.0, distil_sentences: int = 4096, distil_lr: float = 1e-4, distil_kw=None):
     import torch
 
     from refmodels import minilm
@@ -424,12 +438,14 @@ def run_minilm(factors, configs, threads, n_calib=512, n_eval=256, tp_compare=Tr
             if distil_s:
                 if distil_feeds is None:
                     ds, _ = sentences(distil_sentences, n_eval, pool="large")
-                    distil_feeds = minilm.tokenize_unpadded(tok, ds, max_batch=16)
-                tuned, info = distil(pruned, model, distil_feeds, distil_s, distil_lr, threads)
+                    distil_feeds = minilm.tokenize_unpadded(tok, ds, max_batch=(distil_kw or {}).get("batch", 16))
+                tuned, info = distil(pruned, model, distil_feeds, distil_s, distil_lr, threads, **(distil_kw or {}))
                 after = metrics(emb_onnx(tuned), e0)
                 rows[-1].update({"ft_cos": after["cos"], "ft_spearman": after["spearman"], "ft_steps": info["steps"],
                                  "ft_s": info["seconds"], "ft_cpu_s": info["train_cpu_s"], "ft_sentences": sum(int(x["input_ids"].shape[0]) for x in distil_feeds), "ft_lr": distil_lr,
-                                 "ft_load": os.getloadavg()[0]})
+                                 "ft_load": os.getloadavg()[0], "ft_matched": len(info["matched_tensors"]),
+                                 "ft_val": [info["val_loss_before"], info["val_loss_best"]], **{
+                                     "ft_" + k: v for k, v in (distil_kw or {}).items()}})
             log(rows[-1])
         if not tp_compare:
             continue
@@ -593,6 +609,15 @@ def main():
                          "unlabeled sentences, and measure again")
     ap.add_argument("--distil-sentences", type=int, default=4096)
     ap.add_argument("--distil-lr", type=float, default=1e-4)
+    ap.add_argument("--distil-match", nargs="+", default=[], metavar="NAME|GLOB|auto",
+                    help="MiniLM: also match these intermediate tensors (FinetuneOptions.match; auto: the layers' "
+                         "LayerNorm outputs)")
+    ap.add_argument("--distil-match-weight", type=float, default=1.0)
+    ap.add_argument("--distil-pooled-weight", type=float, default=0.0,
+                    help="MiniLM: add this weight x (1 - cosine of the mean-pooled sentence embeddings) to the loss")
+    ap.add_argument("--distil-batch", type=int, default=16, help="MiniLM: sentences per distillation step")
+    ap.add_argument("--distil-eval-every", type=int, default=50,
+                    help="MiniLM: steps between validations on the held-out 5 %% (they count in the budget)")
     ap.add_argument("--no-tp", action="store_true", help="skip the Torch-Pruning rows")
     ap.add_argument("--digits-configs", nargs="+", default=None, metavar="CRIT/REPAIR",
                     help="graphprune configurations for digits (default: every criterion x repair)")
@@ -615,7 +640,10 @@ def main():
             configs = [tuple(c.split("/")) for c in a.minilm_configs]
         res["minilm"] = run_minilm(a.factors, configs, a.threads, n_calib=a.minilm_calib, pool=a.calib_pool,
                                    tp_compare=not a.no_tp, distil_s=a.distil_seconds,
-                                   distil_sentences=a.distil_sentences, distil_lr=a.distil_lr)
+                                   distil_sentences=a.distil_sentences, distil_lr=a.distil_lr,
+                                   distil_kw=dict(match=a.distil_match, match_weight=a.distil_match_weight,
+                                                  batch=a.distil_batch, eval_every=a.distil_eval_every,
+                                                  pooled_weight=a.distil_pooled_weight))
     if ("minilm" in a.models and not a.distil_seconds) or "calibration" in a.models:
         res["calibration"] = measure_calibration(threads=a.threads)
     res["seconds"] = time.time() - t0
