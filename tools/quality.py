@@ -396,7 +396,8 @@ def spearman(a, b) -> float:
 
 
 def run_minilm(factors, configs, threads, n_calib=512, n_eval=256, tp_compare=True, pool="base",
-               distil_s: float = 0.0, distil_sentences: int = 4096, distil_lr: float = 1e-4, distil_kw=None):
+               distil_s: float = 0.0, distil_sentences: int = 4096, distil_lr: float = 1e-4, distil_kw=None,
+               distil_max_length: int = 64):
     import torch
 
     from refmodels import minilm
@@ -438,7 +439,8 @@ def run_minilm(factors, configs, threads, n_calib=512, n_eval=256, tp_compare=Tr
             if distil_s:
                 if distil_feeds is None:
                     ds, _ = sentences(distil_sentences, n_eval, pool="large")
-                    distil_feeds = minilm.tokenize_unpadded(tok, ds, max_batch=(distil_kw or {}).get("batch", 16))
+                    distil_feeds = minilm.tokenize_unpadded(tok, ds, max_batch=(distil_kw or {}).get("batch", 16),
+                                                           max_length=distil_max_length)
                 tuned, info = distil(pruned, model, distil_feeds, distil_s, distil_lr, threads, **(distil_kw or {}))
                 after = metrics(emb_onnx(tuned), e0)
                 rows[-1].update({"ft_cos": after["cos"], "ft_spearman": after["spearman"], "ft_steps": info["steps"],
@@ -615,6 +617,8 @@ def main():
     ap.add_argument("--distil-match-weight", type=float, default=1.0)
     ap.add_argument("--distil-pooled-weight", type=float, default=0.0,
                     help="MiniLM: add this weight x (1 - cosine of the mean-pooled sentence embeddings) to the loss")
+    ap.add_argument("--distil-max-length", type=int, default=64,
+                    help="MiniLM: distillation sentences truncated to this many tokens (the evaluation keeps 64)")
     ap.add_argument("--distil-batch", type=int, default=16, help="MiniLM: sentences per distillation step")
     ap.add_argument("--distil-eval-every", type=int, default=50,
                     help="MiniLM: steps between validations on the held-out 5 %% (they count in the budget)")
@@ -643,7 +647,8 @@ def main():
                                    distil_sentences=a.distil_sentences, distil_lr=a.distil_lr,
                                    distil_kw=dict(match=a.distil_match, match_weight=a.distil_match_weight,
                                                   batch=a.distil_batch, eval_every=a.distil_eval_every,
-                                                  pooled_weight=a.distil_pooled_weight))
+                                                  pooled_weight=a.distil_pooled_weight),
+                                   distil_max_length=a.distil_max_length)
     if ("minilm" in a.models and not a.distil_seconds) or "calibration" in a.models:
         res["calibration"] = measure_calibration(threads=a.threads)
     res["seconds"] = time.time() - t0
