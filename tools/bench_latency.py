@@ -1,7 +1,8 @@
 """Latency-aware pruning benchmark: --target-latency against uniform-ratio plans and Torch-Pruning.
 
 For each model of tools/latency_models.py (full-size stand-ins for six torchvision classifiers,
-224x224, random weights, exported by torch's legacy exporter) this script makes, with the
+or with ``--torchvision`` torchvision's own modules; 224x224, random weights, exported by torch's
+legacy exporter) this script makes, with the
 L2-magnitude criterion throughout:
 
 * **graphprune, latency-aware**: ``--target-latency T`` (global allocation, per-layer staircase
@@ -185,8 +186,13 @@ def main(argv=None):
     ap.add_argument("--work", default="/tmp/lat")
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-tp", action="store_true")
+    ap.add_argument("--torchvision", action="store_true",
+                    help="torchvision's own modules instead of the stand-ins (a venv with torchvision; "
+                         "use another --work folder)")
     ap.add_argument("--noise", type=int, default=0, help="only the timing-noise comparison, this many times")
     args = ap.parse_args(argv)
+    if args.torchvision:
+        os.environ["GRAPHPRUNE_TORCHVISION"] = "1"
     os.makedirs(args.work, exist_ok=True)
     if args.noise:
         return noise(args)
