@@ -200,6 +200,8 @@ class Options:
             raise UsageError(f"unknown criterion {self.criterion!r}; choose from {', '.join(sorted(CRITERIA))}")
         if self.threads < 1:
             raise UsageError("--threads must be >= 1")
+        if not self.bench_seconds > 0:
+            raise UsageError(f"--bench-seconds must be > 0, got {self.bench_seconds}")
         check_provider(self.provider, self.device)
         for name, allowed in (("scope", SCOPES), ("normalize", NORMALIZE), ("reduce", REDUCE), ("repair", REPAIR),
                               ("ridge_prior", RIDGE_PRIORS)):
