@@ -1,6 +1,6 @@
 """The closed choices of the pruning options, as ``Literal`` types and as tuples.
 
-One definition for ``pipeline.Options`` (the field types), its checks, and the CLI's
+One definition for ``options.Options`` (the field types), its checks, and the CLI's
 ``click.Choice`` lists. This module imports nothing heavy, so the CLI can read it at start-up.
 """
 
@@ -12,6 +12,9 @@ Reduce = Literal["mean", "sum", "max"]
 RepairMode = Literal["none", "bias", "lstsq"]
 RidgePrior = Literal["zero", "weights"]
 Provider = Literal["cpu", "cuda", "tensorrt"]
+LatencyObjective = Literal["auto", "importance", "macs"]
+SparseKernels = Literal["auto", "always", "never"]
+SparseCriterion = Literal["magnitude", "wanda", "sparsegpt", "random"]
 
 SCOPES = get_args(Scope)
 NORMALIZE = get_args(Normalize)
@@ -19,3 +22,6 @@ REDUCE = get_args(Reduce)
 REPAIR = get_args(RepairMode)
 RIDGE_PRIORS = get_args(RidgePrior)
 PROVIDER_NAMES = get_args(Provider)
+LATENCY_OBJECTIVES = get_args(LatencyObjective)
+SPARSE_KERNELS = get_args(SparseKernels)
+SPARSE_CRITERIA = get_args(SparseCriterion)

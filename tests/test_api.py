@@ -92,27 +92,160 @@ def test_options_are_keyword_only_and_checked(demo):
         graphprune.load("/nonexistent/model.onnx")
 
 
-def test_cli_choices_and_defaults_are_the_options_ones():
-    """The CLI's choice lists are graphprune.choices' (the Options fields' Literal types); its
-    defaults must equal the Options defaults."""
-    import typing
+# ----------------------------------------------------------------------------- options.py and the CLI
 
-    from graphprune import choices
-    from graphprune.cli import run
+# Options fields with no command-line form (options.setting(cli=False)): a new field is either
+# given a flag or added here on purpose.
+PYTHON_ONLY = {"bench_repeats", "per_cost", "taylor_samples", "taylor_eps", "latency_timer", "sparse_margin",
+               "sparse_sequential"}
+# Fields whose command-line default differs from the Python one on purpose (options.setting(cli_default=)).
+CLI_DEFAULTS_DIFFER = {"bench": None, "verify": None}
+# (command, field): a command that changes a generated flag on purpose.
+OVERRIDDEN = {("analyze", "ratio")}      # analyze writes a plan at ratio 0 unless --ratio is given
 
-    fields = {f.name: f for f in dataclasses.fields(Options)}
-    checked = 0
-    for p in run.params:
-        f = fields.get(p.name)
-        if f is None or f.default is dataclasses.MISSING or getattr(p, "is_flag", False) \
-                or p.name in ("bench", "verify", "round_to", "protect"):
+
+def _command(name):
+    from graphprune.cli import cli
+    return cli.commands[name]
+
+
+def test_options_is_one_class_and_options_py_is_a_light_import():
+    from graphprune import options, pipeline
+
+    assert graphprune.Options is pipeline.Options is options.Options is Options
+    code = ("import sys, graphprune.options, graphprune; graphprune.Options\n"
+            "heavy = ('onnx', 'onnxruntime', 'torch', 'numpy', 'click')\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m == 'graphprune.pipeline'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_options_field_is_on_the_command_line_or_python_only():
+    from graphprune import options as o
+
+    run = _command("run")
+    params = {p.name: p for p in run.params}
+    flags = {f for p in run.params for f in p.opts + p.secondary_opts}
+    assert set(o.python_only()) == PYTHON_ONLY
+    for name, f in o.FIELDS.items():
+        cli = f.metadata["cli"]
+        if cli is True:                    # generated: a flag of its own name on run
+            assert name in params and params[name].opts[0] == o.cli_flag(name), name
+        elif cli is False:
+            assert o.cli_flag(name) not in flags and name not in params, name
+        else:                              # hand-written flags in cli.py
+            assert set(cli) <= flags, (name, cli)
+        assert f.metadata["help"].strip(), name
+    assert {n for n in o.cli_fields() if o.cli_default(n) != o.FIELDS[n].default} == set(CLI_DEFAULTS_DIFFER)
+    assert all(o.cli_default(n) == v for n, v in CLI_DEFAULTS_DIFFER.items())
+
+
+# the Options fields each command takes (run: every field with a generated flag)
+ANALYZE_FIELDS = {"ratio", "head_ratio", "mlp_ratio", "prune_hidden", "round_to", "protect", "criterion", "seed",
+                  "allow_inexact", "calib_batch", "reduce", "normalize", "scope", "target_macs", "target_params",
+                  "min_ratio", "max_ratio", "keep_initializer_inputs"}
+
+
+@pytest.mark.parametrize("command", ["run", "analyze", "prune", "verify"])
+def test_flags_of_options_fields_are_made_from_their_definitions(command):
+    """Default, flag, type or choices and help of every flag named after an Options field are those
+    of its definition in options.py (no second copy in cli.py)."""
+    import click
+
+    from graphprune import options as o
+
+    expected = {"run": set(o.cli_fields()), "analyze": ANALYZE_FIELDS, "prune": {"keep_initializer_inputs"},
+                "verify": {"provider", "device"}}[command]
+    seen = set()
+    for p in _command(command).params:
+        if p.name not in o.FIELDS or o.FIELDS[p.name].metadata["cli"] is not True:
             continue
-        assert p.default == f.default, p.name
-        checked += 1
-        if isinstance(f.type, str) and hasattr(choices, f.type):       # a Literal alias
-            assert tuple(p.type.choices) == typing.get_args(getattr(choices, f.type)), p.name
-            checked += 1
-    assert checked >= 20
+        seen.add(p.name)
+        assert p.opts == [o.cli_flag(p.name)], p.name
+        if (command, p.name) in OVERRIDDEN:
+            continue
+        kind, values = o.cli_kind(p.name)
+        assert p.default == o.cli_default(p.name), p.name
+        assert p.help == o.cli_help(p.name), p.name
+        assert (p.metavar or None) == o.FIELDS[p.name].metadata["metavar"], p.name
+        if kind == "choice":
+            assert tuple(p.type.choices) == values, p.name
+        elif kind in ("int", "float"):
+            assert p.type == {"int": click.INT, "float": click.FLOAT}[kind], p.name
+        elif kind == "switch":
+            assert p.secondary_opts == ["--no-" + p.opts[0][2:]], p.name
+        assert p.is_flag == (kind in ("flag", "switch")) and p.multiple == (kind == "multiple"), p.name
+    assert seen == expected
+
+
+def test_choices_are_the_literal_types_of_choices_py():
+    from graphprune import choices, options as o
+
+    kinds = {n: o.cli_kind(n) for n in o.FIELDS}
+    literal = {n: v for n, (k, v) in kinds.items() if k == "choice"}
+    assert literal == {"reduce": choices.REDUCE, "provider": choices.PROVIDER_NAMES, "normalize": choices.NORMALIZE,
+                       "scope": choices.SCOPES, "repair": choices.REPAIR, "ridge_prior": choices.RIDGE_PRIORS,
+                       "latency_objective": choices.LATENCY_OBJECTIVES, "sparse_kernels": choices.SPARSE_KERNELS,
+                       "sparse_criterion": choices.SPARSE_CRITERIA}
+
+
+def test_help_texts_name_real_fields_and_every_criterion():
+    """A field named in `backquotes` in a help text is a real field (it becomes its flag in the
+    CLI's help); the criterion help lists every built-in criterion."""
+    import re
+
+    from graphprune import options as o
+
+    for name, f in o.FIELDS.items():
+        for text in (f.metadata["help"], f.metadata["none"] or ""):
+            for ref in re.findall(r"`([^`]+)`", text):
+                assert ref in o.FIELDS and o.cli_flags(ref), (name, ref)
+        assert "`" not in o.cli_help(name) if f.metadata["cli"] is True else True
+    words = set(re.findall(r"[\w-]+", o.cli_help("criterion")))
+    assert set(graphprune.CRITERIA) <= words
+
+
+def test_options_docstring_args_are_the_definitions():
+    from graphprune import options as o
+
+    doc = " ".join(Options.__doc__.split())
+    args = doc[doc.index("Args:"):]
+    pos = [args.index(f" {name}: {' '.join(o.doc_help(name).split())}") for name in o.FIELDS]
+    assert pos == sorted(pos) and len(pos) == len(dataclasses.fields(Options))
+    assert "head_ratio: fraction of attention heads to remove (None: ``ratio``)" in args
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("command", ["run", "analyze", "prune"])
+def test_a_bare_command_builds_the_default_options(command, demo, tmp_path, monkeypatch):
+    """`graphprune run MODEL` with no flag prunes with Options() (but for the automatic bench and
+    verify of CLI_DEFAULTS_DIFFER); analyze plans at ratio 0; prune applies the plan as it is."""
+    from graphprune import options as o, pipeline
+    from graphprune.cli import Progress, cli
+
+    src = tmp_path / "demo.onnx"
+    onnx.save(demo, str(src))
+    seen = []
+
+    def stop(*args, **kw):
+        seen.append(next(a for a in args if isinstance(a, Options)))
+        raise _Stop()
+    monkeypatch.setattr(pipeline, "calibration" if command == "analyze" else "prune", stop)
+    args = {"run": ["run", str(src), "-q"], "analyze": ["analyze", str(src)],
+            "prune": ["prune", str(src), "--plan", str(tmp_path / "plan.json"), "-q"]}[command]
+    (tmp_path / "plan.json").write_text('{"groups": []}')
+    try:
+        with pytest.raises(_Stop):
+            cli.main(args=args, prog_name="graphprune", standalone_mode=False)
+    finally:
+        Progress.interrupt()
+    expected = {"run": dict(CLI_DEFAULTS_DIFFER), "analyze": {"ratio": 0.0}, "prune": {"ratio": 0.0}}[command]
+    got = dataclasses.asdict(seen[0])
+    for name in o.FIELDS:
+        assert got[name] == expected.get(name, getattr(Options(), name)), name
 
 
 def _quantized():
