@@ -298,11 +298,10 @@ class FinetuneOptions:
     batch: int = setting(16, help="samples per step")
     seed: int = setting(Options.seed, help="seed of the train/validation split, the sample order and torch")
     loss: Loss = setting("mse", cli=("--loss",), metavar="KIND|OUTPUT=KIND",
-                         help="mse (relative), cosine or kl (logits): the loss of every output (on the command line "
-                              "OUTPUT=KIND: of one)")
+                         help="mse (relative), cosine or kl (logits), for every output")
     output_loss: Dict[str, str] = setting(default_factory=dict, cli=("--loss",),
                                           help="output name -> its loss where it is not `loss` (the command line's "
-                                               "OUTPUT=KIND)")
+                                               "--loss OUTPUT=KIND)")
     temperature: float = setting(1.0, help="kl loss temperature")
     match: Sequence[str] = setting((), metavar="NAME|auto",
                                    help="also match this intermediate tensor (name or glob) that both graphs keep "
@@ -360,7 +359,7 @@ class SweepConfig:
 
     The ``Args`` section is generated from the fields' definitions (options.setting)."""
     model: str = setting(cli=("MODEL",), help="path of the ONNX model")
-    ratios: Sequence[float] = setting(DEFAULT_RATIOS, help="fractions of each group to remove (comma-separated on "
+    ratios: Sequence[float] = setting(DEFAULT_RATIOS, metavar="R,R,...", help="fractions of each group to remove (comma-separated on "
                                                            "the command line)")
     criterion: str = setting(Options.criterion, help="which channels go first (as in run)")
     calib: Optional[str] = setting(None, metavar="FILE.npz", help="calibration samples: quality is measured on them")
