@@ -249,15 +249,15 @@ ROUND_TO = _RoundTo()
 
 
 class _Ratios(click.ParamType):
-    """Comma-separated fractions (``0.25,0.5``), sorted, each once."""
+    """Comma-separated fractions (``0.25,0.5``), sorted, each once (SweepConfig.check checks them)."""
     name = "ratios"
 
     def convert(self, value, param, ctx):
         items = value if isinstance(value, (list, tuple)) else str(value).split(",")
         try:
             return sorted({float(x) for x in items if str(x).strip()})
-        except ValueError:
-            self.fail(f"comma-separated numbers expected, got {value!r}", param, ctx)
+        except ValueError:      # graphprune's one-line message, as before this was a click type
+            raise UsageError(f"--ratios must be comma-separated numbers, got {value!r}")
 
 
 # Fields whose type click cannot read from the annotation in options.py: (class, field) -> type.
