@@ -248,22 +248,36 @@ class _RoundTo(click.ParamType):
 ROUND_TO = _RoundTo()
 
 
-# Fields whose type click cannot read from the annotation in options.py.
-_CLICK_TYPES = {"round_to": ROUND_TO}
+class _Ratios(click.ParamType):
+    """Comma-separated fractions (``0.25,0.5``), sorted, each once (SweepConfig.check checks them)."""
+    name = "ratios"
+
+    def convert(self, value, param, ctx):
+        items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+        try:
+            return sorted({float(x) for x in items if str(x).strip()})
+        except ValueError:      # graphprune's one-line message, as before this was a click type
+            raise UsageError(f"--ratios must be comma-separated numbers, got {value!r}")
 
 
-def field_option(name: str, **override):
-    """The click option of ``Options`` field ``name``, made from its definition in options.py:
-    flag (``round_to`` -> ``--round-to``), default, type or choices, metavar and help.
-    ``override``: click keywords one command changes (``analyze --ratio``)."""
-    kind, values = optdefs.cli_kind(name)
-    flag, default = optdefs.cli_flag(name), optdefs.cli_default(name)
-    kw = dict(default=default, help=optdefs.cli_help(name),
+# Fields whose type click cannot read from the annotation in options.py: (class, field) -> type.
+_CLICK_TYPES = {(optdefs.Options, "round_to"): ROUND_TO, (optdefs.SweepConfig, "ratios"): _Ratios()}
+
+
+def field_option(name: str, of: type = optdefs.Options, prefix: str = "", **override):
+    """The click option of field ``name`` of a settings class of options.py (``Options``,
+    ``FinetuneOptions``, ``SweepConfig``), made from its definition: flag (``round_to`` ->
+    ``--round-to``; ``prefix`` "finetune-": ``--finetune-lr``), default, type or choices, metavar and
+    help. The parameter is the field's name (with the prefix: ``finetune_lr``). ``override``: click
+    keywords one command changes (``analyze --ratio``)."""
+    kind, values = optdefs.cli_kind(name, of)
+    flag, default = optdefs.cli_flag(name, of, prefix), optdefs.cli_default(name, of)
+    kw = dict(default=default, help=optdefs.cli_help(name, of, prefix),
               show_default=default is not None and kind not in ("flag", "switch", "multiple"))
-    metavar = optdefs.FIELDS[name].metadata["metavar"]
+    metavar = optdefs.fields(of)[name].metadata["metavar"]
     if metavar:
         kw["metavar"] = metavar
-    decls = [flag, name]
+    decls = [flag, prefix.replace("-", "_") + name]
     if kind == "flag":
         kw["is_flag"] = True
     elif kind == "switch":
@@ -271,21 +285,21 @@ def field_option(name: str, **override):
     elif kind == "choice":
         kw["type"] = click.Choice(values)
     elif kind == "multiple":
-        kw["multiple"] = True
+        kw.update(multiple=True, type=values[0])
     elif kind == "custom":
-        kw["type"] = _CLICK_TYPES[name]
+        kw["type"] = _CLICK_TYPES[(of, name)]
     else:
         kw["type"] = {"int": int, "float": float, "str": str}[kind]
     kw.update(override)
     return click.option(*decls, **kw)
 
 
-def field_options(*names: str, **overrides: dict):
+def field_options(*names: str, of: type = optdefs.Options, prefix: str = "", **overrides: dict):
     """``field_option`` of each name, listed in this order by --help; ``overrides``: field name ->
     click keywords."""
     def deco(f):
         for name in reversed(names):
-            f = field_option(name, **overrides.get(name, {}))(f)
+            f = field_option(name, of, prefix, **overrides.get(name, {}))(f)
         return f
     return deco
 
@@ -366,9 +380,17 @@ def _quality(kw: dict, static_batch: Optional[int] = None) -> dict:
 # ----------------------------------------------------------------------------- fine-tuning
 
 
+FT = optdefs.FinetuneOptions
+# the FinetuneOptions fields of `run --finetune-*` (its seed and threads are run's --seed, --threads)
+RUN_FINETUNE_FIELDS = ("steps", "epochs", "lr", "batch", "loss", "match", "val_fraction", "max_seconds")
+# and of `graphprune finetune`
+FINETUNE_FIELDS = RUN_FINETUNE_FIELDS + ("temperature", "match_weight", "patience", "eval_every", "freeze",
+                                         "train_embeddings", "seed", "threads")
+
+
 def _run_finetune_options(f):
     """`run --finetune-data D [--prune-steps k] [--finetune-...]`: distillation after repair."""
-    f = _finetune_options("finetune-")(f)
+    f = _finetune_options(RUN_FINETUNE_FIELDS, "finetune-")(f)
     f = click.option("--prune-steps", type=int, default=1, show_default=True,
                      help="with --finetune-data: prune in k steps toward the target, distilling after each")(f)
     f = click.option("--finetune-data", default=None, metavar="FILE.npz|DIR",
@@ -378,8 +400,8 @@ def _run_finetune_options(f):
 
 
 def _pop_run_finetune(kw: dict, seed: int, threads: int):
-    path, k = kw.pop("finetune_data", None), kw.pop("prune_steps", 1)
-    ft = _ft_options(kw, "finetune-", seed=seed, threads=threads)
+    path, k = kw.pop("finetune_data"), kw.pop("prune_steps")
+    ft = _ft_options(kw, RUN_FINETUNE_FIELDS, "finetune-", seed=seed, threads=threads)
     if path is None:
         if k != 1:
             raise UsageError("--prune-steps needs --finetune-data")
@@ -404,62 +426,37 @@ def _run_with_finetune(m, opts, ft, progress, quiet):
     return res
 
 
-def _finetune_options(prefix: str = ""):
-    """Options of the distillation step; ``prefix`` ("finetune-") names them on `run`."""
+def _loss_option(prefix: str):
+    """--loss KIND|OUTPUT=KIND (repeatable): FinetuneOptions.loss, or one output's (output_loss)."""
+    flag = optdefs.cli_flags("loss", FT, prefix)[0]
+    return click.option(flag, prefix.replace("-", "_") + "loss", multiple=True,
+                        metavar=optdefs.fields(FT)["loss"].metadata["metavar"],
+                        help=f"{optdefs.cli_help('loss', FT, prefix)}; OUTPUT=KIND: for that output; repeatable "
+                             f"[default: {optdefs.cli_default('loss', FT)}]")
+
+
+def _finetune_options(names: Sequence[str], prefix: str = ""):
+    """The flags of these FinetuneOptions fields, from their definitions; ``prefix`` ("finetune-")
+    names them on `run`."""
     def deco(f):
-        p = prefix
-        opts = [
-            (f"--{p}steps", dict(type=int, default=None, help="optimizer steps [default: 1 epoch]")),
-            (f"--{p}epochs", dict(type=float, default=None, help="passes over the training split")),
-            (f"--{p}lr", dict(type=float, default=1e-4, show_default=True, help="Adam learning rate (cosine decay)")),
-            (f"--{p}batch", dict(type=int, default=16, show_default=True, help="samples per step")),
-            (f"--{p}loss", dict(multiple=True, metavar="KIND|OUTPUT=KIND",
-                                help="mse (relative, default), cosine or kl (logits), for every output or one; "
-                                     "repeatable")),
-            (f"--{p}match", dict(multiple=True, metavar="NAME|auto",
-                                 help="also match this intermediate tensor (name or glob) that both graphs keep "
-                                      "with the same shape; auto: layer outputs of equal shape (<= 12)")),
-            (f"--{p}val-fraction", dict(type=float, default=0.1, show_default=True,
-                                        help="held-out samples for early stopping (best weights kept)")),
-            (f"--{p}max-seconds", dict(type=float, default=None, help="time budget for training")),
-        ]
-        if not prefix:
-            opts += [("--temperature", dict(type=float, default=1.0, show_default=True, help="kl loss temperature")),
-                     ("--match-weight", dict(type=float, default=1.0, show_default=True,
-                                             help="weight of the intermediate-tensor loss")),
-                     ("--patience", dict(type=int, default=5, show_default=True,
-                                         help="validations without improvement before stopping")),
-                     ("--eval-every", dict(type=int, default=None, help="steps between validations [~10 per run]")),
-                     ("--freeze", dict(multiple=True, metavar="NAME", help="keep this constant (name or glob) as "
-                                                                           "it is; repeatable")),
-                     ("--train-embeddings", dict(is_flag=True, help="also train embedding tables (constants "
-                                                                    "read only by Gather)"))]
-        for name, kw in reversed(opts):
-            f = click.option(name, **kw)(f)
+        for name in reversed(names):
+            f = (_loss_option(prefix) if name == "loss" else field_option(name, FT, prefix))(f)
         return f
     return deco
 
 
-def _ft_options(kw: dict, prefix: str = "", seed: int = 0, threads: int = 1):
-    """FinetuneOptions from the popped option values."""
-    from .finetune import FinetuneOptions
-
+def _ft_options(kw: dict, names: Sequence[str], prefix: str = "", **given):
+    """FinetuneOptions from the popped values of the flags of ``names`` (and ``given`` fields)."""
     k = prefix.replace("-", "_")
-    g = lambda n, d=None: kw.pop(k + n, d)
-    loss, per = "mse", {}
-    for item in g("loss", ()) or ():
+    vals = {n: kw.pop(k + n) for n in names}
+    per = {}
+    for item in vals.pop("loss", ()):
         if "=" in item:
             name, kind = item.rsplit("=", 1)
             per[name] = kind
         else:
-            loss = item
-    o = FinetuneOptions(steps=g("steps"), epochs=g("epochs"), lr=g("lr", 1e-4), batch=g("batch", 16), seed=seed,
-                        loss=loss, output_loss=per, match=tuple(g("match", ()) or ()),
-                        val_fraction=g("val_fraction", 0.1), max_seconds=g("max_seconds"), threads=threads)
-    for n in ("temperature", "match_weight", "patience", "eval_every", "freeze", "train_embeddings"):
-        v = kw.pop(n, None)
-        if v is not None:
-            setattr(o, n, tuple(v) if n == "freeze" else v)
+            vals["loss"] = item
+    o = FT(output_loss=per, **vals, **given)
     o.check()
     return o
 
@@ -524,17 +521,15 @@ def print_finetune(info: dict) -> None:
               help="unlabeled inputs: one array per graph input (first axis = samples), or a folder of .npz/.npy")
 @click.option("-o", "--output", "out", default=None, help="fine-tuned model [default: IN.finetuned.onnx]")
 @click.option("--report", default=None, help="also write what happened (JSON) here")
-@_finetune_options()
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=int, default=1, show_default=True, help="torch and onnxruntime threads")
+@_finetune_options(FINETUNE_FIELDS)
 @click.option("-q", "--quiet", is_flag=True)
-def finetune_cmd(model, teacher, data_path, out, report, seed, threads, quiet, **kw):
+def finetune_cmd(model, teacher, data_path, out, report, quiet, **kw):
     """Recover accuracy: distil the pruned MODEL toward the dense --teacher's outputs on unlabeled
     --data. Only weight values change (same nodes, names and shapes); zeros stay zero."""
     from .finetune import finetune
     from .io import check_output_path, save_json_atomic, save_model
 
-    ft = _ft_options(kw, seed=seed, threads=threads)
+    ft = _ft_options(kw, FINETUNE_FIELDS)
     out = out or (model[:-5] if model.endswith(".onnx") else model) + ".finetuned.onnx"
     check_output_path(out, model)
     check_output_path(out, teacher)
@@ -820,65 +815,31 @@ def verify_cmd(dense, pruned, plan_in, provider, device):
                           f"(max abs diff {v.get('max_abs_diff')})")
 
 
-def _ratios(text: str) -> list:
-    try:
-        vals = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UsageError(f"--ratios must be comma-separated numbers, got {text!r}")
-    if not vals:
-        raise UsageError("--ratios is empty")
-    return sorted(set(vals))
+SENSITIVITY_FIELDS = ("ratios", "criterion", "calib", "calib_dir", "calib_batch", "samples", "metric", "min_quality",
+                      "round_to", "groups", "jobs", "ray_address", "threads", "repeats", "seed")
 
 
 @cli.command("sensitivity")
 @click.argument("model")
 @click.option("-o", "--output", "out", default=None, help="result JSON [default: IN.sensitivity.json]")
-@click.option("--ratios", default="0.25,0.5,0.75", show_default=True, help="fractions of each group to remove")
-@click.option("--criterion", default="l2", show_default=True, help="which channels go first (as in run)")
-@click.option("--calib", default=None, metavar="FILE.npz", help="calibration samples: quality is measured on them")
-@click.option("--calib-dir", default=None, metavar="DIR", help="calibration samples: a folder of .npz/.npy files")
-@click.option("--calib-batch", type=int, default=16, show_default=True)
-@click.option("--samples", type=int, default=8, show_default=True, help="samples the quality is measured on")
-@click.option("--metric", default=None, metavar="MODULE:FUNCTION",
-              help="user quality metric: FUNCTION(model, feeds) -> float, higher is better [default: output cosine]")
-@click.option("--min-quality", type=float, default=None,
-              help="a ratio is suggested while quality stays >= this [default: cosine 0.99, or 0.99 x the dense "
-                   "model's metric]")
-@click.option("--round-to", type=int, default=1, show_default=True, help="kept counts are multiples of N")
-@click.option("--group", "only", type=int, multiple=True, help="only this group id (repeatable)")
-@click.option("--jobs", type=int, default=1, show_default=True, help="parallel worker processes (or Ray actors)")
-@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
-              help="run the trials on a Ray cluster (ray.init(address=ADDRESS); 'local' starts one here)")
-@click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime threads per trial")
-@click.option("--repeats", type=int, default=20, show_default=True, help="timed runs per trial")
-@click.option("--seed", type=int, default=0, show_default=True)
+@field_options(*SENSITIVITY_FIELDS, of=optdefs.SweepConfig)
 @_static_batch_option
 @click.option("-q", "--quiet", is_flag=True)
-def sensitivity_cmd(model, out, ratios, criterion, calib, calib_dir, calib_batch, samples, metric, min_quality,
-                    round_to, only, jobs, ray_address, threads, repeats, seed, static_batch, quiet):
+def sensitivity_cmd(model, out, static_batch, quiet, **settings):
     """Prune each group of MODEL alone at several ratios; write per-group quality and latency
     curves, a suggested ratio per group and a plan for `prune --plan`. Resumable: finished trials
     are kept in OUT.trials.jsonl and skipped by a rerun."""
     from .io import check_output_path, load_model
-    from .score import CRITERIA
-    from .sensitivity import SweepConfig, sweep
+    from .sensitivity import sweep
 
-    if criterion not in CRITERIA:
-        raise UsageError(f"unknown criterion {criterion!r}; choose from {', '.join(sorted(CRITERIA))}")
-    if calib and calib_dir:
-        raise UsageError("give --calib or --calib-dir, not both")
-    for name, v in (("--samples", samples), ("--round-to", round_to), ("--threads", threads),
-                    ("--repeats", repeats), ("--calib-batch", calib_batch)):
-        if v < 1:
-            raise UsageError(f"{name} must be >= 1")
+    settings["groups"] = list(settings["groups"]) or None
+    cfg = optdefs.SweepConfig(model=model, static_batch=static_batch, **settings)
+    cfg.check()
     out = out or ((model[:-5] if model.endswith(".onnx") else model) + ".sensitivity.json")
     check_output_path(out, model)
     load_model(model)                     # a bad input: one line, exit 3, before any worker starts
-    cfg = SweepConfig(model=model, ratios=_ratios(ratios), criterion=criterion, calib=calib, calib_dir=calib_dir,
-                      calib_batch=calib_batch, samples=samples, seed=seed, threads=threads, repeats=repeats,
-                      round_to=round_to, metric=metric, static_batch=static_batch, groups=list(only) or None)
     say = (lambda s: None) if quiet else (lambda s: click.echo(f"  {s}", err=True))
-    res = sweep(cfg, out, jobs=jobs, ray_address=ray_address, min_quality=min_quality, progress=say)
+    res = sweep(cfg, out, progress=say)
     if not quiet:
         click.echo(f"{'group':>5s}  {'channels':>8s}  " + "  ".join(f"q@{r:<5g}" for r in res["ratios"])
                    + "  suggested  name")

@@ -1,29 +1,39 @@
-"""Every setting of a pruning run, defined once: :class:`Options`.
+"""Every setting, defined once: :class:`Options` (a pruning run), :class:`FinetuneOptions` (the
+distillation step) and :class:`SweepConfig` (a sensitivity sweep).
 
 Each field is declared with :func:`setting`: its default, its help text and how the command line
-shows it. ``Options.__doc__`` (the ``Args`` section) and the CLI's flags (``cli.field_option``:
+shows it. The classes' docstrings (the ``Args`` section) and the CLI's flags (``cli.field_option``:
 flag, default, type or choices, help) are both made from these definitions, so the Python API
-and ``graphprune run | analyze | prune | verify`` cannot drift apart.
+and ``graphprune run | analyze | prune | verify`` (Options), ``finetune`` and ``run --finetune-*``
+(FinetuneOptions) and ``sensitivity`` (SweepConfig) cannot drift apart.
 
 A field's ``cli`` says what the command line does with it:
 
 * ``True`` (the default): a flag named after the field (``round_to`` -> ``--round-to``) built
   from this definition;
-* a tuple of flags: the command line has hand-written flags for it (``calib`` is read from
-  ``--calib FILE.npz`` or ``--calib-dir DIR``), whose defaults still come from here;
+* a flag (``"--group"``): the same, under another name;
+* a tuple of flags: the command line has hand-written flags (or an argument) for it (``calib`` is
+  read from ``--calib FILE.npz`` or ``--calib-dir DIR``), whose defaults still come from here;
 * ``False``: Python only.
 
-In help texts, a field name in single backquotes (`` `ratio` ``) becomes ``--ratio`` in the CLI's
-help and ``ratio`` in the docstring.
+The readers (``cli_flag``, ``cli_kind``, ``cli_default``, ``cli_help``, ...) take the class as
+``of`` (default :class:`Options`) and, for flags, a ``prefix``: ``run`` shows FinetuneOptions'
+``lr`` as ``--finetune-lr``.
 
-This module imports nothing heavy (no onnx, onnxruntime, numpy, torch or click); ``check``
-imports what it needs when it runs.
+In help texts, a field name in single backquotes (`` `ratio` ``) becomes its flag (``--ratio``) in
+the CLI's help and ``ratio`` in the docstring.
+
+This module imports nothing heavy (no onnx, onnxruntime, numpy, torch or click); the ``check``
+methods import what they need when they run.
 """
 
 from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import hashlib
+import json
+import math
 import numbers
 import re
 import textwrap
@@ -31,27 +41,28 @@ from dataclasses import MISSING, dataclass
 from typing import (Any, Callable, Dict, Literal, Optional, Sequence, Tuple, Union, get_args, get_origin,
                     get_type_hints)
 
-from .choices import (LATENCY_OBJECTIVES, NORMALIZE, REDUCE, REPAIR, RIDGE_PRIORS, SCOPES, SPARSE_CRITERIA,
-                      SPARSE_KERNELS, LatencyObjective, Normalize, Provider, Reduce, RepairMode, RidgePrior,
-                      Scope, SparseCriterion, SparseKernels)
+from .choices import (CLOCKS, LATENCY_OBJECTIVES, LOSSES, NORMALIZE, REDUCE, REPAIR, RIDGE_PRIORS, SCOPES,
+                      SPARSE_CRITERIA, SPARSE_KERNELS, Clock, LatencyObjective, Loss, Normalize, Provider, Reduce,
+                      RepairMode, RidgePrior, Scope, SparseCriterion, SparseKernels)
 from .errors import UsageError
 
-__all__ = ["Options", "setting", "cli_flag", "cli_flags", "cli_kind", "cli_default", "cli_help", "cli_fields",
-           "python_only", "doc_help"]
+__all__ = ["Options", "FinetuneOptions", "SweepConfig", "setting", "fields", "cli_flag", "cli_flags", "cli_kind",
+           "cli_default", "cli_help", "cli_fields", "python_only", "doc_help"]
 
 
 def setting(default: Any = MISSING, *, help: str, none: Optional[str] = None, metavar: Optional[str] = None,
-            cli: Union[bool, Tuple[str, ...]] = True, cli_default: Any = MISSING,
+            cli: Union[bool, str, Tuple[str, ...]] = True, cli_default: Any = MISSING,
             default_factory: Any = MISSING) -> Any:
-    """A field of :class:`Options` with its documentation.
+    """A field of a settings dataclass (:class:`Options`, :class:`FinetuneOptions`,
+    :class:`SweepConfig`) with its documentation.
 
     Args:
         default: the Python default (or ``default_factory``).
         help: one line, shared by the docstring and the CLI's help.
         none: what ``None`` means for this field (shown as the CLI's default when it is None there).
         metavar: the CLI's placeholder for the value.
-        cli: ``True``: a generated ``--flag``; a tuple: the hand-written flags of cli.py; ``False``:
-            Python only.
+        cli: ``True``: a generated ``--flag``; a flag: generated under that name; a tuple: the
+            hand-written flags (or argument) of cli.py; ``False``: Python only.
         cli_default: the command line's default where it differs from Python's on purpose
             (``bench`` and ``verify``: None, automatic, on the command line).
     """
@@ -270,40 +281,192 @@ def _or(words: Sequence[str]) -> str:
     return f"{', '.join(words[:-1])} or {words[-1]}"
 
 
+# ----------------------------------------------------------------------------- fine-tuning
+
+MAX_MATCH = 12          # `match` auto: at most this many tensors
+
+
+@dataclass
+class FinetuneOptions:
+    """Settings of the distillation step (``graphprune finetune``; ``run --finetune-*``).
+
+    The ``Args`` section is generated from the fields' definitions (options.setting)."""
+    steps: Optional[int] = setting(None, none="from `epochs`, else 1 epoch", help="optimizer steps")
+    epochs: Optional[float] = setting(None, none="1", help="passes over the training split, when `steps` is not "
+                                                           "given")
+    lr: float = setting(1e-4, help="Adam learning rate (cosine decay)")
+    batch: int = setting(16, help="samples per step")
+    seed: int = setting(Options.seed, help="seed of the train/validation split, the sample order and torch")
+    loss: Loss = setting("mse", cli=("--loss",), metavar="KIND|OUTPUT=KIND",
+                         help="mse (relative), cosine or kl (logits), for every output")
+    output_loss: Dict[str, str] = setting(default_factory=dict, cli=("--loss",),
+                                          help="output name -> its loss where it is not `loss` (the command line's "
+                                               "--loss OUTPUT=KIND)")
+    temperature: float = setting(1.0, help="kl loss temperature")
+    match: Sequence[str] = setting((), metavar="NAME|auto",
+                                   help="also match this intermediate tensor (name or glob) that both graphs keep "
+                                        f"with the same shape; auto: layer outputs of equal shape (<= {MAX_MATCH})")
+    match_weight: float = setting(1.0, help="weight of the intermediate-tensor loss")
+    max_match: int = setting(MAX_MATCH, cli=False, help="`match` auto: at most this many tensors, evenly spaced")
+    val_fraction: float = setting(0.1, help="held-out samples for early stopping (best weights kept)")
+    eval_every: Optional[int] = setting(None, none="about 10 per run", help="steps between validations")
+    patience: int = setting(5, help="validations without improvement before stopping")
+    weight_decay: float = setting(0.0, cli=False, help="AdamW weight decay (0: Adam)")
+    max_seconds: Optional[float] = setting(None, none="no budget", help="time budget for training")
+    clock: Clock = setting("wall", cli=False, help="the time budget's clock: wall, or cpu (this process' CPU time)")
+    threads: int = setting(Options.threads, help="torch and onnxruntime threads")
+    train_embeddings: bool = setting(False, help="also train embedding tables (constants read only by Gather)")
+    freeze: Sequence[str] = setting((), metavar="NAME", help="keep this constant (name or glob) as it is")
+
+    def check(self) -> None:
+        if self.steps is not None and self.steps < 1:
+            raise UsageError(f"--steps must be >= 1, got {self.steps}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise UsageError(f"--epochs must be > 0, got {self.epochs}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UsageError(f"--lr must be > 0, got {self.lr}")
+        if self.batch < 1:
+            raise UsageError(f"--batch must be >= 1, got {self.batch}")
+        for name, kind in [("", self.loss)] + list(self.output_loss.items()):
+            if kind not in LOSSES:
+                raise UsageError(f"--loss {name + '=' if name else ''}{kind}: choose from {', '.join(LOSSES)}")
+        if not (0.0 <= self.val_fraction < 1.0):
+            raise UsageError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.temperature <= 0:
+            raise UsageError(f"--temperature must be > 0, got {self.temperature}")
+        if self.threads < 1:
+            raise UsageError("--threads must be >= 1")
+        if self.patience < 1:
+            raise UsageError("--patience must be >= 1")
+        if self.clock not in CLOCKS:
+            raise UsageError(f"clock must be {_or(CLOCKS)}, got {self.clock!r}")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise UsageError("--max-seconds must be > 0")
+
+
+# ----------------------------------------------------------------------------- sensitivity sweeps
+
+DEFAULT_RATIOS = (0.25, 0.5, 0.75)
+MIN_QUALITY = 0.99      # `min_quality` None: this cosine, or this fraction of the dense model's metric
+# fields that do not change a trial's result: left out of SweepConfig.fingerprint, so a rerun with
+# other values reuses the finished trials
+NOT_FINGERPRINTED = ("model", "groups", "ratios", "jobs", "ray_address", "min_quality")
+
+
+@dataclass
+class SweepConfig:
+    """Settings of a sensitivity sweep (``graphprune sensitivity``; sensitivity.sweep).
+
+    The ``Args`` section is generated from the fields' definitions (options.setting)."""
+    model: str = setting(cli=("MODEL",), help="path of the ONNX model")
+    ratios: Sequence[float] = setting(DEFAULT_RATIOS, metavar="R,R,...", help="fractions of each group to remove (comma-separated on "
+                                                           "the command line)")
+    criterion: str = setting(Options.criterion, help="which channels go first (as in run)")
+    calib: Optional[str] = setting(None, metavar="FILE.npz", help="calibration samples: quality is measured on them")
+    calib_dir: Optional[str] = setting(None, metavar="DIR", help="calibration samples: a folder of .npz/.npy files")
+    calib_batch: int = setting(Options.calib_batch, help="calibration batch size")
+    samples: int = setting(8, help="samples the quality is measured on")
+    seed: int = setting(Options.seed, help="seed of the random criterion and of random inputs")
+    threads: int = setting(Options.threads, help="onnxruntime threads per trial")
+    repeats: int = setting(20, help="timed runs per trial")
+    round_to: int = setting(1, metavar="N", help="kept counts are multiples of N")
+    metric: Optional[str] = setting(None, metavar="MODULE:FUNCTION", none="output cosine",
+                                    help="user quality metric: FUNCTION(model, feeds) -> float, higher is better")
+    static_batch: Optional[int] = setting(None, cli=("--static-batch",),
+                                          help="fix the symbolic batch of the inputs to this first")
+    groups: Optional[Sequence[int]] = setting(None, cli="--group", none="every prunable group",
+                                              help="only this group id")
+    jobs: int = setting(1, help="parallel worker processes (or Ray actors)")
+    ray_address: Optional[str] = setting(None, cli="--ray", metavar="ADDRESS",
+                                         help="run the trials on a Ray cluster (ray.init(address=ADDRESS); 'local' "
+                                              "starts one here)")
+    min_quality: Optional[float] = setting(
+        None, none=f"cosine {MIN_QUALITY}, or {MIN_QUALITY} x the dense model's metric",
+        help="a ratio is suggested while quality stays >= this")
+
+    def fingerprint(self, model_sha: str) -> str:
+        """What identifies this sweep's trials (with the model's hash): every field that changes a
+        trial's result."""
+        d = dataclasses.asdict(self)
+        for k in NOT_FINGERPRINTED:
+            d.pop(k)
+        d["model_sha"] = model_sha
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def check(self) -> None:
+        from .score import CRITERIA
+
+        if not self.ratios:
+            raise UsageError("--ratios is empty")
+        for r in self.ratios:
+            if not (0.0 < r < 1.0):
+                raise UsageError(f"--ratios must lie in (0, 1), got {r}")
+        if self.criterion not in CRITERIA:
+            raise UsageError(f"unknown criterion {self.criterion!r}; choose from {', '.join(sorted(CRITERIA))}")
+        if self.calib and self.calib_dir:
+            raise UsageError("give --calib or --calib-dir, not both")
+        for name in ("samples", "round_to", "threads", "repeats", "calib_batch", "jobs"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{cli_flag(name, of=SweepConfig)} must be >= 1")
+        if self.static_batch is not None and self.static_batch < 1:
+            raise UsageError(f"--static-batch must be an integer >= 1, got {self.static_batch}")
+
+
 # ----------------------------------------------------------------------------- reading the definitions
 
-FIELDS: Dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Options)}
-_HINTS = get_type_hints(Options)
 _REF = re.compile(r"`([^`]+)`")
+_DEFS: Dict[type, Tuple[Dict[str, dataclasses.Field], Dict[str, Any]]] = {}
 
 
-def cli_flags(name: str) -> Tuple[str, ...]:
-    """The command-line flags of field ``name``: ``()`` for a Python-only field."""
-    cli = FIELDS[name].metadata["cli"]
-    if cli is True:
-        return (cli_flag(name),)
-    return tuple(cli) if cli else ()
+def _defs(of: type) -> Tuple[Dict[str, dataclasses.Field], Dict[str, Any]]:
+    if of not in _DEFS:
+        _DEFS[of] = ({f.name: f for f in dataclasses.fields(of)}, get_type_hints(of))
+    return _DEFS[of]
 
 
-def cli_flag(name: str) -> str:
-    """The generated flag of a field: ``round_to`` -> ``--round-to``."""
-    return "--" + name.replace("_", "-")
+def fields(of: type = Options) -> Dict[str, dataclasses.Field]:
+    """The fields of a settings dataclass by name, in order (``FIELDS``: those of Options)."""
+    return _defs(of)[0]
 
 
-def cli_fields() -> Tuple[str, ...]:
-    """The fields whose flag cli.py builds from the definition (``cli=True``), in field order."""
-    return tuple(n for n, f in FIELDS.items() if f.metadata["cli"] is True)
+FIELDS: Dict[str, dataclasses.Field] = fields(Options)
 
 
-def python_only() -> Tuple[str, ...]:
+def _prefixed(flag: str, prefix: str) -> str:
+    return "--" + prefix + flag[2:] if flag.startswith("--") else flag
+
+
+def cli_flags(name: str, of: type = Options, prefix: str = "") -> Tuple[str, ...]:
+    """The command-line flags of field ``name`` (an argument's name too): ``()`` for a Python-only
+    field."""
+    cli = fields(of)[name].metadata["cli"]
+    if cli is True or isinstance(cli, str):
+        return (cli_flag(name, of, prefix),)
+    return tuple(_prefixed(f, prefix) for f in cli) if cli else ()
+
+
+def cli_flag(name: str, of: type = Options, prefix: str = "") -> str:
+    """The generated flag of a field: ``round_to`` -> ``--round-to`` (the flag its definition
+    names, if any; ``prefix`` "finetune-": ``--finetune-lr``)."""
+    cli = fields(of)[name].metadata["cli"]
+    return _prefixed(cli if isinstance(cli, str) else "--" + name.replace("_", "-"), prefix)
+
+
+def cli_fields(of: type = Options) -> Tuple[str, ...]:
+    """The fields whose flag cli.py builds from the definition (``cli`` True or a flag), in field
+    order."""
+    return tuple(n for n, f in fields(of).items() if f.metadata["cli"] is True or isinstance(f.metadata["cli"], str))
+
+
+def python_only(of: type = Options) -> Tuple[str, ...]:
     """The fields with no command-line form (``cli=False``)."""
-    return tuple(n for n, f in FIELDS.items() if f.metadata["cli"] is False)
+    return tuple(n for n, f in fields(of).items() if f.metadata["cli"] is False)
 
 
-def cli_default(name: str) -> Any:
-    """The command line's default of field ``name``: the Options default unless the definition
+def cli_default(name: str, of: type = Options) -> Any:
+    """The command line's default of field ``name``: the class's default unless the definition
     says otherwise (``cli_default``)."""
-    f = FIELDS[name]
+    f = fields(of)[name]
     if "cli_default" in f.metadata:
         return f.metadata["cli_default"]
     if f.default_factory is not MISSING:
@@ -311,12 +474,12 @@ def cli_default(name: str) -> Any:
     return f.default
 
 
-def cli_kind(name: str) -> Tuple[str, tuple]:
+def cli_kind(name: str, of: type = Options) -> Tuple[str, tuple]:
     """How the command line takes field ``name``, read from its type: ``("flag", ())`` (a bool that is
     off unless given), ``("switch", ())`` (``--x/--no-x``), ``("choice", values)`` (a ``Literal``),
-    ``("int" | "float" | "str", ())``, ``("multiple", ())`` (a sequence of str, repeatable), or
-    ``("custom", ())``: cli.py supplies the type."""
-    t = _HINTS[name]
+    ``("int" | "float" | "str", ())``, ``("multiple", (str,))`` or ``("multiple", (int,))`` (a
+    sequence of str or int, repeatable), or ``("custom", ())``: cli.py supplies the type."""
+    t = _defs(of)[1][name]
     optional = False
     if get_origin(t) is Union:
         args = get_args(t)
@@ -331,34 +494,38 @@ def cli_kind(name: str) -> Tuple[str, tuple]:
     if get_origin(t) is Literal:
         return ("choice", get_args(t))
     if t is bool:
-        return ("switch", ()) if optional or cli_default(name) is not False else ("flag", ())
+        return ("switch", ()) if optional or cli_default(name, of) is not False else ("flag", ())
     if t in (int, float, str):
         return (t.__name__, ())
-    if get_origin(t) in (collections.abc.Sequence, tuple, list) and get_args(t) in ((str,), (str, ...)):
-        return ("multiple", ())
+    if get_origin(t) in (collections.abc.Sequence, tuple, list):
+        for item in (str, int):
+            if get_args(t) in ((item,), (item, ...)):
+                return ("multiple", (item,))
     return ("custom", ())
 
 
-def _cli_ref(word: str) -> str:
-    flags = cli_flags(word) if word in FIELDS else ()
+def _cli_ref(word: str, of: type, prefix: str) -> str:
+    flags = cli_flags(word, of, prefix) if word in fields(of) else ()
     return "/".join(flags) if flags else f"`{word}`"
 
 
-def cli_help(name: str) -> str:
-    """The help of field ``name``'s flag: its ``help`` with field names as flags, "repeatable" for a
-    repeatable flag, and what None means as the default where the command line's default is None."""
-    md = FIELDS[name].metadata
-    text = _REF.sub(lambda m: _cli_ref(m.group(1)), md["help"])
-    if cli_kind(name)[0] == "multiple":
+def cli_help(name: str, of: type = Options, prefix: str = "") -> str:
+    """The help of field ``name``'s flag: its ``help`` with field names as flags (with ``prefix``),
+    "repeatable" for a repeatable flag, and what None means as the default where the command
+    line's default is None."""
+    md = fields(of)[name].metadata
+    ref = lambda m: _cli_ref(m.group(1), of, prefix)
+    text = _REF.sub(ref, md["help"])
+    if cli_kind(name, of)[0] == "multiple":
         text += "; repeatable"
-    if md["none"] is not None and cli_default(name) is None:
-        text += f" [default: {_REF.sub(lambda m: _cli_ref(m.group(1)), md['none'])}]"
+    if md["none"] is not None and cli_default(name, of) is None:
+        text += f" [default: {_REF.sub(ref, md['none'])}]"
     return text
 
 
-def doc_help(name: str) -> str:
+def doc_help(name: str, of: type = Options) -> str:
     """The docstring line of field ``name`` (field names as ``literals``)."""
-    md = FIELDS[name].metadata
+    md = fields(of)[name].metadata
     text = _REF.sub(lambda m: f"``{m.group(1)}``", md["help"])
     if md["none"] is not None:
         text += f" (None: {_REF.sub(lambda m: f'``{m.group(1)}``', md['none'])})"
@@ -367,12 +534,13 @@ def doc_help(name: str) -> str:
     return text
 
 
-def _docstring() -> str:
-    lines = [(Options.__doc__ or "").rstrip(), "", "    Args:"]
-    for name in FIELDS:
-        lines.append(textwrap.fill(f"{name}: {doc_help(name)}", width=104, initial_indent=" " * 8,
+def _docstring(of: type) -> str:
+    lines = [(of.__doc__ or "").rstrip(), "", "    Args:"]
+    for name in fields(of):
+        lines.append(textwrap.fill(f"{name}: {doc_help(name, of)}", width=104, initial_indent=" " * 8,
                                    subsequent_indent=" " * 12, break_on_hyphens=False))
     return "\n".join(lines) + "\n    "
 
 
-Options.__doc__ = _docstring()
+for _cls in (Options, FinetuneOptions, SweepConfig):
+    _cls.__doc__ = _docstring(_cls)
