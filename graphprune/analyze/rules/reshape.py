@@ -345,18 +345,14 @@ def squeeze(ctx):
     y = ctx.outputs[0]
     axes = _axes(ctx)
     if ctx.op == "Squeeze":
-        r = ctx.rank(x)
-        if r is None:
-            raise AnalysisError("rank unknown")
+        r = ctx.known_rank(x)
         if axes is None:
             shp = ctx.shape(x)
             axes = [i for i, d in enumerate(shp) if d == 1]
         axes = sorted(norm_axis(a, r) for a in axes)
         amap = {a: a - sum(1 for s in axes if s < a) for a in range(r) if a not in axes}
     else:
-        ry = ctx.rank(y)
-        if ry is None:
-            raise AnalysisError("rank unknown")
+        ry = ctx.known_rank(y)
         axes = sorted(norm_axis(a, ry) for a in axes)
         kept = [a for a in range(ry) if a not in axes]
         amap = {i: a for i, a in enumerate(kept)}
