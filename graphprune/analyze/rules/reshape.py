@@ -199,6 +199,17 @@ def _resolve(ctx, items, ishape):
     return dims
 
 
+def _copied_dim(ctx, atoms, src, why: str) -> None:
+    """A target dimension that copies another tensor's (``src``: that dimension's atoms): both carry no
+    channels, or the same number, which are coupled; otherwise AnalysisError(why)."""
+    if atoms is None and src is None:
+        return
+    if atoms is not None and src is not None and len(atoms) == len(src):
+        ctx.couple(atoms, src)
+        return
+    raise AnalysisError(why)
+
+
 @register("Reshape", doc="channels split/merge/move by run; target constants (or the constants of a "
                          "run-time Shape/Gather/Concat chain) are rewritten")
 def reshape(ctx):
@@ -233,21 +244,12 @@ def reshape(ctx):
         if kind == "lit" and it[1] == -1:
             continue
         if kind == "lit" and it[1] == 0:
-            src = idesc.get(i)
-            if atoms is None and src is None:
-                continue
-            if atoms is not None and src is not None and len(atoms) == len(src):
-                ctx.couple(atoms, src)
-                continue
-            raise AnalysisError("a copied (0) dimension changes width")
+            _copied_dim(ctx, atoms, idesc.get(i), "a copied (0) dimension changes width")
+            continue
         if kind == "dim":
-            src = ctx.peek_atoms(it[1], it[2])
-            if atoms is None and src is None:
-                continue
-            if atoms is not None and src is not None and len(atoms) == len(src):
-                ctx.couple(atoms, src)
-                continue
-            raise AnalysisError("a run-time dimension does not follow the channel width")
+            _copied_dim(ctx, atoms, ctx.peek_atoms(it[1], it[2]),
+                        "a run-time dimension does not follow the channel width")
+            continue
         if atoms is None:
             continue
         if kind == "lit" and it[2] is not None:
