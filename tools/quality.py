@@ -125,6 +125,26 @@ def onnx_to_torch(model: onnx.ModelProto):
     return Single()
 
 
+def tp_at_macs(make, macs_fraction, target: float, steps: int = 12, tol: float = 0.01):
+    """Torch-Pruning at a MACs target: bisection on its pruning ratio (in [0, 0.95], every try from torch
+    seed 0) for the model whose MACs fraction ``macs_fraction(model)`` is the largest at most ``target``
+    (stopping within ``tol`` of it); ``make(ratio)`` prunes a fresh copy. Returns (model, fraction)."""
+    import torch
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        torch.manual_seed(0)
+        m = make(mid)
+        fr = macs_fraction(m)
+        if fr <= target:
+            best, hi = (m, fr), mid
+        else:
+            lo = mid
+        if best is not None and target - best[1] < tol:
+            break
+    return best
+
+
 def distil(pruned: onnx.ModelProto, dense: onnx.ModelProto, feeds, seconds: float, lr: float, threads: int,
            batch: int = 16, steps: int = 100000, eval_every: int = 50) -> (onnx.ModelProto, dict):
     """graphprune.finetune on unlabeled feeds within a time budget (the CLI's `finetune`)."""
@@ -231,20 +251,7 @@ def run_digits(factors, criteria, repairs, threads, finetune_epochs=1, tp_compar
                 digits.export(m, p)
                 return bench.count_macs_params(onnx.load(p))[0] / dense_macs
 
-            lo, hi = 0.0, 0.95
-            best = None
-            for _ in range(12):
-                mid = (lo + hi) / 2
-                torch.manual_seed(0)
-                m = make(mid)
-                fr = macs_of(m)
-                if fr <= target:
-                    best, hi = (m, fr), mid
-                else:
-                    lo = mid
-                if best is not None and target - best[1] < 0.01:
-                    break
-            m, fr = best
+            m, fr = tp_at_macs(make, macs_of, target)
             acc = digits.accuracy(m, xte, yte)
             digits.fit(m, xtr, ytr, epochs=finetune_epochs, lr=1e-4, seed=1, adam=True)
             ft = digits.accuracy(m, xte, yte)
@@ -444,19 +451,7 @@ def run_minilm(factors, configs, threads, n_calib=512, n_eval=256, tp_compare=Tr
                     else tp.importance.RandomImportance()
                 return torch_pruning_hf(bert, ids, mask, ratio, imp)[0]
 
-            lo, hi, best = 0.0, 0.95, None
-            for _ in range(12):
-                mid = (lo + hi) / 2
-                torch.manual_seed(0)
-                m = make(mid)
-                fr = bert_macs(m) / formula
-                if fr <= target:
-                    best, hi = (m, fr), mid
-                else:
-                    lo = mid
-                if best is not None and target - best[1] < 0.01:
-                    break
-            m, fr = best
+            m, fr = tp_at_macs(make, lambda m: bert_macs(m) / formula, target)
             with torch.no_grad():
                 h = m(input_ids=torch.from_numpy(ev["input_ids"]),
                       attention_mask=torch.from_numpy(ev["attention_mask"])).last_hidden_state.numpy()
