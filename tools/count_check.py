@@ -24,8 +24,8 @@ Models (each is a key of the JSON):
 For each model and each input feed the callers use -- none (report, tests), ``count_feed(m, 64)``
 (pipeline, latency, sparsify, finetune) and ``random_inputs(m, seed=0)`` (tools/zoo.py, tests) --
 it records ``count_macs_params`` and ``macs_by_node``, the number of onnxruntime sessions the
-count created (a change must not run a model the old code did not run), the warnings it gave,
-and its time. ``check`` recounts and compares: exit 1 when any MAC / parameter count, per-node
+two calls created (a change must not run a model the old code did not run), the warnings they
+gave, and the time of ``count_macs_params``. ``check`` recounts and compares: exit 1 when any MAC / parameter count, per-node
 count or session count differs from the record (models missing from either side are listed,
 not failures: the zoo folder grows while a sweep runs). Warnings are compared and reported, not
 failures; times are summed per model and the slowest models listed.
