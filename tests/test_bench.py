@@ -155,6 +155,9 @@ def test_symbolic_attention_matmul_with_feed():
 
 #: MACs without a feed, MACs with pipeline.count_feed(m, 64), params, and the onnxruntime sessions
 #: the feed count makes (one run at most), of committed exports (tools/count_check.py recorded them over ~400 models).
+#: bert_tiny's feedless count is 16512 since count.py reads graph.Graph's shapes: the symbolic
+#: inference of the legacy export loses the static hidden and head dims, which Graph's substituted
+#: inference recovers (the dynamo export of the same model always gave 16512).
 PINNED_COUNTS = {
     "resnext.legacy": (6374016, 6374016, 11178, 0),
     "resnext.dynamo.dynamic-batch": (6374016, 6374016, 11178, 0),
@@ -163,7 +166,7 @@ PINNED_COUNTS = {
     "vit.legacy": (1385344, 1385344, 81234, 0),
     "gpt2.legacy": (104960, 7749632, 121098, 0),
     "llama.dynamo": (68096, 5390336, 76932, 0),
-    "bert_tiny.legacy": (14432, 1572864, 22474, 1),
+    "bert_tiny.legacy": (16512, 1572864, 22474, 1),
 }
 
 
