@@ -81,7 +81,8 @@ class Graph:
         self.shapes: Dict[str, List[Dim]] = {}
         self.dtypes: Dict[str, int] = {}
         self.infer_error: Optional[str] = None     # why shape inference failed (declared shapes are used)
-        self._read_shapes(model.graph)
+        if input_dims is None or not infer:
+            self._read_shapes(model.graph)
         if infer:
             self._infer(input_dims, subgraphs)
             if known_shapes:
@@ -178,13 +179,14 @@ class Graph:
             from .io import first_line
 
             self.infer_error = first_line(e)
+            if input_dims is not None:
+                self._read_shapes(self.model.graph)
             if subgraphs:
                 self._read_subgraph_shapes(self.model.graph)
             return
         ig = inferred.graph
         if input_dims is not None:
-            # every shape from this inference at the concrete dims
-            self.shapes.clear()
+            # every shape from this inference at the concrete dims (the declared ones were not read)
             self._read_const_shapes()
             for vi in list(ig.input) + list(ig.output) + list(ig.value_info):
                 self._read_vi(vi, overwrite=False)
