@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "prune": "api", "load": "api", "save": "api", "PruneResult": "api",
-    "Options": "pipeline", "Criterion": "score", "CRITERIA": "score",
+    "Options": "options", "Criterion": "score", "CRITERIA": "score",
     "Report": "report", "AnalysisReport": "report", "GroupInfo": "report",
     "LayerKind": "layers", "register_layer": "layers",
 }

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import click
 
-from . import __version__, choices
+from . import __version__, options as optdefs
 from .errors import GraphpruneError, InputError, UsageError
 
 STEPS = ("analyze", "score", "plan", "rewrite", "count", "verify", "bench")
@@ -173,13 +173,11 @@ def _load(path: str, static_batch: Optional[int] = None, keep_initializer_inputs
 
 
 def _keep_init_option(f):
-    return click.option("--keep-initializer-inputs", "keep_initializer_inputs", is_flag=True,
-                        help="initializers also listed as graph inputs (IR < 4) stay inputs, and block the "
-                             "channels they touch [default: treated as constants and dropped from the inputs]")(f)
+    return field_option("keep_initializer_inputs")(f)
 
 
 def _feed_options(f):
-    f = click.option("--inputs", "inputs_npz", default=None, metavar="SAMPLE.npz",
+    f = click.option("--inputs", "inputs_npz", metavar="SAMPLE.npz",
                      help="sample inputs (one array per graph input) for verify and the benchmark "
                           "[default: the calibration data when given, else random valid inputs]")(f)
     f = click.option("--input", "input_ranges", multiple=True, metavar="NAME=LOW:HIGH",
@@ -250,83 +248,90 @@ class _RoundTo(click.ParamType):
 ROUND_TO = _RoundTo()
 
 
-def _common_prune_options(f):
-    f = click.option("--ratio", type=float, default=0.5, show_default=True,
-                     help="fraction of each group's channels to remove, in [0, 1)")(f)
-    f = click.option("--round-to", "round_to", type=ROUND_TO, default="1", show_default=True,
-                     help="kept channel counts are multiples of N; auto: the SIMD block onnxruntime's CPU "
-                          "convolutions want here (16 with AVX-512, 8 with AVX2)")(f)
-    f = click.option("--protect", multiple=True, metavar="NAME",
-                     help="node or tensor name (glob) whose groups keep every channel; repeatable")(f)
-    f = click.option("--criterion", default="l2", show_default=True,
-                     help="importance: l2, l1, bn-scale, fpgm, lamp, random, obspa (data-free); activation, "
-                          "fluctuation, obs, taylor (need --calib/--calib-dir)")(f)
-    f = click.option("--seed", type=int, default=0, show_default=True)(f)
-    f = click.option("--allow-inexact", is_flag=True,
-                     help="also prune groups that feed LayerNorm/Softmax/ReduceMean over channels")(f)
-    f = click.option("--head-ratio", type=float, default=None,
-                     help="fraction of attention heads to remove [default: --ratio]")(f)
-    f = click.option("--mlp-ratio", type=float, default=None,
-                     help="fraction of MLP (and CNN channel) widths to remove [default: --ratio]")(f)
-    f = click.option("--prune-hidden", is_flag=True,
-                     help="also prune the residual (hidden) width of transformers: not exact")(f)
-    return _quality_options(f)
+class _Ratios(click.ParamType):
+    """Comma-separated fractions (``0.25,0.5``), sorted, each once (SweepConfig.check checks them)."""
+    name = "ratios"
+
+    def convert(self, value, param, ctx):
+        items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+        try:
+            return sorted({float(x) for x in items if str(x).strip()})
+        except ValueError:      # graphprune's one-line message, as before this was a click type
+            raise UsageError(f"--ratios must be comma-separated numbers, got {value!r}")
+
+
+# Fields whose type click cannot read from the annotation in options.py: (class, field) -> type.
+_CLICK_TYPES = {(optdefs.Options, "round_to"): ROUND_TO, (optdefs.SweepConfig, "ratios"): _Ratios()}
+
+
+def field_option(name: str, of: type = optdefs.Options, prefix: str = "", **override):
+    """The click option of field ``name`` of a settings class of options.py (``Options``,
+    ``FinetuneOptions``, ``SweepConfig``), made from its definition: flag (``round_to`` ->
+    ``--round-to``; ``prefix`` "finetune-": ``--finetune-lr``), default, type or choices, metavar and
+    help. The parameter is the field's name (with the prefix: ``finetune_lr``). ``override``: click
+    keywords one command changes (``analyze --ratio``)."""
+    kind, values = optdefs.cli_kind(name, of)
+    flag, default = optdefs.cli_flag(name, of, prefix), optdefs.cli_default(name, of)
+    kw = dict(default=default, help=optdefs.cli_help(name, of, prefix),
+              show_default=default is not None and kind not in ("flag", "switch", "multiple"))
+    metavar = optdefs.fields(of)[name].metadata["metavar"]
+    if metavar:
+        kw["metavar"] = metavar
+    decls = [flag, prefix.replace("-", "_") + name]
+    if kind == "flag":
+        kw["is_flag"] = True
+    elif kind == "switch":
+        decls[0] = f"{flag}/--no-{flag[2:]}"
+    elif kind == "choice":
+        kw["type"] = click.Choice(values)
+    elif kind == "multiple":
+        kw.update(multiple=True, type=values[0])
+    elif kind == "custom":
+        kw["type"] = _CLICK_TYPES[(of, name)]
+    else:
+        kw["type"] = {"int": int, "float": float, "str": str}[kind]
+    kw.update(override)
+    return click.option(*decls, **kw)
+
+
+def field_options(*names: str, of: type = optdefs.Options, prefix: str = "", **overrides: dict):
+    """``field_option`` of each name, listed in this order by --help; ``overrides``: field name ->
+    click keywords."""
+    def deco(f):
+        for name in reversed(names):
+            f = field_option(name, of, prefix, **overrides.get(name, {}))(f)
+        return f
+    return deco
+
+
+def _common_prune_options(**overrides: dict):
+    """The flags of `run` and `analyze` that choose what is pruned (and the quality flags)."""
+    def deco(f):
+        f = _quality_options(f)
+        return field_options("ratio", "head_ratio", "mlp_ratio", "prune_hidden", "round_to", "protect", "criterion",
+                             "seed", "allow_inexact", **overrides)(f)
+    return deco
 
 
 def _quality_options(f):
-    """Calibration, criterion details and allocation: passed on to Options as they are."""
-    opts = [
-        ("--calib", dict(default=None, metavar="FILE.npz",
-                         help="calibration samples: one array per graph input, first axis = samples")),
-        ("--calib-dir", dict(default=None, metavar="DIR", help="calibration samples: a folder of .npz/.npy files")),
-        ("--calib-batch", dict(type=int, default=16, show_default=True, help="calibration batch size")),
-        ("--reduce", dict(type=click.Choice(choices.REDUCE), default="mean", show_default=True,
-                          help="how a group's members' scores combine")),
-        ("--normalize", dict(type=click.Choice(choices.NORMALIZE), default="mean", show_default=True,
-                             help="per-layer score normalisation (before global ranking)")),
-        ("--scope", dict(type=click.Choice(choices.SCOPES), default="uniform", show_default=True,
-                         help="uniform: every group loses --ratio; global: one threshold over all groups")),
-        ("--target-macs", dict(type=float, default=None, metavar="F",
-                               help="prune to this fraction of the dense MACs (e.g. 0.5 for 2x fewer)")),
-        ("--target-params", dict(type=float, default=None, metavar="F",
-                                 help="prune to this fraction of the dense parameters")),
-        ("--min-ratio", dict(type=float, default=0.0, show_default=True,
-                             help="every pruned group loses at least this fraction")),
-        ("--max-ratio", dict(type=float, default=None,
-                             help="no group loses more than this fraction [default: 0.9 with --scope global]")),
-    ]
-    for name, kw in reversed(opts):
-        f = click.option(name, **kw)(f)
-    return f
+    """Calibration, criterion details and allocation: passed on to Options as they are (the
+    calibration files are read into ``Options.calib``)."""
+    f = field_options("calib_batch", "reduce", "normalize", "scope", "target_macs", "target_params", "min_ratio",
+                      "max_ratio")(f)
+    f = click.option("--calib-dir", metavar="DIR", help="calibration samples: a folder of .npz/.npy files")(f)
+    return click.option("--calib", metavar="FILE.npz",
+                        help="calibration samples: one array per graph input, first axis = samples")(f)
 
 
 def _repair_options(f):
-    f = click.option("--ridge-prior", type=click.Choice(choices.RIDGE_PRIORS), default="zero", show_default=True,
-                     help="lstsq repair: the ridge term pulls the refit toward zero or the layer's kept weights")(f)
-    f = click.option("--ridge", type=float, default=1e-3, show_default=True,
-                     help="lstsq repair: ridge strength relative to the mean input energy")(f)
-    f = click.option("--repair", type=click.Choice(choices.REPAIR), default="none", show_default=True,
-                     help="training-free repair of the layers that lost inputs (needs calibration data)")(f)
-    return f
+    return field_options("repair", "ridge", "ridge_prior")(f)
 
 
 def _latency_options(f):
-    f = click.option("--html", "html_out", default=None, metavar="REPORT.html",
+    f = click.option("--html", "html_out", metavar="REPORT.html",
                      help="also write a self-contained HTML report (per-layer widths, MACs, latency, groups)")(f)
-    f = click.option("--latency-cache", default=None, metavar="DIR",
-                     help="folder of the per-layer timing cache [default: ~/.cache/graphprune; '' turns it off]")(f)
-    f = click.option("--latency-objective", type=click.Choice(["auto", "importance", "macs"]), default="auto",
-                     show_default=True, help="--target-latency: remove channels by importance lost per ms saved, or "
-                                             "by MACs per ms saved; auto: search both, keep the plan whose outputs "
-                                             "agree best with the dense model's")(f)
-    f = click.option("--latency-iterations", type=int, default=6, show_default=True,
-                     help="--target-latency: measured bisection steps at most")(f)
-    f = click.option("--latency-tolerance", type=float, default=0.05, show_default=True,
-                     help="--target-latency: accepted relative error of the measured latency")(f)
-    f = click.option("--target-latency", type=float, default=None, metavar="F",
-                     help="prune until the measured latency is F of the dense model's on this machine (implies "
-                          "--scope global unless --scope is given)")(f)
-    return f
+    return field_options("target_latency", "latency_tolerance", "latency_iterations", "latency_objective",
+                         "latency_cache")(f)
 
 
 def _latency(kw: dict) -> dict:
@@ -354,7 +359,7 @@ def _quality(kw: dict, static_batch: Optional[int] = None) -> dict:
     calib, calib_dir = q.pop("calib", None), q.pop("calib_dir", None)
     if calib and calib_dir:
         raise _UE("give --calib or --calib-dir, not both")
-    batch = q.pop("calib_batch", 16)
+    batch = q.pop("calib_batch")
     if batch < 1:
         raise _UE("--calib-batch must be >= 1")
     if static_batch is not None:
@@ -375,9 +380,17 @@ def _quality(kw: dict, static_batch: Optional[int] = None) -> dict:
 # ----------------------------------------------------------------------------- fine-tuning
 
 
+FT = optdefs.FinetuneOptions
+# the FinetuneOptions fields of `run --finetune-*` (its seed and threads are run's --seed, --threads)
+RUN_FINETUNE_FIELDS = ("steps", "epochs", "lr", "batch", "loss", "match", "val_fraction", "max_seconds")
+# and of `graphprune finetune`
+FINETUNE_FIELDS = RUN_FINETUNE_FIELDS + ("temperature", "match_weight", "patience", "eval_every", "freeze",
+                                         "train_embeddings", "seed", "threads")
+
+
 def _run_finetune_options(f):
     """`run --finetune-data D [--prune-steps k] [--finetune-...]`: distillation after repair."""
-    f = _finetune_options("finetune-")(f)
+    f = _finetune_options(RUN_FINETUNE_FIELDS, "finetune-")(f)
     f = click.option("--prune-steps", type=int, default=1, show_default=True,
                      help="with --finetune-data: prune in k steps toward the target, distilling after each")(f)
     f = click.option("--finetune-data", default=None, metavar="FILE.npz|DIR",
@@ -387,8 +400,8 @@ def _run_finetune_options(f):
 
 
 def _pop_run_finetune(kw: dict, seed: int, threads: int):
-    path, k = kw.pop("finetune_data", None), kw.pop("prune_steps", 1)
-    ft = _ft_options(kw, "finetune-", seed=seed, threads=threads)
+    path, k = kw.pop("finetune_data"), kw.pop("prune_steps")
+    ft = _ft_options(kw, RUN_FINETUNE_FIELDS, "finetune-", seed=seed, threads=threads)
     if path is None:
         if k != 1:
             raise UsageError("--prune-steps needs --finetune-data")
@@ -413,62 +426,37 @@ def _run_with_finetune(m, opts, ft, progress, quiet):
     return res
 
 
-def _finetune_options(prefix: str = ""):
-    """Options of the distillation step; ``prefix`` ("finetune-") names them on `run`."""
+def _loss_option(prefix: str):
+    """--loss KIND|OUTPUT=KIND (repeatable): FinetuneOptions.loss, or one output's (output_loss)."""
+    flag = optdefs.cli_flags("loss", FT, prefix)[0]
+    return click.option(flag, prefix.replace("-", "_") + "loss", multiple=True,
+                        metavar=optdefs.fields(FT)["loss"].metadata["metavar"],
+                        help=f"{optdefs.cli_help('loss', FT, prefix)}; OUTPUT=KIND: for that output; repeatable "
+                             f"[default: {optdefs.cli_default('loss', FT)}]")
+
+
+def _finetune_options(names: Sequence[str], prefix: str = ""):
+    """The flags of these FinetuneOptions fields, from their definitions; ``prefix`` ("finetune-")
+    names them on `run`."""
     def deco(f):
-        p = prefix
-        opts = [
-            (f"--{p}steps", dict(type=int, default=None, help="optimizer steps [default: 1 epoch]")),
-            (f"--{p}epochs", dict(type=float, default=None, help="passes over the training split")),
-            (f"--{p}lr", dict(type=float, default=1e-4, show_default=True, help="Adam learning rate (cosine decay)")),
-            (f"--{p}batch", dict(type=int, default=16, show_default=True, help="samples per step")),
-            (f"--{p}loss", dict(multiple=True, metavar="KIND|OUTPUT=KIND",
-                                help="mse (relative, default), cosine or kl (logits), for every output or one; "
-                                     "repeatable")),
-            (f"--{p}match", dict(multiple=True, metavar="NAME|auto",
-                                 help="also match this intermediate tensor (name or glob) that both graphs keep "
-                                      "with the same shape; auto: layer outputs of equal shape (<= 12)")),
-            (f"--{p}val-fraction", dict(type=float, default=0.1, show_default=True,
-                                        help="held-out samples for early stopping (best weights kept)")),
-            (f"--{p}max-seconds", dict(type=float, default=None, help="time budget for training")),
-        ]
-        if not prefix:
-            opts += [("--temperature", dict(type=float, default=1.0, show_default=True, help="kl loss temperature")),
-                     ("--match-weight", dict(type=float, default=1.0, show_default=True,
-                                             help="weight of the intermediate-tensor loss")),
-                     ("--patience", dict(type=int, default=5, show_default=True,
-                                         help="validations without improvement before stopping")),
-                     ("--eval-every", dict(type=int, default=None, help="steps between validations [~10 per run]")),
-                     ("--freeze", dict(multiple=True, metavar="NAME", help="keep this constant (name or glob) as "
-                                                                           "it is; repeatable")),
-                     ("--train-embeddings", dict(is_flag=True, help="also train embedding tables (constants "
-                                                                    "read only by Gather)"))]
-        for name, kw in reversed(opts):
-            f = click.option(name, **kw)(f)
+        for name in reversed(names):
+            f = (_loss_option(prefix) if name == "loss" else field_option(name, FT, prefix))(f)
         return f
     return deco
 
 
-def _ft_options(kw: dict, prefix: str = "", seed: int = 0, threads: int = 1):
-    """FinetuneOptions from the popped option values."""
-    from .finetune import FinetuneOptions
-
+def _ft_options(kw: dict, names: Sequence[str], prefix: str = "", **given):
+    """FinetuneOptions from the popped values of the flags of ``names`` (and ``given`` fields)."""
     k = prefix.replace("-", "_")
-    g = lambda n, d=None: kw.pop(k + n, d)
-    loss, per = "mse", {}
-    for item in g("loss", ()) or ():
+    vals = {n: kw.pop(k + n) for n in names}
+    per = {}
+    for item in vals.pop("loss", ()):
         if "=" in item:
             name, kind = item.rsplit("=", 1)
             per[name] = kind
         else:
-            loss = item
-    o = FinetuneOptions(steps=g("steps"), epochs=g("epochs"), lr=g("lr", 1e-4), batch=g("batch", 16), seed=seed,
-                        loss=loss, output_loss=per, match=tuple(g("match", ()) or ()),
-                        val_fraction=g("val_fraction", 0.1), max_seconds=g("max_seconds"), threads=threads)
-    for n in ("temperature", "match_weight", "patience", "eval_every", "freeze", "train_embeddings"):
-        v = kw.pop(n, None)
-        if v is not None:
-            setattr(o, n, tuple(v) if n == "freeze" else v)
+            vals["loss"] = item
+    o = FT(output_loss=per, **vals, **given)
     o.check()
     return o
 
@@ -533,17 +521,15 @@ def print_finetune(info: dict) -> None:
               help="unlabeled inputs: one array per graph input (first axis = samples), or a folder of .npz/.npy")
 @click.option("-o", "--output", "out", default=None, help="fine-tuned model [default: IN.finetuned.onnx]")
 @click.option("--report", default=None, help="also write what happened (JSON) here")
-@_finetune_options()
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=int, default=1, show_default=True, help="torch and onnxruntime threads")
+@_finetune_options(FINETUNE_FIELDS)
 @click.option("-q", "--quiet", is_flag=True)
-def finetune_cmd(model, teacher, data_path, out, report, seed, threads, quiet, **kw):
+def finetune_cmd(model, teacher, data_path, out, report, quiet, **kw):
     """Recover accuracy: distil the pruned MODEL toward the dense --teacher's outputs on unlabeled
     --data. Only weight values change (same nodes, names and shapes); zeros stay zero."""
     from .finetune import finetune
     from .io import check_output_path, save_json_atomic, save_model
 
-    ft = _ft_options(kw, seed=seed, threads=threads)
+    ft = _ft_options(kw, FINETUNE_FIELDS)
     out = out or (model[:-5] if model.endswith(".onnx") else model) + ".finetuned.onnx"
     check_output_path(out, model)
     check_output_path(out, teacher)
@@ -567,54 +553,25 @@ def finetune_cmd(model, teacher, data_path, out, report, seed, threads, quiet, *
 def _provider_options(f):
     """--provider / --device: the onnxruntime execution provider of verify, the benchmark,
     calibration and the latency model."""
-    from .choices import PROVIDER_NAMES
-
-    f = click.option("--device", type=int, default=0, show_default=True,
-                     help="GPU index for --provider cuda/tensorrt")(f)
-    return click.option("--provider", type=click.Choice(PROVIDER_NAMES), default="cpu", show_default=True,
-                        help="onnxruntime execution provider (cuda/tensorrt need onnxruntime-gpu: "
-                             "pip install 'graphprune[gpu]'); never a silent fall back to the CPU")(f)
+    return field_options("provider", "device")(f)
 
 
 def _sparse_options(f):
-    f = click.option("--seq-len", "seq_len", type=int, default=64, show_default=True, metavar="N",
-                     help="symbolic non-batch input dims (sequence) when counting MACs and timing sparse "
-                          "layers (e.g. 1 for a decoder's one-token step)")(f)
-    f = click.option("--sparse-criterion", default=None,
-                     type=click.Choice(["magnitude", "wanda", "sparsegpt", "random"]),
-                     help="sparse masks: magnitude, wanda (|W|·‖X‖) or sparsegpt (OBS with weight updates; "
-                          "both need --calib) [default: from --criterion: activation → wanda, obs → sparsegpt, "
-                          "else magnitude]")(f)
-    f = click.option("--sparse-kernels", default="auto", show_default=True,
-                     type=click.Choice(["auto", "always", "never"]),
-                     help="auto: a layer runs on graphprune's sparse kernel only where it beats dense here "
-                          "(timed per layer); always; never (zeros in dense layers)")(f)
-    f = click.option("--pattern", default=None, metavar="unstructured|N:M|block:RxC",
-                     help="sparse-layer pattern (N:M and RxC: R/N:M along the reduction axis, C along the "
-                          "outputs) [default with --sparsity: unstructured]")(f)
-    f = click.option("--sparsity", type=float, default=None, metavar="S",
-                     help="fraction of the weights of every eligible MatMul/Gemm/pointwise Conv zeroed, "
-                          "in [0, 1) (sparse layers; see docs/sparse.md)")(f)
-    return f
+    return field_options("sparsity", "pattern", "sparse_kernels", "sparse_criterion", "seq_len")(f)
 
 
 @cli.command()
 @click.argument("model", required=False)
 @click.option("-o", "--output", "out", default=None, help="pruned model path [default: IN.pruned.onnx]")
 @click.option("--report", default=None, help="report JSON path [default: OUT.report.json]")
-@_common_prune_options
-@click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime threads for the benchmark")
-@click.option("--bench/--no-bench", "bench", default=None,
-              help="latency benchmark [default: on, off for models over 1 GiB]")
-@click.option("--verify/--no-verify", "verify", default=None,
-              help="masked-dense oracle check [default: on, off for models over 1 GiB]")
+@_common_prune_options()
+@field_options("threads", "bench", "verify")
 @click.option("--demo", is_flag=True, help="prune the built-in demo CNN (also used when MODEL is omitted)")
 @_static_batch_option
 @_repair_options
 @_keep_init_option
 @_feed_options
-@click.option("--bench-seconds", type=float, default=10.0, show_default=True,
-              help="the latency benchmark stops after about this long (at least 3 pairs of runs)")
+@field_option("bench_seconds")
 @_latency_options
 @_provider_options
 @_sparse_options
@@ -640,8 +597,6 @@ def run(model, out, report, ratio, round_to, protect, criterion, seed, allow_ine
                    **_parse_feeds(input_ranges, inputs_npz), layer_table=bool(html_out), **_latency(quality),
                    **_quality(quality, static_batch))
     opts.check()
-    if bench_seconds <= 0:
-        raise UsageError(f"--bench-seconds must be > 0, got {bench_seconds}")
     if model is None or demo:
         from .demo import write_demo_model
         model = model or "graphprune-demo.onnx"
@@ -734,7 +689,9 @@ def densify_cmd(model, out):
 @cli.command("analyze")
 @click.argument("model")
 @click.option("--plan", "plan_out", default=None, help="write the plan JSON (groups, members, kept) here")
-@_common_prune_options
+@_common_prune_options(ratio=dict(default=0.0, show_default=False,
+                                  help="fraction of each group's channels to remove in the written plan "
+                                       "[default: 0, every channel kept]"))
 @_static_batch_option
 @_keep_init_option
 @click.option("-v", "--verbose", is_flag=True, help="list every blocked reason")
@@ -746,9 +703,6 @@ def analyze_cmd(model, plan_out, ratio, round_to, protect, criterion, seed, allo
     from .io import save_json_atomic
     from .pipeline import Analyzed, Options, calibration, n_inexact_only, n_prunable, plan_for, quantized_reason
 
-    src = click.get_current_context().get_parameter_source("ratio")
-    if src is not None and src.name == "DEFAULT":
-        ratio = 0.0
     opts = Options(ratio=ratio, round_to=round_to, protect=protect, criterion=criterion, seed=seed,
                    allow_inexact=allow_inexact, head_ratio=head_ratio, mlp_ratio=mlp_ratio, prune_hidden=prune_hidden,
                    **_quality(quality, static_batch))
@@ -796,12 +750,6 @@ def _static_batch_hint(m, n_prunable: int) -> None:
     if n1 is not None:
         click.echo(f"hint: with --static-batch 1, {n1} groups are prunable (channels the exporter merges into "
                    "the symbolic batch can then be followed)")
-
-
-for _p in analyze_cmd.params:          # analyze plans at ratio 0 unless --ratio is given
-    if _p.name == "ratio":
-        _p.show_default = False
-        _p.help = "fraction of each group's channels to remove in the written plan [default: 0, every channel kept]"
 
 
 @cli.command("prune")
@@ -867,65 +815,31 @@ def verify_cmd(dense, pruned, plan_in, provider, device):
                           f"(max abs diff {v.get('max_abs_diff')})")
 
 
-def _ratios(text: str) -> list:
-    try:
-        vals = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UsageError(f"--ratios must be comma-separated numbers, got {text!r}")
-    if not vals:
-        raise UsageError("--ratios is empty")
-    return sorted(set(vals))
+SENSITIVITY_FIELDS = ("ratios", "criterion", "calib", "calib_dir", "calib_batch", "samples", "metric", "min_quality",
+                      "round_to", "groups", "jobs", "ray_address", "threads", "repeats", "seed")
 
 
 @cli.command("sensitivity")
 @click.argument("model")
 @click.option("-o", "--output", "out", default=None, help="result JSON [default: IN.sensitivity.json]")
-@click.option("--ratios", default="0.25,0.5,0.75", show_default=True, help="fractions of each group to remove")
-@click.option("--criterion", default="l2", show_default=True, help="which channels go first (as in run)")
-@click.option("--calib", default=None, metavar="FILE.npz", help="calibration samples: quality is measured on them")
-@click.option("--calib-dir", default=None, metavar="DIR", help="calibration samples: a folder of .npz/.npy files")
-@click.option("--calib-batch", type=int, default=16, show_default=True)
-@click.option("--samples", type=int, default=8, show_default=True, help="samples the quality is measured on")
-@click.option("--metric", default=None, metavar="MODULE:FUNCTION",
-              help="user quality metric: FUNCTION(model, feeds) -> float, higher is better [default: output cosine]")
-@click.option("--min-quality", type=float, default=None,
-              help="a ratio is suggested while quality stays >= this [default: cosine 0.99, or 0.99 x the dense "
-                   "model's metric]")
-@click.option("--round-to", type=int, default=1, show_default=True, help="kept counts are multiples of N")
-@click.option("--group", "only", type=int, multiple=True, help="only this group id (repeatable)")
-@click.option("--jobs", type=int, default=1, show_default=True, help="parallel worker processes (or Ray actors)")
-@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
-              help="run the trials on a Ray cluster (ray.init(address=ADDRESS); 'local' starts one here)")
-@click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime threads per trial")
-@click.option("--repeats", type=int, default=20, show_default=True, help="timed runs per trial")
-@click.option("--seed", type=int, default=0, show_default=True)
+@field_options(*SENSITIVITY_FIELDS, of=optdefs.SweepConfig)
 @_static_batch_option
 @click.option("-q", "--quiet", is_flag=True)
-def sensitivity_cmd(model, out, ratios, criterion, calib, calib_dir, calib_batch, samples, metric, min_quality,
-                    round_to, only, jobs, ray_address, threads, repeats, seed, static_batch, quiet):
+def sensitivity_cmd(model, out, static_batch, quiet, **settings):
     """Prune each group of MODEL alone at several ratios; write per-group quality and latency
     curves, a suggested ratio per group and a plan for `prune --plan`. Resumable: finished trials
     are kept in OUT.trials.jsonl and skipped by a rerun."""
     from .io import check_output_path, load_model
-    from .score import CRITERIA
-    from .sensitivity import SweepConfig, sweep
+    from .sensitivity import sweep
 
-    if criterion not in CRITERIA:
-        raise UsageError(f"unknown criterion {criterion!r}; choose from {', '.join(sorted(CRITERIA))}")
-    if calib and calib_dir:
-        raise UsageError("give --calib or --calib-dir, not both")
-    for name, v in (("--samples", samples), ("--round-to", round_to), ("--threads", threads),
-                    ("--repeats", repeats), ("--calib-batch", calib_batch)):
-        if v < 1:
-            raise UsageError(f"{name} must be >= 1")
+    settings["groups"] = list(settings["groups"]) or None
+    cfg = optdefs.SweepConfig(model=model, static_batch=static_batch, **settings)
+    cfg.check()
     out = out or ((model[:-5] if model.endswith(".onnx") else model) + ".sensitivity.json")
     check_output_path(out, model)
     load_model(model)                     # a bad input: one line, exit 3, before any worker starts
-    cfg = SweepConfig(model=model, ratios=_ratios(ratios), criterion=criterion, calib=calib, calib_dir=calib_dir,
-                      calib_batch=calib_batch, samples=samples, seed=seed, threads=threads, repeats=repeats,
-                      round_to=round_to, metric=metric, static_batch=static_batch, groups=list(only) or None)
     say = (lambda s: None) if quiet else (lambda s: click.echo(f"  {s}", err=True))
-    res = sweep(cfg, out, jobs=jobs, ray_address=ray_address, min_quality=min_quality, progress=say)
+    res = sweep(cfg, out, progress=say)
     if not quiet:
         click.echo(f"{'group':>5s}  {'channels':>8s}  " + "  ".join(f"q@{r:<5g}" for r in res["ratios"])
                    + "  suggested  name")

@@ -22,6 +22,18 @@ from . import count
 from .layers import layer_of
 
 
+def _kept_total(fixed, items, dead: np.ndarray) -> float:
+    """``fixed`` plus, for every (n, factors) in ``items``, n times the product over its factors (arrays of
+    atoms) of the fraction of those atoms still alive."""
+    total = float(fixed)
+    for n, factors in items:
+        f = 1.0
+        for r in factors:
+            f *= 1.0 - dead[r].mean()
+        total += n * f
+    return total
+
+
 class CostModel:
     def __init__(self, model: onnx.ModelProto, an, root: np.ndarray, feed: Optional[Mapping[str, np.ndarray]] = None):
         g = an.graph
@@ -79,19 +91,7 @@ class CostModel:
     def cost(self, removed: Iterable[int]) -> Tuple[float, float]:
         """(MACs, params) after removing the units ``removed``."""
         dead = self._dead(removed)
-        macs = float(self.fixed_macs)
-        for m, factors in self.nodes:
-            f = 1.0
-            for r in factors:
-                f *= 1.0 - dead[r].mean()
-            macs += m * f
-        params = float(self.fixed_params)
-        for n, factors in self.tensors:
-            f = 1.0
-            for r in factors:
-                f *= 1.0 - dead[r].mean()
-            params += n * f
-        return macs, params
+        return _kept_total(self.fixed_macs, self.nodes, dead), _kept_total(self.fixed_params, self.tensors, dead)
 
     def fraction(self, removed: Iterable[int], what: str = "macs") -> float:
         macs, params = self.cost(removed)

@@ -1,10 +1,10 @@
 """Counting: MACs at batch 1 and parameters of a model.
 
-MACs are counted at batch 1: static dimensions are used as they are, symbolic batch
-dimensions (the symbol on the first axis of a graph input, or an unknown first
-axis) count as 1, and any other unknown dimension is taken from one run of the
-model on ``input_feed`` when one is given (and counts as 1 otherwise). The MAC formula of
-each op is its ``layers.LayerKind.macs``.
+MACs are counted at batch 1 on the shapes ``graph.Graph`` resolves (with ``input_feed``'s dims
+when one is given): static dimensions are used as they are, symbolic batch dimensions (the
+symbol on the first axis of a graph input, or an unknown first axis) count as 1, and any other
+unknown dimension is taken from one run of the model on ``input_feed`` when one is given (and
+counts as 1 otherwise). The MAC formula of each op is its ``layers.LayerKind.macs``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 import onnx
 
-from .graph import copy_fields
+from .graph import Graph
 from .inputs import batch_symbols
 from .io import first_line
 from .layers import LAYERS, layer_of, numel
@@ -83,57 +83,6 @@ def _count_params_graph(graph: onnx.GraphProto) -> int:
     return total
 
 
-def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` for shape inference: large float initializers keep
-    their type and dims but not their data (integer data stays for data_prop)."""
-    sk = onnx.ModelProto()
-    copy_fields(model, sk, skip="graph")
-    g, sg = model.graph, sk.graph
-    copy_fields(g, sg, skip="initializer")
-    for t in g.initializer:
-        nt = sg.initializer.add()
-        if t.data_type in _PARAM_TYPES and numel(t.dims) > 64:
-            nt.name, nt.data_type = t.name, t.data_type
-            nt.dims.extend(t.dims)
-        else:
-            nt.CopyFrom(t)
-    return sk
-
-
-def _shape_of(vi: onnx.ValueInfoProto) -> list[int | str | None] | None:
-    t = vi.type
-    if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
-        return None
-    out: list[int | str | None] = []
-    for d in t.tensor_type.shape.dim:
-        if d.HasField("dim_value"):
-            out.append(int(d.dim_value))
-        elif d.HasField("dim_param"):
-            out.append(d.dim_param)
-        else:
-            out.append(None)
-    return out
-
-
-def _collect_shapes(graph: onnx.GraphProto, shapes: dict) -> None:
-    for t in graph.initializer:
-        shapes[t.name] = [int(d) for d in t.dims]
-    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
-        s = _shape_of(vi)
-        if s is not None and vi.name not in shapes:
-            shapes[vi.name] = s
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output:
-            for a in node.attribute:
-                if a.name == "value":
-                    shapes.setdefault(node.output[0], [int(d) for d in a.t.dims])
-        for a in node.attribute:
-            if a.HasField("g"):
-                _collect_shapes(a.g, shapes)
-            for g in a.graphs:
-                _collect_shapes(g, shapes)
-
-
 def _needed(node: onnx.NodeProto) -> list[str] | None:
     """Names of the tensors whose shapes are needed to count ``node``'s MACs
     (``layers.LayerKind.mac_inputs``)."""
@@ -165,9 +114,11 @@ def count_macs_params(
     size), ConvTranspose, Gemm, MatMul / MatMulInteger / QLinearMatMul (batch x
     M x K x N), Einsum (product of all index sizes), RNN / GRU / LSTM (seq x batch
     x weight elements), and every other op of ``layers.LAYERS``.  Nodes in subgraphs count
-    once; model-local functions are inlined first (except those registered as layer kinds).  Shapes come from ONNX shape inference; a symbolic batch dim is
-    1; other unknown dims are read from one onnxruntime run on ``input_feed``
-    (top-level graph only) when given, else count as 1.
+    once; model-local functions are inlined first (except those registered as layer kinds).
+    Shapes come from ``graph.Graph`` (ONNX shape inference; at ``input_feed``'s input dims when
+    given, else with its substituted runs for dims symbolic inference loses); a symbolic batch
+    dim is 1; other unknown dims are read from one onnxruntime run on ``input_feed`` (top-level
+    graph only) when given, else count as 1.
 
     Params: elements of float (and <= 8-bit integer, i.e. quantized) initializers
     and Constant-node tensors, subgraphs included; integer shape constants
@@ -186,29 +137,12 @@ def count_macs_params(
                 else inliner.inline_local_functions(model)
         except Exception as e:  # pragma: no cover - depends on the model
             warnings.warn(f"could not inline local functions: {first_line(e)}")
-    sk = _skeleton(work)
-    if input_feed is not None:
-        # concrete input dims let static inference resolve most shapes without running the
-        # model (which may be huge, or have its data on disk)
-        for vi in sk.graph.input:
-            if vi.name in input_feed and vi.type.HasField("tensor_type"):
-                shp = np.shape(input_feed[vi.name])
-                dims = vi.type.tensor_type.shape.dim
-                if len(dims) == len(shp):
-                    for d, v in zip(dims, shp):
-                        d.Clear()
-                        d.dim_value = int(v)
-        del sk.graph.value_info[:]
-    try:
-        inferred = onnx.shape_inference.infer_shapes(
-            sk, check_type=False, strict_mode=False, data_prop=True
-        )
-    except Exception as e:
-        warnings.warn(f"shape inference failed, using declared shapes: {first_line(e)}")
-        inferred = work
-
-    shapes: dict[str, list] = {}
-    _collect_shapes(inferred.graph, shapes)
+    # the shapes graph.Graph resolves (with the feed's input dims when one is given), subgraphs too
+    g = Graph(work, runtime=False, subgraphs=True,
+              input_dims=None if input_feed is None else {k: np.shape(v) for k, v in input_feed.items()})
+    if g.infer_error is not None:
+        warnings.warn(f"shape inference failed, using declared shapes: {g.infer_error}")
+    shapes = g.shapes
     inits = {t.name for t in work.graph.initializer}
     batch_syms = batch_symbols(work)
 

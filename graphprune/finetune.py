@@ -22,72 +22,20 @@ import fnmatch
 import itertools
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import onnx
 
+from .choices import LOSSES  # noqa: F401  (FinetuneOptions.loss)
 from .errors import CalibrationError, UsageError
+from .options import FinetuneOptions  # noqa: F401  (defined with the other settings, in the light options.py)
 
-LOSSES = ("mse", "cosine", "kl")
 AUTO_MATCH_OPS = ("LayerNormalization", "Add", "Relu", "BatchNormalization", "Clip", "HardSwish", "Concat")
 # "auto" on a transformer: the normalised residual stream (its width is kept by head/MLP pruning)
 AUTO_NORM_OPS = ("LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization",
                  "SkipLayerNormalization", "SkipSimplifiedLayerNormalization")
 VAL_CACHE_BYTES = 256 * 2 ** 20                # the teacher's outputs on the held-out split kept up to this size
-
-
-@dataclass
-class FinetuneOptions:
-    steps: Optional[int] = None              # optimizer steps (default: 1 epoch when neither is given)
-    epochs: Optional[float] = None
-    lr: float = 1e-4
-    batch: int = 16
-    seed: int = 0
-    loss: str = "mse"                        # default loss of every output
-    output_loss: Dict[str, str] = field(default_factory=dict)     # per output name
-    temperature: float = 1.0                 # kl
-    match: Sequence[str] = ()                # intermediate tensors (names or globs, or "auto")
-    match_weight: float = 1.0
-    max_match: int = 12                      # "auto": at most this many, evenly spaced
-    val_fraction: float = 0.1                # held-out samples for early stopping (0: none)
-    eval_every: Optional[int] = None         # steps between validations (default: ~10 per run)
-    patience: int = 5                        # validations without improvement before stopping
-    weight_decay: float = 0.0
-    max_seconds: Optional[float] = None      # time budget for training
-    clock: str = "wall"                      # the budget's clock: wall, or cpu (this process' CPU time)
-    threads: int = 1                         # torch and onnxruntime threads
-    train_embeddings: bool = False           # also train tables read only by Gather (embeddings)
-    freeze: Sequence[str] = ()               # constants (names or globs) kept as they are
-    # Python only: a term added to the loss, extra_loss(student, teacher, feed) -> scalar tensor, where
-    # student/teacher map output (and matched) names to torch tensors and feed is the batch's inputs
-    extra_loss: Optional[Callable] = None
-
-    def check(self) -> None:
-        if self.steps is not None and self.steps < 1:
-            raise UsageError(f"--steps must be >= 1, got {self.steps}")
-        if self.epochs is not None and not self.epochs > 0:
-            raise UsageError(f"--epochs must be > 0, got {self.epochs}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UsageError(f"--lr must be > 0, got {self.lr}")
-        if self.batch < 1:
-            raise UsageError(f"--batch must be >= 1, got {self.batch}")
-        for name, kind in [("", self.loss)] + list(self.output_loss.items()):
-            if kind not in LOSSES:
-                raise UsageError(f"--loss {name + '=' if name else ''}{kind}: choose from {', '.join(LOSSES)}")
-        if not (0.0 <= self.val_fraction < 1.0):
-            raise UsageError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        if self.temperature <= 0:
-            raise UsageError(f"--temperature must be > 0, got {self.temperature}")
-        if self.threads < 1:
-            raise UsageError("--threads must be >= 1")
-        if self.patience < 1:
-            raise UsageError("--patience must be >= 1")
-        if self.clock not in ("wall", "cpu"):
-            raise UsageError(f"clock must be wall or cpu, got {self.clock!r}")
-        if self.max_seconds is not None and self.max_seconds <= 0:
-            raise UsageError("--max-seconds must be > 0")
 
 
 # ----------------------------------------------------------------------------- structure

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -19,6 +19,20 @@ Dim = Optional[object]  # int, a symbolic name (str) or None
 
 def node_label(node: onnx.NodeProto, index: int) -> str:
     return node.name or f"{node.op_type}_{index}"
+
+
+def _constant_node_dims(node: onnx.NodeProto) -> Optional[List[int]]:
+    """The shape of a ``Constant`` node's value, read without decoding it."""
+    for a in node.attribute:
+        if a.name == "value":
+            return [int(d) for d in a.t.dims]
+        if a.name in ("value_float", "value_int"):
+            return []
+        if a.name == "value_floats":
+            return [len(a.floats)]
+        if a.name == "value_ints":
+            return [len(a.ints)]
+    return None
 
 
 def _constant_node_value(node: onnx.NodeProto) -> Optional[np.ndarray]:
@@ -37,10 +51,12 @@ def _constant_node_value(node: onnx.NodeProto) -> Optional[np.ndarray]:
 
 
 class Graph:
-    """Index over ``model.graph`` (the top-level graph; subgraphs are opaque)."""
+    """Index over ``model.graph`` (the top-level graph; subgraphs are opaque, except that
+    ``subgraphs=True`` also resolves the shapes of their tensors) and graphprune's one shape resolver."""
 
     def __init__(self, model: onnx.ModelProto, infer: bool = True, known_shapes: Optional[Dict] = None,
-                 runtime: bool = True):
+                 runtime: bool = True, input_dims: Optional[Mapping[str, Sequence[int]]] = None,
+                 subgraphs: bool = False):
         self.model = model
         g = model.graph
         self.nodes: List[onnx.NodeProto] = list(g.node)
@@ -64,25 +80,42 @@ class Graph:
         self._cached = 0
         self.shapes: Dict[str, List[Dim]] = {}
         self.dtypes: Dict[str, int] = {}
-        self._read_shapes(model.graph)
+        self.infer_error: Optional[str] = None     # why shape inference failed (declared shapes are used)
+        if input_dims is None or not infer:
+            self._read_shapes(model.graph)
         if infer:
-            self._infer()
+            self._infer(input_dims, subgraphs)
             if known_shapes:
                 for k, v in known_shapes.items():
                     old = self.shapes.get(k)
                     if old is None or (len(old) == len(v) and any(d is None for d in old)):
                         self.shapes[k] = v
-            if self._has_unknown_dims():
+            if input_dims is None and self._has_unknown_dims():
                 self._substituted_shapes()
             if runtime and self._needs_runtime_shapes():
                 self._runtime_shapes()
+        elif subgraphs:
+            self._read_subgraph_shapes(model.graph)
 
     # ---------------------------------------------------------------- shapes
-    def _read_vi(self, vi) -> None:
+    # Shapes are resolved here and only here (count.py reads them too). ``shapes[name]`` is a list
+    # of dims: an int, a symbol (str) or None (unknown). Sources, later ones filling what earlier
+    # ones left unknown: declared value infos, initializer and Constant dims, ONNX shape inference
+    # (with data propagation) on a weight-free copy, the same inference with the symbolic input
+    # dims replaced by two sets of concrete values (``_substituted_shapes``), and two onnxruntime
+    # runs (``_runtime_shapes``, small models, with ``runtime``).
+    #
+    # ``input_dims`` ({graph input: concrete dims}, count.py's feed) runs inference once with those
+    # dims instead: the declared value infos (written for the symbolic dims) are dropped, every
+    # shape comes from that inference, and no substituted runs follow. ``subgraphs`` also records
+    # the shapes of the tensors inside If / Loop / Scan bodies (count.py counts their nodes).
+    def _read_vi(self, vi, overwrite: bool = True) -> None:
         t = vi.type
         if not t.HasField("tensor_type"):
             return
         tt = t.tensor_type
+        if not overwrite and vi.name in self.shapes:
+            return
         self.dtypes[vi.name] = tt.elem_type
         if not tt.HasField("shape"):
             return
@@ -99,24 +132,70 @@ class Graph:
     def _read_shapes(self, g: onnx.GraphProto) -> None:
         for vi in list(g.input) + list(g.value_info) + list(g.output):
             self._read_vi(vi)
+        self._read_const_shapes()
+
+    def _read_const_shapes(self) -> None:
         for name, t in self.initializers.items():
             self.shapes[name] = [int(d) for d in t.dims]
             self.dtypes[name] = t.data_type
         for name, n in self.const_nodes.items():
-            v = self.const(name)
-            if v is not None:
-                self.shapes[name] = list(v.shape)
+            dims = _constant_node_dims(n)
+            if dims is not None:
+                self.shapes[name] = dims
 
-    def _infer(self) -> None:
+    def _read_subgraph_shapes(self, g: onnx.GraphProto) -> None:
+        """Shapes of the tensors inside the subgraphs of ``g``'s nodes, recursively (an outer
+        name keeps its shape; a subgraph's initializers are its own)."""
+        for node in g.node:
+            for a in node.attribute:
+                for sg in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    for t in sg.initializer:
+                        self.shapes[t.name] = [int(d) for d in t.dims]
+                        self.dtypes[t.name] = t.data_type
+                    for vi in list(sg.input) + list(sg.output) + list(sg.value_info):
+                        self._read_vi(vi, overwrite=False)
+                    for n in sg.node:
+                        if n.op_type == "Constant" and n.output and n.output[0] not in self.shapes:
+                            dims = _constant_node_dims(n)
+                            if dims is not None:
+                                self.shapes[n.output[0]] = dims
+                    self._read_subgraph_shapes(sg)
+
+    def _infer(self, input_dims: Optional[Mapping[str, Sequence[int]]] = None, subgraphs: bool = False) -> None:
         # Shape inference on a copy whose big weights are turned into graph inputs: cheap for big models.
+        sk = _strip_weights(self.model)
+        if input_dims is not None:
+            for vi in sk.graph.input:
+                if vi.name in input_dims and vi.type.HasField("tensor_type"):
+                    dims = vi.type.tensor_type.shape.dim
+                    if len(dims) == len(input_dims[vi.name]):
+                        for d, v in zip(dims, input_dims[vi.name]):
+                            d.Clear()
+                            d.dim_value = int(v)
+            del sk.graph.value_info[:]
         try:
-            inferred = shape_inference.infer_shapes(
-                _strip_weights(self.model), check_type=False, strict_mode=False, data_prop=True)
-        except Exception:
+            inferred = shape_inference.infer_shapes(sk, check_type=False, strict_mode=False, data_prop=True)
+        except Exception as e:
+            from .io import first_line
+
+            self.infer_error = first_line(e)
+            if input_dims is not None:
+                self._read_shapes(self.model.graph)
+            if subgraphs:
+                self._read_subgraph_shapes(self.model.graph)
             return
-        for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
-            if vi.name not in self.shapes or any(not isinstance(d, int) for d in self.shapes[vi.name]):
-                self._read_vi(vi)
+        ig = inferred.graph
+        if input_dims is not None:
+            # every shape from this inference at the concrete dims (the declared ones were not read)
+            self._read_const_shapes()
+            for vi in list(ig.input) + list(ig.output) + list(ig.value_info):
+                self._read_vi(vi, overwrite=False)
+        else:
+            for vi in list(ig.value_info) + list(ig.output):
+                if vi.name not in self.shapes or any(not isinstance(d, int) for d in self.shapes[vi.name]):
+                    self._read_vi(vi)
+        if subgraphs:
+            self._read_subgraph_shapes(ig)
 
     RUNTIME_SHAPES_MAX_BYTES = 512 * 1024 * 1024
 
@@ -299,7 +378,8 @@ class Graph:
 
 
 def _strip_weights(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy whose large initializers are replaced by graph inputs of the same shape."""
+    """A copy for shape inference whose large initializers (and sparse initializers) are replaced
+    by graph inputs of the same type and shape; small ones keep their data for data propagation."""
     m = onnx.ModelProto()
     g = model.graph
     for field in ("ir_version", "producer_name", "domain", "model_version"):
@@ -321,12 +401,13 @@ def _strip_weights(model: onnx.ModelProto) -> onnx.ModelProto:
         elif t.name not in names:
             big.append(t)
     mg.initializer.extend(small)
-    for t in big:
+    for name, elem, dims in [(t.name, t.data_type, t.dims) for t in big] + [
+            (sp.values.name, sp.values.data_type, sp.dims) for sp in g.sparse_initializer if sp.values.name not in names]:
         vi = mg.input.add()
-        vi.name = t.name
+        vi.name = name
         tt = vi.type.tensor_type
-        tt.elem_type = t.data_type
-        for d in t.dims:
+        tt.elem_type = elem
+        for d in dims:
             tt.shape.dim.add().dim_value = d
     return m
 

@@ -36,7 +36,7 @@ DOMAIN = "ai.graphprune"
 OPSET = 1
 OPS = ("SparseMatMul", "SparseConv")
 LIB_NAME = "libgraphprune_kernels.so"
-SOURCES = ("gp_ort.h", "gp_common.h", "gp_kernels.h", "gp_ops.c", "gp_portable.c", "gp_avx2.c", "gp_avx512.c")
+SOURCES = ("gp_ort.h", "gp_common.h", "gp_kernels.h", "gp_simd.h", "gp_ops.c", "gp_portable.c", "gp_avx2.c", "gp_avx512.c")
 CFLAGS = ("-O3", "-std=c11", "-D_GNU_SOURCE", "-fPIC", "-shared", "-fvisibility=hidden", "-Wall")
 LDFLAGS = ("-lpthread",)
 

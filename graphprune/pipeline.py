@@ -4,10 +4,9 @@ load -> analyze -> [calibrate] -> score -> plan -> rewrite -> verify -> [repair]
 from __future__ import annotations
 
 import gc
-import numbers
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence
 
 import onnx
 from onnx.external_data_helper import uses_external_data
@@ -15,192 +14,15 @@ from onnx.external_data_helper import uses_external_data
 from . import count, inputs, memory, runtime
 from .analyze import analyze, consumer_inputs, groups as find_groups
 from .errors import UsageError, VerifyError
-from .repair import PRIORS
 from .fold import fold_shapes_into, fold_weight_subgraphs, untie_constants
 from .graph import Graph
 from .plan import Plan, global_plan, make_plan, uniform_for_target
 from .rewrite import rewrite
-from .score import CRITERIA, criterion_name, needs as criterion_needs, score
+from .score import criterion_name, needs as criterion_needs, score
 from .verify import agreement, verify
 from .choices import (NORMALIZE, REDUCE, REPAIR, SCOPES, Normalize, Provider, Reduce, RepairMode,  # noqa: F401
                       RidgePrior, Scope)
-
-
-@dataclass(kw_only=True)
-class Options:
-    """Every setting of a pruning run (keyword-only; the CLI flags of the same names).
-
-    Args:
-        ratio: fraction of each group's channels to remove, in [0, 1).
-        head_ratio: fraction of attention heads to remove (default: ``ratio``).
-        mlp_ratio: fraction of MLP widths and CNN channels to remove (default: ``ratio``).
-        prune_hidden: also prune the residual (hidden) width of transformers: not exact.
-        round_to: kept counts are multiples of this int, or ``"auto"`` (``runtime.simd_block()``).
-        protect: node or tensor name globs whose groups keep every channel.
-        criterion: a name in ``score.CRITERIA`` or any :class:`graphprune.score.Criterion`.
-        reduce: how a group's member scores combine.
-        seed: seed of random criteria and inputs.
-        allow_inexact: also prune groups feeding LayerNorm/Softmax/ReduceMean over channels.
-        threads: onnxruntime threads (benchmark, calibration).
-        provider: onnxruntime execution provider of every session (verify, benchmark, calibration,
-            latency model): ``cpu``, ``cuda`` or ``tensorrt`` (onnxruntime-gpu); never a silent fall back.
-        device: the GPU index for ``cuda`` / ``tensorrt``.
-        bench: latency benchmark (None: skipped above ``AUTO_SKIP_BYTES``).
-        bench_repeats: timed runs per model.
-        verify: masked-dense oracle check (None: skipped above ``AUTO_SKIP_BYTES``).
-        seq_len: value of non-batch symbolic dims when counting MACs.
-        normalize: per-layer score normalisation.
-        scope: ``uniform`` (every group its ratio) or ``global`` (one threshold).
-        target_macs: reach this fraction of the dense MACs.
-        target_params: reach this fraction of the dense parameters.
-        min_ratio: per-group lower bound on the fraction removed.
-        max_ratio: per-group upper bound (global scope default: 0.9).
-        per_cost: global scope with a target: rank by importance per unit of cost.
-        calib: a ``calib.Calibration`` or any iterable of feed dicts.
-        calib_batch: calibration batch size.
-        repair: training-free repair of the layers that lost inputs (needs ``calib``).
-        ridge: lstsq repair: ridge strength relative to the mean diagonal of X·Xᵀ.
-        ridge_prior: lstsq repair: the ridge pulls toward zero or the kept weights.
-        taylor_samples: samples of the ``taylor`` criterion.
-        taylor_eps: finite-difference step of the ``taylor`` criterion.
-    """
-    ratio: float = 0.5
-    head_ratio: Optional[float] = None      # attention heads (default: ratio)
-    mlp_ratio: Optional[float] = None       # MLP widths and CNN channels (default: ratio)
-    prune_hidden: bool = False              # also prune the residual (hidden) width: not exact
-    round_to: Any = 1                       # int >= 1, or "auto": runtime.simd_block() of this machine
-    protect: Sequence[str] = ()
-    criterion: Union[str, Callable[..., Any]] = "l2"
-    reduce: Reduce = "mean"
-    seed: int = 0
-    allow_inexact: bool = False
-    threads: int = 1
-    provider: Provider = "cpu"                # onnxruntime provider of verify, bench, calibration, latency
-    device: int = 0                         # GPU index for the cuda / tensorrt providers
-    bench: Optional[bool] = True            # None: auto (skipped for models over AUTO_SKIP_BYTES)
-    bench_repeats: int = 30
-    verify: Optional[bool] = True           # None: auto (skipped for models over AUTO_SKIP_BYTES)
-    seq_len: int = 64                       # value of non-batch symbolic dims when counting MACs
-    normalize: Normalize = "mean"           # per-layer score normalisation: mean | max | std | none
-    scope: Scope = "uniform"                # uniform: every group its ratio; global: one threshold
-    target_macs: Optional[float] = None     # reach this fraction of the dense MACs
-    target_params: Optional[float] = None   # reach this fraction of the dense parameters
-    min_ratio: float = 0.0                  # per-group bounds on the fraction removed
-    max_ratio: Optional[float] = None       # (global scope default: 0.9)
-    per_cost: bool = True                   # global scope with a target: rank by importance per cost
-    calib: Any = None                       # Calibration, or any iterable of feed dicts
-    calib_batch: int = 16
-    repair: RepairMode = "none"             # none | bias | lstsq
-    ridge: float = 1e-3                     # lstsq repair: ridge strength relative to mean diag(X·Xᵀ)
-    ridge_prior: RidgePrior = "zero"        # lstsq repair: ridge pulls toward zero (or the kept weights)
-    taylor_samples: int = 8
-    taylor_eps: float = 1e-2
-    keep_initializer_inputs: bool = False   # initializers also listed as graph inputs stay inputs (blocked)
-    input_ranges: Dict[str, tuple] = field(default_factory=dict)   # name -> (low, high): random feeds
-    sample: Any = None                      # feed dicts for verify and the benchmark (--inputs FILE.npz)
-    bench_seconds: float = 10.0             # the benchmark stops after this long (at least 3 pairs)
-    target_latency: Optional[float] = None  # reach this fraction of the dense model's measured latency
-    latency_tolerance: float = 0.05         # relative: |measured / target - 1| <= this
-    latency_iterations: int = 6             # measured bisection steps at most
-    latency_cache: Optional[str] = None     # folder of the layer-timing cache (None: default, "": off)
-    latency_objective: str = "auto"         # rank units by importance or MACs per ms saved; auto: both, keep the better
-    latency_timer: Any = None               # tests: (spec, a, b) -> ms instead of timing in onnxruntime
-    layer_table: bool = False               # report["layers"] (widths, MACs, latency per layer) without a target
-    sparsity: Optional[float] = None        # sparse layers (sparsify.py): fraction of weights zeroed
-    pattern: Optional[str] = None           # unstructured | N:M | block:RxC (None: no sparse step)
-    sparse_kernels: str = "auto"            # auto: timed per layer | always | never (dense with zeros)
-    sparse_criterion: Optional[str] = None  # magnitude | wanda | sparsegpt | random (default from criterion)
-    sparse_margin: float = 1.05             # a layer's kernel must be this much faster than dense
-    sparse_sequential: bool = False         # sparsegpt: prune stage by stage on the sparse model's inputs
-
-    def sparse(self) -> bool:
-        return self.sparsity is not None or self.pattern is not None
-
-    def structured(self) -> bool:
-        """Whether structured pruning has anything to do (else its scoring is skipped)."""
-        return bool(self.ratio or self.head_ratio or self.mlp_ratio or self.target() is not None)
-
-    def kind_ratios(self) -> Dict[str, Optional[float]]:
-        return {"heads": self.head_ratio, "channels": self.mlp_ratio}
-
-    def rounding(self) -> int:
-        """``round_to`` as a number (``"auto"``: this machine's SIMD block, runtime.simd_block)."""
-        return runtime.simd_block() if self.round_to == "auto" else int(self.round_to)
-
-    def check(self) -> None:
-        for name in ("ratio", "head_ratio", "mlp_ratio"):
-            v = getattr(self, name)
-            if v is not None and not (0.0 <= v < 1.0):
-                raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1), got {v}")
-        if self.round_to != "auto" and (not isinstance(self.round_to, numbers.Integral) or isinstance(self.round_to, bool)
-                                        or self.round_to < 1):
-            raise UsageError(f"--round-to must be an integer >= 1 or auto, got {self.round_to!r}")
-        if not callable(self.criterion) and self.criterion not in CRITERIA:
-            raise UsageError(f"unknown criterion {self.criterion!r}; choose from {', '.join(sorted(CRITERIA))}")
-        if self.threads < 1:
-            raise UsageError("--threads must be >= 1")
-        from .runtime import check_provider
-        check_provider(self.provider, self.device)
-        for name, allowed in (("scope", SCOPES), ("normalize", NORMALIZE), ("reduce", REDUCE), ("repair", REPAIR),
-                              ("ridge_prior", PRIORS)):
-            if getattr(self, name) not in allowed:
-                raise UsageError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
-                                 f"got {getattr(self, name)!r}")
-        for name in ("target_macs", "target_params"):
-            v = getattr(self, name)
-            if v is not None and not (0.0 < v <= 1.0):
-                raise UsageError(f"--{name.replace('_', '-')} must be in (0, 1], got {v}")
-        if self.target_macs is not None and self.target_params is not None:
-            raise UsageError("give --target-macs or --target-params, not both")
-        if self.target_latency is not None:
-            if not (0.0 < self.target_latency <= 1.0):
-                raise UsageError(f"--target-latency must be in (0, 1], got {self.target_latency}")
-            if self.target_macs is not None or self.target_params is not None:
-                raise UsageError("give --target-latency or --target-macs/--target-params, not both")
-            if not (0.0 < self.latency_tolerance < 1.0):
-                raise UsageError(f"--latency-tolerance must be in (0, 1), got {self.latency_tolerance}")
-            if self.latency_iterations < 1:
-                raise UsageError("--latency-iterations must be >= 1")
-            if self.latency_objective not in ("auto", "importance", "macs"):
-                raise UsageError(f"--latency-objective must be auto, importance or macs, got {self.latency_objective!r}")
-        if not (0.0 <= self.min_ratio < 1.0):
-            raise UsageError(f"--min-ratio must be in [0, 1), got {self.min_ratio}")
-        if self.max_ratio is not None and not (self.min_ratio <= self.max_ratio < 1.0):
-            raise UsageError(f"--max-ratio must be in [min-ratio, 1), got {self.max_ratio}")
-        if self.seq_len < 1:
-            raise UsageError(f"--seq-len must be >= 1, got {self.seq_len}")
-        if self.calib_batch < 1:
-            raise UsageError("--calib-batch must be >= 1")
-        need = criterion_needs(self.criterion)
-        if self.calib is None and need in ("calib", "gram", "samples"):
-            raise UsageError(f"criterion {criterion_name(self.criterion)!r} needs calibration data: pass "
-                             f"--calib FILE.npz or --calib-dir DIR (Options(calib=...) in Python)")
-        if self.calib is None and self.repair != "none":
-            raise UsageError(f"--repair {self.repair} needs calibration data: pass --calib FILE.npz or "
-                             f"--calib-dir DIR (Options(calib=...) in Python)")
-        self.check_sparse()
-
-    def check_sparse(self) -> None:
-        from .sparsify import MASK_CRITERIA, Pattern, resolve_sparsity
-
-        if not self.sparse():
-            return
-        resolve_sparsity(Pattern.parse(self.pattern or "unstructured"), self.sparsity)
-        if self.sparse_kernels not in ("auto", "always", "never"):
-            raise UsageError(f"--sparse-kernels must be auto, always or never, got {self.sparse_kernels!r}")
-        if self.sparse_criterion is not None and self.sparse_criterion not in MASK_CRITERIA:
-            raise UsageError(f"--sparse-criterion must be one of {', '.join(MASK_CRITERIA)}, "
-                             f"got {self.sparse_criterion!r}")
-        if self.calib is None and self.sparse_criterion in ("wanda", "sparsegpt"):
-            raise UsageError(f"--sparse-criterion {self.sparse_criterion} needs calibration data: pass "
-                             f"--calib FILE.npz or --calib-dir DIR")
-
-    def target(self):
-        if self.target_macs is not None:
-            return ("macs", float(self.target_macs))
-        if self.target_params is not None:
-            return ("params", float(self.target_params))
-        return None
+from .options import Options  # noqa: F401  (defined in options.py; pipeline.Options is the same class)
 
 
 @dataclass

@@ -42,6 +42,7 @@ import onnx
 from . import runtime
 from .analyze import consumer_inputs
 from .calib import ConvSpec, im2col
+from .choices import RIDGE_PRIORS
 from .edit import Editor
 from .layers import LAYERS, LayerKind, layer_of, node_attr
 
@@ -49,7 +50,7 @@ MODES = ("none", "bias", "lstsq")
 RIDGE = 1e-3
 # dense targets above this size (all calibration feeds) are recomputed per stage, not kept
 TARGET_CACHE_BYTES = 512 << 20
-PRIORS = ("weights", "zero")
+PRIORS = RIDGE_PRIORS             # choices.py: Options.ridge_prior and the CLI share it
 
 
 @dataclass

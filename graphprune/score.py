@@ -130,17 +130,32 @@ def _covered(gm: GroupMember, index: Dict[int, int], n: int) -> np.ndarray:
     return unit_sums(np.ones(len(gm.units)), gm.units, index, n) > 0
 
 
+def _float_weights(group: Group, graph: Graph, roles: Sequence[str]):
+    """(member, its constant) for every member of the group in one of ``roles`` whose tensor is a
+    floating-point constant."""
+    for gm in group.members:
+        if gm.member.role not in roles:
+            continue
+        W = graph.const(gm.member.tensor)
+        if W is None or W.dtype.kind != "f":
+            continue
+        yield gm, W
+
+
+def _combined_or_l2(parts: Sequence[Tuple[np.ndarray, np.ndarray]], group: Group, graph: Graph, reduce: str,
+                    normalize) -> np.ndarray:
+    """combine(parts); the l2 magnitude when no member could be scored (no parts)."""
+    if not parts:
+        return magnitude(group, graph, p=2.0, reduce=reduce, normalize=normalize)
+    return combine(parts, len(group.units), reduce, normalize)
+
+
 def magnitude(group: Group, graph: Graph, p: float = 2.0, reduce: str = "mean",
               normalize="mean", **_) -> np.ndarray:
     n = len(group.units)
     index = _index(group)
     parts = []
-    for gm in group.members:
-        if gm.member.role not in SCORED_ROLES:
-            continue
-        W = graph.const(gm.member.tensor)
-        if W is None or W.dtype.kind != "f":
-            continue
+    for gm, W in _float_weights(group, graph, SCORED_ROLES):
         s = unit_sums(position_values(W, gm, p), gm.units, index, n) ** (1.0 / p)
         parts.append((s, _covered(gm, index, n)))
     return combine(parts, n, reduce, normalize)
@@ -174,9 +189,7 @@ def bn_scale(group: Group, graph: Graph, reduce: str = "mean", normalize="mean",
             continue
         s = unit_sums(np.abs(np.asarray(W, np.float64).reshape(-1))[gm.positions], gm.units, index, n)
         parts.append((s, _covered(gm, index, n)))
-    if not parts:
-        return magnitude(group, graph, p=2.0, reduce=reduce, normalize=normalize)
-    return combine(parts, n, reduce, normalize)
+    return _combined_or_l2(parts, group, graph, reduce, normalize)
 
 
 def _unit_rows(W: np.ndarray, gm: GroupMember, index: Dict[int, int], n: int) -> Optional[np.ndarray]:
@@ -200,21 +213,14 @@ def fpgm(group: Group, graph: Graph, reduce: str = "mean", normalize="mean", **_
     n = len(group.units)
     index = _index(group)
     parts = []
-    for gm in group.members:
-        if gm.member.role != "out":
-            continue
-        W = graph.const(gm.member.tensor)
-        if W is None or W.dtype.kind != "f":
-            continue
+    for gm, W in _float_weights(group, graph, ("out",)):
         F = _unit_rows(W, gm, index, n)
         if F is None:
             continue
         sq = np.einsum("ij,ij->i", F, F)
         d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * F @ F.T, 0.0)
         parts.append((np.sqrt(d2).sum(1), np.ones(n, bool)))
-    if not parts:
-        return magnitude(group, graph, p=2.0, reduce=reduce, normalize=normalize)
-    return combine(parts, n, reduce, normalize)
+    return _combined_or_l2(parts, group, graph, reduce, normalize)
 
 
 def lamp(group: Group, graph: Graph, reduce: str = "mean", **_) -> np.ndarray:
@@ -274,9 +280,7 @@ def activation(group: Group, graph: Graph, reduce: str = "mean", normalize="mean
     _need_calib("activation", calib)
     parts = _stats_parts(group, graph, calib,
                          lambda W, gm, st: position_values(W, gm, 1.0) * st.norm[gm.positions])
-    if not parts:
-        return magnitude(group, graph, p=2.0, reduce=reduce, normalize=normalize)
-    return combine(parts, len(group.units), reduce, normalize)
+    return _combined_or_l2(parts, group, graph, reduce, normalize)
 
 
 def fluctuation(group: Group, graph: Graph, reduce: str = "mean", normalize="mean", calib=None, **_) -> np.ndarray:
@@ -285,9 +289,7 @@ def fluctuation(group: Group, graph: Graph, reduce: str = "mean", normalize="mea
     _need_calib("fluctuation", calib)
     parts = _stats_parts(group, graph, calib,
                          lambda W, gm, st: position_values(W, gm, 2.0) * st.var[gm.positions])
-    if not parts:
-        return magnitude(group, graph, p=2.0, reduce=reduce, normalize=normalize)
-    return combine(parts, len(group.units), reduce, normalize)
+    return _combined_or_l2(parts, group, graph, reduce, normalize)
 
 
 DAMP = 1e-2

@@ -31,40 +31,13 @@ import importlib.util
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .errors import UsageError
-
-DEFAULT_RATIOS = (0.25, 0.5, 0.75)
-
-
-@dataclass
-class SweepConfig:
-    model: str
-    ratios: Sequence[float] = DEFAULT_RATIOS
-    criterion: str = "l2"
-    calib: Optional[str] = None
-    calib_dir: Optional[str] = None
-    calib_batch: int = 16
-    samples: int = 8
-    seed: int = 0
-    threads: int = 1
-    repeats: int = 20
-    round_to: int = 1
-    metric: Optional[str] = None
-    static_batch: Optional[int] = None
-    groups: Optional[Sequence[int]] = None      # only these group ids (default: every prunable one)
-
-    def fingerprint(self, model_sha: str) -> str:
-        d = asdict(self)
-        for k in ("model", "groups", "ratios"):
-            d.pop(k)
-        d["model_sha"] = model_sha
-        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
+from .options import DEFAULT_RATIOS, MIN_QUALITY, SweepConfig  # noqa: F401  (defined in the light options.py)
 
 def load_metric(spec: Optional[str]) -> Optional[Callable]:
     """``module:function`` or ``path/to/file.py:function`` -> the function."""
@@ -215,19 +188,19 @@ def _sha(path: str) -> str:
     return h.hexdigest()[:16]
 
 
-def sweep(cfg: SweepConfig, out: str, jobs: int = 1, ray_address: Optional[str] = None,
+def sweep(cfg: SweepConfig, out: str, jobs: Optional[int] = None, ray_address: Optional[str] = None,
           min_quality: Optional[float] = None, progress=None) -> dict:
     """Run (or resume) the sweep; write ``out`` (curves + suggested ratios), ``out``'s
-    ``.trials.jsonl`` and ``.plan.json``. Returns the result dict."""
+    ``.trials.jsonl`` and ``.plan.json``. Returns the result dict. ``jobs``, ``ray_address`` and
+    ``min_quality``, when given, replace ``cfg``'s."""
     from .io import save_json_atomic
     from .plan import Plan, select_units, kept_count
 
+    given = {"jobs": jobs, "ray_address": ray_address, "min_quality": min_quality}
+    cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
+    jobs, ray_address = cfg.jobs, cfg.ray_address
     progress = progress or (lambda s: None)
-    for r in cfg.ratios:
-        if not (0.0 < r < 1.0):
-            raise UsageError(f"--ratios must lie in (0, 1), got {r}")
-    if jobs < 1:
-        raise UsageError("--jobs must be >= 1")
+    cfg.check()
     base = out[:-5] if out.endswith(".json") else out
     trials_path, plan_path = base + ".trials.jsonl", base + ".plan.json"
     fp = cfg.fingerprint(_sha(cfg.model))
@@ -274,7 +247,7 @@ def sweep(cfg: SweepConfig, out: str, jobs: int = 1, ray_address: Optional[str] 
                     record(f.result())
     finally:
         fh.close()
-    result = summarize(local, results, ids, cfg, min_quality)
+    result = summarize(local, results, ids, cfg, cfg.min_quality)
     result.update({"trials_file": os.path.basename(trials_path), "plan_file": os.path.basename(plan_path),
                    "trials_run": len(todo), "trials_reused": skipped, "seconds": round(time.perf_counter() - t0, 2),
                    "backend": ("ray " + ray_address) if ray_address else f"processes ({jobs})"})
@@ -298,7 +271,7 @@ def sweep(cfg: SweepConfig, out: str, jobs: int = 1, ray_address: Optional[str] 
 def summarize(local: Worker, results: List[dict], ids: Sequence[int], cfg: SweepConfig,
               min_quality: Optional[float]) -> dict:
     if min_quality is None:
-        min_quality = 0.99 * local.dense_metric if local.metric else 0.99
+        min_quality = MIN_QUALITY * local.dense_metric if local.metric else MIN_QUALITY
     by_g: Dict[int, List[dict]] = {}
     for r in results:
         if r["group"] in ids and round(r["ratio"], 6) in {round(x, 6) for x in cfg.ratios}:

@@ -28,13 +28,15 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .choices import SPARSE_CRITERIA
 from .errors import UsageError
+from .options import Options
 
 DOMAIN = "ai.graphprune"          # kernels/README.md; kernels.DOMAIN says the same
 OPS = {"SparseMatMul": "MatMul", "SparseConv": "Conv"}
-MASK_CRITERIA = ("magnitude", "wanda", "sparsegpt", "random")
+MASK_CRITERIA = SPARSE_CRITERIA   # choices.py: Options.sparse_criterion and the CLI share it
 SUFFIXES = ("_sparse_values", "_sparse_indices", "_sparse_indptr", "_sparse_bias")
-MARGIN = 1.05                     # a layer is converted when its kernel is at least this much faster
+MARGIN = Options.sparse_margin    # a layer is converted when its kernel is at least this much faster
 MODEL_MARGIN = 1.02               # and the kernels are kept when the whole model is this much faster
 
 

@@ -15,6 +15,7 @@ non-trivial BatchNorm statistics, plus a matching example input::
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import torch
@@ -70,10 +71,66 @@ class SqueezeExcite(nn.Module):
         return x * s
 
 
+def inverted_residual_trunk(stem, stem_stride, act, blocks, last) -> nn.Sequential:
+    """The MobileNet / EfficientNet feature extractor: a 3x3 conv to ``stem`` channels (``stem_stride``),
+    the blocks one after another, a 1x1 conv to ``last`` channels (both convs ConvBNAct with ``act``).
+    ``blocks``: ``(cout, make)`` per block, ``make(cin)`` building it from the channels before it."""
+    layers: list[nn.Module] = [ConvBNAct(3, stem, 3, stem_stride, act=act)]
+    cin = stem
+    for cout, make in blocks:
+        layers.append(make(cin))
+        cin = cout
+    layers.append(ConvBNAct(cin, last, 1, act=act))
+    return nn.Sequential(*layers)
+
+
+class SEInvertedResidual(nn.Module):
+    """MobileNetV3 / EfficientNet block: 1x1 expand to ``exp`` channels (none when exp == cin) -> kxk
+    depthwise (``stride``) -> squeeze-excite (``se``: its squeeze width, activation and gate; None: no SE)
+    -> 1x1 project without activation; a residual add when the block keeps the shape."""
+
+    def __init__(self, cin, exp, cout, k, stride, act, se: tuple[int, type[nn.Module], type[nn.Module]] | None):
+        super().__init__()
+        self.use_res = stride == 1 and cin == cout
+        layers: list[nn.Module] = []
+        if exp != cin:
+            layers.append(ConvBNAct(cin, exp, 1, act=act))
+        layers.append(ConvBNAct(exp, exp, k, stride, groups=exp, act=act))
+        if se is not None:
+            squeeze, se_act, gate = se
+            layers.append(SqueezeExcite(exp, squeeze, act=se_act, gate=gate))
+        layers.append(ConvBNAct(exp, cout, 1, act=None))
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x):
+        out = self.block(x)
+        return x + out if self.use_res else out
+
+
 # --------------------------------------------------------------------------- ResNet
 
 
-class BasicBlock(nn.Module):
+class ResidualBlock(nn.Module):
+    """Base of the ResNet blocks: ``relu(residual(x) + shortcut)``, the shortcut ``x`` itself or, where the
+    block changes the shape, ``downsample(x)`` (1x1 conv + BN)."""
+
+    def _add_shortcut(self, cin, cout, stride):
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def residual(self, x):
+        raise NotImplementedError
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.residual(x) + identity)
+
+
+class BasicBlock(ResidualBlock):
     expansion = 1
 
     def __init__(self, cin, planes, stride=1):
@@ -83,21 +140,14 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
+        self._add_shortcut(cin, cout, stride)
 
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
+    def residual(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        return self.bn2(self.conv2(out))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
     """1x1 reduce -> 3x3 (optionally grouped) -> 1x1 expand, residual add."""
 
     expansion = 4
@@ -112,19 +162,12 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
+        self._add_shortcut(cin, cout, stride)
 
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
+    def residual(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        return self.bn3(self.conv3(out))
 
 
 class ResNet(nn.Module):
@@ -207,14 +250,9 @@ class MobileNetV2(nn.Module):
 
     def __init__(self, num_classes=10, stem=16, last=64):
         super().__init__()
-        layers: list[nn.Module] = [ConvBNAct(3, stem, 3, 1, act=nn.ReLU6)]
-        cin = stem
-        for t, c, n, s in self.SETTING:
-            for i in range(n):
-                layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
-                cin = c
-        layers.append(ConvBNAct(cin, last, 1, act=nn.ReLU6))
-        self.features = nn.Sequential(*layers)
+        self.features = inverted_residual_trunk(stem, 1, nn.ReLU6, [
+            (c, partial(InvertedResidual, cout=c, stride=s if i == 0 else 1, expand_ratio=t))
+            for t, c, n, s in self.SETTING for i in range(n)], last)
         self.classifier = ClassifierHead(last, num_classes, dropout=0.2)
 
     def forward(self, x):
@@ -228,23 +266,10 @@ def mobilenetv2():
 # --------------------------------------------------------------------------- MobileNetV3
 
 
-class MBv3Block(nn.Module):
+class MBv3Block(SEInvertedResidual):
     def __init__(self, cin, k, exp, cout, use_se, act, stride):
-        super().__init__()
-        self.use_res = stride == 1 and cin == cout
-        layers: list[nn.Module] = []
-        if exp != cin:
-            layers.append(ConvBNAct(cin, exp, 1, act=act))
-        layers.append(ConvBNAct(exp, exp, k, stride, groups=exp, act=act))
-        if use_se:
-            squeeze = max(8, exp // 4)
-            layers.append(SqueezeExcite(exp, squeeze, act=nn.ReLU, gate=nn.Hardsigmoid))
-        layers.append(ConvBNAct(exp, cout, 1, act=None))
-        self.block = nn.Sequential(*layers)
-
-    def forward(self, x):
-        out = self.block(x)
-        return x + out if self.use_res else out
+        super().__init__(cin, exp, cout, k, stride, act,
+                         (max(8, exp // 4), nn.ReLU, nn.Hardsigmoid) if use_se else None)
 
 
 class MobileNetV3(nn.Module):
@@ -259,13 +284,9 @@ class MobileNetV3(nn.Module):
 
     def __init__(self, num_classes=10, stem=16, last=96, head=64):
         super().__init__()
-        layers: list[nn.Module] = [ConvBNAct(3, stem, 3, 2, act=nn.Hardswish)]
-        cin = stem
-        for k, exp, c, se, act, s in self.SETTING:
-            layers.append(MBv3Block(cin, k, exp, c, se, act, s))
-            cin = c
-        layers.append(ConvBNAct(cin, last, 1, act=nn.Hardswish))
-        self.features = nn.Sequential(*layers)
+        self.features = inverted_residual_trunk(stem, 2, nn.Hardswish, [
+            (c, partial(MBv3Block, k=k, exp=exp, cout=c, use_se=se, act=act, stride=s))
+            for k, exp, c, se, act, s in self.SETTING], last)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(
             nn.Linear(last, head), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(head, num_classes)
@@ -465,22 +486,10 @@ def regnet():
 # --------------------------------------------------------------------------- EfficientNet
 
 
-class MBConv(nn.Module):
+class MBConv(SEInvertedResidual):
     def __init__(self, cin, cout, k, stride, expand_ratio, se_ratio=0.25):
-        super().__init__()
-        hidden = cin * expand_ratio
-        self.use_res = stride == 1 and cin == cout
-        layers: list[nn.Module] = []
-        if expand_ratio != 1:
-            layers.append(ConvBNAct(cin, hidden, 1, act=nn.SiLU))
-        layers.append(ConvBNAct(hidden, hidden, k, stride, groups=hidden, act=nn.SiLU))
-        layers.append(SqueezeExcite(hidden, max(1, int(cin * se_ratio)), act=nn.SiLU, gate=nn.Sigmoid))
-        layers.append(ConvBNAct(hidden, cout, 1, act=None))
-        self.block = nn.Sequential(*layers)
-
-    def forward(self, x):
-        out = self.block(x)
-        return x + out if self.use_res else out
+        super().__init__(cin, cin * expand_ratio, cout, k, stride, nn.SiLU,
+                         (max(1, int(cin * se_ratio)), nn.SiLU, nn.Sigmoid))
 
 
 class EfficientNet(nn.Module):
@@ -489,14 +498,9 @@ class EfficientNet(nn.Module):
 
     def __init__(self, stem=16, head=64, num_classes=10):
         super().__init__()
-        layers: list[nn.Module] = [ConvBNAct(3, stem, 3, 1, act=nn.SiLU)]
-        cin = stem
-        for e, k, s, c, n in self.SETTING:
-            for i in range(n):
-                layers.append(MBConv(cin, c, k, s if i == 0 else 1, e))
-                cin = c
-        layers.append(ConvBNAct(cin, head, 1, act=nn.SiLU))
-        self.features = nn.Sequential(*layers)
+        self.features = inverted_residual_trunk(stem, 1, nn.SiLU, [
+            (c, partial(MBConv, cout=c, k=k, stride=s if i == 0 else 1, expand_ratio=e))
+            for e, k, s, c, n in self.SETTING for i in range(n)], head)
         self.classifier = ClassifierHead(head, num_classes, dropout=0.2)
 
     def forward(self, x):

@@ -153,6 +153,45 @@ def test_symbolic_attention_matmul_with_feed():
     assert bench.count_macs_params(m, feed)[0] == 8 * 16 * 8 + 8 * 8 * 8
 
 
+#: MACs without a feed, MACs with pipeline.count_feed(m, 64), params, and the onnxruntime sessions
+#: the feed count makes (one run at most), of committed exports (tools/count_check.py recorded them over ~400 models).
+#: bert_tiny's feedless count is 16512 since count.py reads graph.Graph's shapes: the symbolic
+#: inference of the legacy export loses the static hidden and head dims, which Graph's substituted
+#: inference recovers (the dynamo export of the same model always gave 16512).
+PINNED_COUNTS = {
+    "resnext.legacy": (6374016, 6374016, 11178, 0),
+    "resnext.dynamo.dynamic-batch": (6374016, 6374016, 11178, 0),
+    "squeezenet.dynamo": (518144, 518144, 10410, 0),
+    "shufflenetv2.legacy": (801968, 878336, 18138, 1),   # Reshape dims static inference loses: run on the feed
+    "vit.legacy": (1385344, 1385344, 81234, 0),
+    "gpt2.legacy": (104960, 7749632, 121098, 0),
+    "llama.dynamo": (68096, 5390336, 76932, 0),
+    "bert_tiny.legacy": (16512, 1572864, 22474, 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_COUNTS))
+def test_committed_export_counts_are_pinned(name, monkeypatch):
+    import os
+
+    import onnx
+
+    from graphprune import runtime
+    from graphprune.pipeline import count_feed
+
+    m = onnx.load(os.path.join(os.path.dirname(__file__), "data", "exports", f"{name}.onnx"))
+    macs, macs_feed, params, sessions = PINNED_COUNTS[name]
+    made = []
+    orig = runtime.session
+    monkeypatch.setattr(runtime, "session", lambda *a, **k: made.append(1) or orig(*a, **k))
+    assert bench.count_macs_params(m) == (macs, params)
+    assert not made                                     # no feed: never runs the model
+    feed = count_feed(m, 64)
+    assert bench.count_macs_params(m, feed) == (macs_feed, params)
+    assert len(made) == sessions
+    assert sum(bench.macs_by_node(m, feed).values()) == macs_feed
+
+
 def test_count_does_not_modify_model():
     m = cnn()
     before = m.SerializeToString()

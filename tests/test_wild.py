@@ -36,6 +36,18 @@ def report(path):
         return json.load(f)
 
 
+def run_one_group(tmp_path, name):
+    """`graphprune run` with default options on wild graph ``name``: it exits 0, prunes one group, verifies,
+    and the model it writes runs; returns its report."""
+    path = save(tmp_path, name)
+    code, _, err = run_cli_in_process("run", path)
+    assert code == 0, err
+    rep = report(str(tmp_path / f"{name}.pruned.onnx"))
+    assert rep["verify"]["passed"] and rep["summary"]["pruned_groups"] == 1
+    runs(str(tmp_path / f"{name}.pruned.onnx"))
+    return rep
+
+
 # ----------------------------------------------------------------------- 1. integer inputs
 
 
@@ -75,13 +87,8 @@ def test_synthetic_calibration_indices_are_valid_too():
 
 
 def test_bert_like_prunes_with_default_options(tmp_path, capsys):
-    path = save(tmp_path, "bert_like")
-    code, out, err = run_cli_in_process("run", path)
-    assert code == 0, err
-    rep = report(str(tmp_path / "bert_like.pruned.onnx"))
-    assert rep["verify"]["passed"] and rep["summary"]["pruned_groups"] == 1
+    rep = run_one_group(tmp_path, "bert_like")
     assert rep["macs"]["after"] < rep["macs"]["before"]
-    runs(str(tmp_path / "bert_like.pruned.onnx"))
 
 
 def test_out_of_range_input_names_the_input_and_node(tmp_path, capsys):
@@ -219,12 +226,7 @@ def test_sort_keeps_subgraph_readers_after_their_producers():
 
 
 def test_sequence_of_maps_outputs_verify(tmp_path, capsys):
-    path = save(tmp_path, "zipmap_classifier")
-    code, _, err = run_cli_in_process("run", path)
-    assert code == 0, err
-    rep = report(str(tmp_path / "zipmap_classifier.pruned.onnx"))
-    assert rep["verify"]["passed"] and rep["summary"]["pruned_groups"] == 1
-    runs(str(tmp_path / "zipmap_classifier.pruned.onnx"))
+    run_one_group(tmp_path, "zipmap_classifier")
 
 
 def test_compare_non_tensor_outputs():

@@ -1,7 +1,8 @@
 """Latency-aware pruning benchmark: --target-latency against uniform-ratio plans and Torch-Pruning.
 
 For each model of tools/latency_models.py (full-size stand-ins for six torchvision classifiers,
-224x224, random weights, exported by torch's legacy exporter) this script makes, with the
+or with ``--torchvision`` torchvision's own modules; 224x224, random weights, exported by torch's
+legacy exporter) this script makes, with the
 L2-magnitude criterion throughout:
 
 * **graphprune, latency-aware**: ``--target-latency T`` (global allocation, per-layer staircase
@@ -11,7 +12,10 @@ L2-magnitude criterion throughout:
   every group, bisected on the same measured latency);
 * **Torch-Pruning** (``MetaPruner``, ``MagnitudeImportance(p=2)``, local/uniform ratio, the last
   Linear ignored) at the ratio whose MACs equal the latency-aware plan's (two or three steps of a
-  (1-r)^2 correction).
+  (1-r)^2 correction), with its default ``round_to`` and with ``round_to`` = the SIMD block;
+* with ``--tp-equal-latency``, Torch-Pruning (``round_to`` = the SIMD block) once more at the
+  latency graphprune's plan measures (secant steps on its ratio): the agreement of the two at
+  equal speed.
 
 Then, in one process, every pruned model is timed interleaved with the dense one (rotating
 order, onnxruntime CPU, 1 thread, the thread's CPU time: see graphprune.latency._clock) and the
@@ -99,6 +103,40 @@ def cosine(dense, model, feeds):
     return agreement(dense, model, feeds)["cosine"]
 
 
+def _tp_at_latency(name: str, dense, feed, out: dict, row: dict, args) -> None:
+    """Torch-Pruning with ``round_to`` = the SIMD block at graphprune's *measured latency*
+    (secant steps on its uniform ratio, each pruned model timed against the dense one as the
+    search times graphprune's): who agrees better with the dense model at the same speed."""
+    from graphprune import bench
+    from graphprune.latency import measure_fraction
+
+    dsess = bench.make_session(dense, 1)
+    want = measure_fraction(dsess, bench.make_session(out["gp"], 1), feed, args.repeats)[0]
+    path = os.path.join(args.work, f"{name}.tp_lat.onnx")
+    pts, best = [], None
+    r = row.get("tp_round", {}).get("ratio", 0.3)
+    try:
+        for _ in range(5):
+            m = tp_prune(name, r, path, round_to=bench.simd_block())
+            f = measure_fraction(dsess, bench.make_session(m, 1), feed, args.repeats)[0]
+            pts.append((r, f))
+            if best is None or abs(f / want - 1) < abs(best[2] / want - 1):
+                best = (m, r, f)
+            if abs(f / want - 1) < 0.03:
+                break
+            if len(pts) >= 2 and pts[-1][1] != pts[-2][1]:
+                (r0, f0), (r1, f1) = pts[-2], pts[-1]
+                r = r1 + (want - f1) * (r1 - r0) / (f1 - f0)
+            else:
+                r = r + (0.1 if f > want else -0.1)
+            r = min(0.95, max(0.0, r))
+        out["tp_lat"] = best[0]
+        row["tp_lat"] = {"ratio": round(best[1], 4), "round_to": bench.simd_block(), "search_measured": round(best[2], 4),
+                         "gp_measured": round(want, 4), "steps": len(pts)}
+    except Exception as e:
+        row["tp_lat"] = {"error": (str(e).splitlines() or [type(e).__name__])[0][:200]}
+
+
 def run_model(name: str, args) -> dict:
     from graphprune import bench
     from graphprune.pipeline import Options, prune
@@ -140,6 +178,8 @@ def run_model(name: str, args) -> dict:
             row[label] = {"ratio": round(best[2], 4), "round_to": rt}
         except Exception as e:      # Torch-Pruning refusing a model is a result too
             row[label] = {"error": (str(e).splitlines() or [type(e).__name__])[0][:200]}
+    if not args.no_tp and args.tp_equal_latency:
+        _tp_at_latency(name, dense, feed, out, row, args)
     labels = list(out)
     fr, dense_ms = time_models(dense, [out[k] for k in labels], feed, args.repeats)
     row["dense_ms_cpu"] = round(dense_ms, 3)
@@ -185,8 +225,15 @@ def main(argv=None):
     ap.add_argument("--work", default="/tmp/lat")
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-tp", action="store_true")
+    ap.add_argument("--tp-equal-latency", action="store_true",
+                    help="also Torch-Pruning round_to=SIMD block at graphprune's measured latency (tp_lat)")
+    ap.add_argument("--torchvision", action="store_true",
+                    help="torchvision's own modules instead of the stand-ins (a venv with torchvision; "
+                         "use another --work folder)")
     ap.add_argument("--noise", type=int, default=0, help="only the timing-noise comparison, this many times")
     args = ap.parse_args(argv)
+    if args.torchvision:
+        os.environ["GRAPHPRUNE_TORCHVISION"] = "1"
     os.makedirs(args.work, exist_ok=True)
     if args.noise:
         return noise(args)
@@ -209,11 +256,12 @@ def main(argv=None):
 def print_table(rows):
     print("| model | plan | latency / dense | within ±5 % | MACs kept | speed-up | realization | cosine |")
     print("|---|---|---|---|---|---|---|---|")
-    real = {"gp": [], "uniform": [], "tp": [], "tp_round": []}
+    real = {"gp": [], "uniform": [], "tp": [], "tp_round": [], "tp_lat": []}
     for r in rows:
         for k, label in (("gp", "graphprune --target-latency"),
                          ("uniform", "graphprune uniform"),
-                         ("tp", "Torch-Pruning (equal MACs)"), ("tp_round", "Torch-Pruning round_to (equal MACs)")):
+                         ("tp", "Torch-Pruning (equal MACs)"), ("tp_round", "Torch-Pruning round_to (equal MACs)"),
+                         ("tp_lat", "Torch-Pruning round_to (equal latency)")):
             d = r.get(k)
             if not d or "latency" not in d:
                 continue

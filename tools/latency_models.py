@@ -1,6 +1,11 @@
-"""Full-size stand-ins for six torchvision classifiers, built from the blocks of refmodels/cnn.py.
+"""Six torchvision classifiers for the latency benchmark: torchvision's own modules, or stand-ins.
 
-torchvision is not installed in the project's environment (a 5.5 GB install), so the latency
+With ``GRAPHPRUNE_TORCHVISION=1`` (or ``build(..., torchvision=True)``) the models are
+torchvision's own (``torchvision.models.get_model(name, weights=None)``, BatchNorm statistics
+randomised the same way); run from a venv that has torchvision (``pip install torch==2.14.1
+torchvision==0.29.1``, 5.5 GB, kept out of the project's test install).
+
+torchvision is not installed in the project's environment, so by default the latency
 benchmark (tools/bench_latency.py) builds the same architectures at torchvision's widths,
 depths, strides and 224x224 input from refmodels/cnn.py's building blocks: the layer shapes (and
 so the kernels onnxruntime runs and their channel counts) are torchvision's; small details
@@ -75,11 +80,19 @@ def resnet50():
     return m
 
 
-def build(name: str, seed: int = 0):
+def use_torchvision() -> bool:
+    return os.environ.get("GRAPHPRUNE_TORCHVISION") == "1"
+
+
+def build(name: str, seed: int = 0, torchvision: bool | None = None):
     if name not in NAMES:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(NAMES)}")
     torch.manual_seed(seed)
-    m = globals()[name]()
+    if use_torchvision() if torchvision is None else torchvision:
+        import torchvision as tv
+        m = tv.models.get_model(name, weights=None)
+    else:
+        m = globals()[name]()
     cnn._randomize(m, torch.Generator().manual_seed(seed + 1))
     m.eval()
     return m, torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(seed + 2))

@@ -296,6 +296,13 @@ class NodeCtx:
             return len(s)
         return None
 
+    def known_rank(self, name: str) -> int:
+        """The rank of ``name``; AnalysisError ("rank unknown") when shape inference gave none."""
+        r = self.rank(name)
+        if r is None:
+            raise AnalysisError("rank unknown")
+        return r
+
     def readers(self, name: str) -> List[onnx.NodeProto]:
         """The nodes that read ``name``, in graph order."""
         return [self.g.nodes[i] for i, _ in self.g.consumers.get(name, [])]

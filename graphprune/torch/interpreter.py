@@ -329,13 +329,16 @@ def _pad_spatial(x, pads, value=0.0):
     return F.pad(x, spec, value=value)
 
 
+def _conv_operands(ins, a):
+    """Conv / ConvTranspose: x, w, the bias (or None), the number of spatial axes, strides, dilations."""
+    x, w = ins[0], ins[1]
+    nd = w.dim() - 2
+    return x, w, _opt(ins, 2), nd, list(a.get("strides", [1] * nd)), list(a.get("dilations", [1] * nd))
+
+
 @op("Conv")
 def _conv(ins, a, ctx):
-    x, w = ins[0], ins[1]
-    b = _opt(ins, 2)
-    nd = w.dim() - 2
-    strides = list(a.get("strides", [1] * nd))
-    dil = list(a.get("dilations", [1] * nd))
+    x, w, b, nd, strides, dil = _conv_operands(ins, a)
     pads = _conv_pads(a, x, list(w.shape[2:]), strides, dil)
     if pads[:nd] == pads[nd:]:
         pad = pads[:nd]
@@ -349,11 +352,7 @@ def _conv(ins, a, ctx):
 
 @op("ConvTranspose")
 def _convt(ins, a, ctx):
-    x, w = ins[0], ins[1]
-    b = _opt(ins, 2)
-    nd = w.dim() - 2
-    strides = list(a.get("strides", [1] * nd))
-    dil = list(a.get("dilations", [1] * nd))
+    x, w, b, nd, strides, dil = _conv_operands(ins, a)
     if "output_shape" in a or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         raise ConversionError(f"ConvTranspose with output_shape/auto_pad (node {ctx.name!r}) is not supported")
     pads = list(a.get("pads", [0] * (2 * nd)))

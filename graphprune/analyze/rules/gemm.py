@@ -51,34 +51,10 @@ def matmul(ctx):
         raise AnalysisError("1-D MatMul operand")
     ry = ry if ry is not None else max(ra, rb)
     if ctx.is_const(b) and not ctx.is_const(a):
-        B = _Shape(ctx.const_shape(b))
-        if B.ndim != 2:
-            ctx.block_inputs(f"MatMul {ctx.label} with a batched constant")
-            return
-        ain = ctx.atoms(a, ra - 1)
-        if ain is not None:
-            ctx.member(b, 0, "in", ain)
-        for ax, atoms in ctx.desc(a).items():
-            if ax != ra - 1:
-                ctx.set_desc(y, ax + ry - ra, atoms)
-        out = ctx.new_space(B.shape[1], b)
-        ctx.member(b, 1, "out", out)
-        ctx.set_desc(y, ry - 1, out)
+        _const_weight(ctx, b, a, ra, y, ry, w_left=False)
         return
     if ctx.is_const(a) and not ctx.is_const(b):
-        A = _Shape(ctx.const_shape(a))
-        if A.ndim != 2:
-            ctx.block_inputs(f"MatMul {ctx.label} with a batched constant")
-            return
-        bin_ = ctx.atoms(b, rb - 2)
-        if bin_ is not None:
-            ctx.member(a, 1, "in", bin_)
-        for ax, atoms in ctx.desc(b).items():
-            if ax != rb - 2:
-                ctx.set_desc(y, ax + ry - rb, atoms)
-        out = ctx.new_space(A.shape[0], a)
-        ctx.member(a, 0, "out", out)
-        ctx.set_desc(y, ry - 2, out)
+        _const_weight(ctx, a, b, rb, y, ry, w_left=True)
         return
     # two activations: batch axes couple, M comes from A, N from B, K is contracted
     ka, kb = ctx.atoms(a, ra - 1), ctx.atoms(b, rb - 2)
@@ -94,6 +70,26 @@ def matmul(ctx):
             ctx.set_desc(y, ry - 1, atoms)
         elif ax < rb - 2 and ctx.peek_atoms(y, ax + ry - rb) is None:
             _batch(ctx, b, ax, rb, atoms, a, ra, y, ry)
+
+
+def _const_weight(ctx, w, x, rx, y, ry, w_left):
+    """MatMul of an activation ``x`` (rank rx) with a constant 2-D ``w``: x @ W[K, N], or W[M, K] @ x when
+    ``w_left``. x's contracted axis is W's "in" member, its other axes pass to y (aligned on the right),
+    W's other axis is a new channel space on y's last (x @ W) or second-last (W @ x) axis."""
+    W = _Shape(ctx.const_shape(w))
+    if W.ndim != 2:
+        ctx.block_inputs(f"MatMul {ctx.label} with a batched constant")
+        return
+    x_k, w_in, w_out, y_out = (rx - 2, 1, 0, ry - 2) if w_left else (rx - 1, 0, 1, ry - 1)
+    xin = ctx.atoms(x, x_k)
+    if xin is not None:
+        ctx.member(w, w_in, "in", xin)
+    for ax, atoms in ctx.desc(x).items():
+        if ax != x_k:
+            ctx.set_desc(y, ax + ry - rx, atoms)
+    out = ctx.new_space(W.shape[w_out], w)
+    ctx.member(w, w_out, "out", out)
+    ctx.set_desc(y, y_out, out)
 
 
 class _Shape:

@@ -62,9 +62,7 @@ def groupnorm(ctx):
 def layernorm(ctx):
     """LayerNormalization over axes [axis, rank)."""
     x = ctx.input(0)
-    r = ctx.rank(x)
-    if r is None:
-        raise AnalysisError("rank unknown")
+    r = ctx.known_rank(x)
     axis = norm_axis(int(ctx.attr("axis", -1)), r)
     for ax, atoms in ctx.desc(x).items():
         if ax >= axis:

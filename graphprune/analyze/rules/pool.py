@@ -101,9 +101,7 @@ REDUCE = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "Re
 def reduce(ctx):
     """Reductions: axes from attribute or (opset 18, ReduceSum 13) second input."""
     x = ctx.input(0)
-    r = ctx.rank(x)
-    if r is None:
-        raise AnalysisError("rank unknown")
+    r = ctx.known_rank(x)
     axes = ctx.attr("axes")
     if ctx.input(1):
         v = ctx.const(ctx.input(1))
@@ -130,9 +128,7 @@ def reduce(ctx):
 def softmax(ctx):
     """Softmax over one axis (opset >= 13)."""
     x = ctx.input(0)
-    r = ctx.rank(x)
-    if r is None:
-        raise AnalysisError("rank unknown")
+    r = ctx.known_rank(x)
     axis = norm_axis(int(ctx.attr("axis", -1)), r)
     for ax, atoms in ctx.desc(x).items():
         if ax == axis or (ctx.opset() < 13 and ax >= axis):
@@ -145,9 +141,7 @@ def softmax(ctx):
 def axis_ops(ctx):
     """Ops whose result along their axis depends on every channel's position or value."""
     x = ctx.input(0)
-    r = ctx.rank(x)
-    if r is None:
-        raise AnalysisError("rank unknown")
+    r = ctx.known_rank(x)
     if ctx.op == "LRN":
         axes = [1]
     elif ctx.op == "MeanVarianceNormalization":

@@ -199,6 +199,17 @@ def _resolve(ctx, items, ishape):
     return dims
 
 
+def _copied_dim(ctx, atoms, src, why: str) -> None:
+    """A target dimension that copies another tensor's (``src``: that dimension's atoms): both carry no
+    channels, or the same number, which are coupled; otherwise AnalysisError(why)."""
+    if atoms is None and src is None:
+        return
+    if atoms is not None and src is not None and len(atoms) == len(src):
+        ctx.couple(atoms, src)
+        return
+    raise AnalysisError(why)
+
+
 @register("Reshape", doc="channels split/merge/move by run; target constants (or the constants of a "
                          "run-time Shape/Gather/Concat chain) are rewritten")
 def reshape(ctx):
@@ -233,21 +244,12 @@ def reshape(ctx):
         if kind == "lit" and it[1] == -1:
             continue
         if kind == "lit" and it[1] == 0:
-            src = idesc.get(i)
-            if atoms is None and src is None:
-                continue
-            if atoms is not None and src is not None and len(atoms) == len(src):
-                ctx.couple(atoms, src)
-                continue
-            raise AnalysisError("a copied (0) dimension changes width")
+            _copied_dim(ctx, atoms, idesc.get(i), "a copied (0) dimension changes width")
+            continue
         if kind == "dim":
-            src = ctx.peek_atoms(it[1], it[2])
-            if atoms is None and src is None:
-                continue
-            if atoms is not None and src is not None and len(atoms) == len(src):
-                ctx.couple(atoms, src)
-                continue
-            raise AnalysisError("a run-time dimension does not follow the channel width")
+            _copied_dim(ctx, atoms, ctx.peek_atoms(it[1], it[2]),
+                        "a run-time dimension does not follow the channel width")
+            continue
         if atoms is None:
             continue
         if kind == "lit" and it[2] is not None:
@@ -345,18 +347,14 @@ def squeeze(ctx):
     y = ctx.outputs[0]
     axes = _axes(ctx)
     if ctx.op == "Squeeze":
-        r = ctx.rank(x)
-        if r is None:
-            raise AnalysisError("rank unknown")
+        r = ctx.known_rank(x)
         if axes is None:
             shp = ctx.shape(x)
             axes = [i for i, d in enumerate(shp) if d == 1]
         axes = sorted(norm_axis(a, r) for a in axes)
         amap = {a: a - sum(1 for s in axes if s < a) for a in range(r) if a not in axes}
     else:
-        ry = ctx.rank(y)
-        if ry is None:
-            raise AnalysisError("rank unknown")
+        ry = ctx.known_rank(y)
         axes = sorted(norm_axis(a, ry) for a in axes)
         kept = [a for a in range(ry) if a not in axes]
         amap = {i: a for i, a in enumerate(kept)}

@@ -58,9 +58,7 @@ def concat(ctx):
 def split(ctx):
     """Split by sizes (input or attribute), or into equal parts."""
     x = ctx.input(0)
-    r = ctx.rank(x)
-    if r is None:
-        raise AnalysisError("rank unknown")
+    r = ctx.known_rank(x)
     axis = norm_axis(int(ctx.attr("axis", 0)), r)
     outs = ctx.outputs
     desc = ctx.desc(x)
@@ -113,9 +111,7 @@ def slice_(ctx):
     if shape_calculus(ctx):
         return
     x = ctx.input(0)
-    r = ctx.rank(x)
-    if r is None:
-        raise AnalysisError("rank unknown")
+    r = ctx.known_rank(x)
     if ctx.opset() < 10:
         starts, ends = ctx.attr("starts"), ctx.attr("ends")
         axes = ctx.attr("axes", list(range(len(starts))))
@@ -178,9 +174,7 @@ def gather(ctx):
         return
     data, idx = ctx.input(0), ctx.input(1)
     y = ctx.outputs[0]
-    r = ctx.rank(data)
-    if r is None:
-        raise AnalysisError("rank unknown")
+    r = ctx.known_rank(data)
     axis = norm_axis(int(ctx.attr("axis", 0)), r)
     ind = ctx.const(idx) if not (ctx.is_const(data) and r == 2 and axis == 0) else None
     ri = ctx.rank(idx)
