@@ -305,7 +305,8 @@ class FinetuneOptions:
     temperature: float = setting(1.0, help="kl loss temperature")
     match: Sequence[str] = setting((), metavar="NAME|auto",
                                    help="also match this intermediate tensor (name or glob) that both graphs keep "
-                                        f"with the same shape; auto: layer outputs of equal shape (<= {MAX_MATCH})")
+                                        f"with the same shape; auto: layer outputs of equal shape that pruning reached (on a "
+                                        f"transformer its LayerNorm outputs), <= {MAX_MATCH}")
     match_weight: float = setting(1.0, help="weight of the intermediate-tensor loss")
     max_match: int = setting(MAX_MATCH, cli=False, help="`match` auto: at most this many tensors, evenly spaced")
     val_fraction: float = setting(0.1, help="held-out samples for early stopping (best weights kept)")
