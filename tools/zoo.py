@@ -495,6 +495,8 @@ def _inherit_niceness() -> None:
 
 def worker(args) -> int:
     _inherit_niceness()
+    from graphprune.memory import allow_lean_heap
+    allow_lean_heap()   # the worker owns its process, as the CLI does: the steps may trim the heap
     row = {"source": args.source[0], "model": args.worker_model, "exporter": args.exporter[0],
            "tool": args.worker}
     t0 = time.perf_counter()
