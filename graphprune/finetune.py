@@ -326,11 +326,12 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, data, opts: Fin
                 raise UsageError(f"the teacher's output {o!r} has shape {tuple(ref[o].shape)}, the student's "
                                  f"{tuple(got[o].shape)}")
         match = [m for m in match if tuple(ref[m].shape) == tuple(got[m].shape) and got[m].is_floating_point()]
+        mfn = _loss_fn("mse", 1.0)
         if "auto" in opts.match:
             explicit = set(_match_candidates(student, teacher, [p for p in opts.match if p != "auto"]))
             ops = {o: n.op_type for n in student.graph.node for o in n.output}
             # what pruning did not reach (the student computes the teacher's values) guides nothing
-            match = [m for m in match if m in explicit or float(_loss_fn("mse", 1.0)(got[m].double(), ref[m].double())) > 1e-8]
+            match = [m for m in match if m in explicit or float(mfn(got[m].double(), ref[m].double())) > 1e-8]
             norms = [m for m in match if ops[m] in AUTO_NORM_OPS]
             if norms:       # layer outputs of a transformer: the normalised residual stream only
                 match = [m for m in match if m in explicit or m in norms]
@@ -338,7 +339,6 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, data, opts: Fin
             pick = np.linspace(0, len(match) - 1, opts.max_match).round().astype(int)
             match = [match[i] for i in sorted(set(pick.tolist()))]
         t_names = outputs + match                               # the teacher fetches only what is matched
-        mfn = _loss_fn("mse", 1.0)
         del ref, got
 
         params = list(module.params)
@@ -375,9 +375,10 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, data, opts: Fin
             return loss
 
         val_refs: List[dict] = []          # the teacher's outputs on the held-out batches, when small
-        val_cached = [False]
+        val_cached = False
 
         def validate() -> Optional[float]:
+            nonlocal val_cached
             if dat.n_val() == 0:
                 return None
             tot, n = 0.0, 0
@@ -385,15 +386,15 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, data, opts: Fin
             with torch.no_grad():
                 for i, feed in enumerate(dat.validation()):
                     b = next(iter(feed.values())).shape[0]
-                    ref = val_refs[i] if val_cached[0] else teach(feed)
-                    if not val_cached[0] and size <= VAL_CACHE_BYTES:
+                    ref = val_refs[i] if val_cached else teach(feed)
+                    if not val_cached and size <= VAL_CACHE_BYTES:
                         size += sum(v.numel() * v.element_size() for v in ref.values())
                         val_refs.append(ref)
                     tot += float(batch_loss(feed, ref)) * b
                     n += b
-            if not val_cached[0]:
-                val_cached[0] = size <= VAL_CACHE_BYTES
-                if not val_cached[0]:
+            if not val_cached:
+                val_cached = size <= VAL_CACHE_BYTES
+                if not val_cached:
                     val_refs.clear()
             return tot / max(n, 1)
 
